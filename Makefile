@@ -1,0 +1,43 @@
+# The two commands a person needs are `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint unit bench stack-up stack-down stack-status
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing telemetry-gateway with its dev tools"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Command 1: install and run the gateway on the embedded default (memory bus, file sink under ./data).
+run: install
+	$(BIN)/telemetry-gateway run $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+## Command 2: install, start the real services from stack/, lint, type-check and run every test.
+test: install
+	bash stack/up
+	$(MAKE) --no-print-directory lint
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/telemetry-gateway bench $(ARGS)
+
+stack-up:
+	bash stack/up
+stack-down:
+	bash stack/down
+stack-status:
+	bash stack/status

@@ -1,0 +1,3 @@
+"""telemetry-gateway: the OTLP ingest edge (receivers, tenancy, enrichment, batching, bus)."""
+
+__version__ = "0.1.0"

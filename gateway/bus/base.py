@@ -1,0 +1,88 @@
+"""The Bus contract between the ingest edge and the pipelines.
+
+Both sides speak plain OTLP: a message value is one serialized Export*ServiceRequest for one
+tenant (DESIGN.md principle 2), so anything that reads OTLP can read our topics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.signals import HEADER_CORRELATION, HEADER_SIGNAL, HEADER_TENANT, Signal
+
+
+class BusUnavailable(Exception):
+    """The bus cannot take data now; the client should retry (HTTP 503 / gRPC UNAVAILABLE)."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """What the batcher hands to the bus: concatenated requests of one (signal, tenant)."""
+
+    signal: Signal
+    tenant: str
+    payload: bytes
+    items: int
+    correlation_ids: list[str] = field(default_factory=list)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Kafka-style headers; correlation ids of every request in the batch, comma-joined."""
+        return [
+            (HEADER_TENANT, self.tenant.encode()),
+            (HEADER_CORRELATION, ",".join(self.correlation_ids).encode()),
+            (HEADER_SIGNAL, self.signal.value.encode()),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class BusRecord:
+    """One consumed message, with the coordinates sinks use to derive idempotent ids."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Mapping[str, str]
+    signal: Signal
+
+    @property
+    def tenant(self) -> str:
+        return self.headers.get(HEADER_TENANT, "")
+
+    @property
+    def correlation_ids(self) -> list[str]:
+        raw = self.headers.get(HEADER_CORRELATION, "")
+        return [c for c in raw.split(",") if c]
+
+
+class Bus(Protocol):
+    """Producer side. ``publish`` returns only once the bus holds the batch durably."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, batch: Batch) -> None:
+        """Raise BusUnavailable when the batch could not be made durable."""
+        ...
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): what /readyz reports."""
+        ...
+
+
+class Source(Protocol):
+    """Consumer side used by the pipelines runner (a Kafka consumer group or the memory bus)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> Sequence[BusRecord]: ...
+
+    async def commit(self, records: Sequence[BusRecord]) -> None:
+        """Mark these records done; called only after the sink acknowledged them."""
+        ...

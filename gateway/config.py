@@ -1,0 +1,237 @@
+"""Configuration: one YAML file, every key overridable by environment, validated at start.
+
+Environment overrides use ``TG_`` plus the key path joined by ``__``, e.g.
+``TG_BUS__KIND=kafka`` or ``TG_BUS__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9092``. Values are
+parsed as YAML scalars, so ``TG_SERVER__WORKERS=2`` is an int and ``TG_AUTH__ENABLED=true`` a bool.
+A wrong key or type stops the start with a message naming the key, instead of a traceback later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+ENV_PREFIX = "TG_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "0.0.0.0"
+    grpc_port: int = 4317
+    http_port: int = 4318
+    workers: int = 1
+    max_request_bytes: int = 8 * 1024 * 1024  # as received (compressed)
+    max_decompressed_bytes: int = 32 * 1024 * 1024
+    max_concurrent_requests: int = 1024
+
+
+@dataclass
+class AdminConfig:
+    host: str = "0.0.0.0"
+    port: int = 8888
+
+
+@dataclass
+class AuthConfig:
+    enabled: bool = False
+    # API key -> tenant id.
+    api_keys: dict[str, str] = field(default_factory=dict)
+    # Take the tenant from X-Scope-OrgID (only behind a proxy that sets it).
+    trust_tenant_header: bool = False
+
+
+@dataclass
+class RateLimit:
+    """Token buckets per tenant; 0 means unlimited."""
+
+    items_per_second: float = 0.0
+    items_burst: float = 0.0
+    bytes_per_second: float = 0.0
+    bytes_burst: float = 0.0
+
+
+@dataclass
+class LimitsConfig:
+    default: RateLimit = field(default_factory=RateLimit)
+    tenants: dict[str, RateLimit] = field(default_factory=dict)
+
+
+@dataclass
+class BatchConfig:
+    max_bytes: int = 1024 * 1024
+    max_age_ms: float = 20.0
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = "otlp_"
+    compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "lz4"
+    partition_by: Literal["tenant", "trace_id"] = "tenant"
+    max_message_bytes: int = 1_000_000
+    linger_ms: int = 5
+    request_timeout_ms: int = 30_000
+    client_id: str = "telemetry-gateway"
+    partitions: int = 6
+    replication_factor: int = 1
+    create_topics: bool = True
+
+
+@dataclass
+class BusConfig:
+    kind: Literal["memory", "kafka"] = "memory"
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+
+
+@dataclass
+class FileSinkConfig:
+    data_dir: str = "./data"
+
+
+@dataclass
+class ElasticsearchSinkConfig:
+    hosts: str = "http://127.0.0.1:9200"
+    bulk_max_bytes: int = 5 * 1024 * 1024
+    bulk_max_docs: int = 5000
+    concurrency: int = 2
+
+
+@dataclass
+class JaegerSinkConfig:
+    endpoint: str = "127.0.0.1:14317"
+
+
+@dataclass
+class PrometheusSinkConfig:
+    url: str = "http://127.0.0.1:9090/api/v1/write"
+    timeout_s: float = 10.0
+
+
+@dataclass
+class PipelinesConfig:
+    group_prefix: str = "telemetry-gateway-"
+    dead_letter_topic: str = "otlp_dead_letter"
+    max_inflight_records: int = 500
+    file: FileSinkConfig = field(default_factory=FileSinkConfig)
+    elasticsearch: ElasticsearchSinkConfig = field(default_factory=ElasticsearchSinkConfig)
+    jaeger: JaegerSinkConfig = field(default_factory=JaegerSinkConfig)
+    prometheus: PrometheusSinkConfig = field(default_factory=PrometheusSinkConfig)
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    # durable: answer after the bus holds the data; accepted: answer on enqueue.
+    ack: Literal["durable", "accepted"] = "durable"
+    bus: BusConfig = field(default_factory=BusConfig)
+    pipelines: PipelinesConfig = field(default_factory=PipelinesConfig)
+    # In embedded mode (memory bus) the gateway process also runs the file sink pipeline.
+    embedded_pipeline: bool = True
+    log_level: str = "INFO"
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read YAML (if given), apply ``TG_*`` environment overrides, validate, return Config."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) if text.strip() else {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        raw = loaded
+    for key, value in (os.environ if env is None else env).items():
+        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
+            _set_path(raw, key[len(ENV_PREFIX) :].lower().split("__"), yaml.safe_load(value), key)
+    cfg = _build(Config, raw, "")
+    _check(cfg)
+    return cfg
+
+
+def _set_path(raw: dict[str, Any], parts: list[str], value: Any, origin: str) -> None:
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{origin}: {part} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _build(cls: type[Any], raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, where)  # type: ignore[arg-type]
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{where}: unsupported type")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {tp!r}")
+
+
+def _check(cfg: Config) -> None:
+    s = cfg.server
+    for name, port in (("server.grpc_port", s.grpc_port), ("server.http_port", s.http_port),
+                       ("admin.port", cfg.admin.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{name}: {port} is not a port")
+    if s.workers < 1:
+        raise ConfigError("server.workers: must be at least 1")
+    if s.max_request_bytes <= 0 or s.max_decompressed_bytes < s.max_request_bytes:
+        raise ConfigError("server.max_decompressed_bytes must be >= server.max_request_bytes > 0")
+    if cfg.batch.max_bytes <= 0 or cfg.batch.max_age_ms < 0:
+        raise ConfigError("batch.max_bytes must be > 0 and batch.max_age_ms >= 0")
+    if cfg.auth.enabled and not cfg.auth.api_keys and not cfg.auth.trust_tenant_header:
+        raise ConfigError("auth.enabled: needs auth.api_keys or auth.trust_tenant_header")

@@ -1,0 +1,1 @@
+"""Kafka consumers and the sinks they feed; OTLP conversions live here, never on the ingest path."""

@@ -1,0 +1,1 @@
+"""Sinks: where consumed OTLP batches are written (file, Elasticsearch, Jaeger, Prometheus)."""

@@ -1,0 +1,47 @@
+"""The Sink contract. The runner commits offsets only after ``write`` returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.bus.base import BusRecord
+from gateway.signals import Signal
+
+
+class TransientSinkError(Exception):
+    """The store cannot take the write now (5xx, 429, connection): retry the same records later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    record: BusRecord
+    reason: str
+
+
+class PermanentSinkError(Exception):
+    """Some records can never be written (mapping error, malformed OTLP).
+
+    Everything not listed in ``rejected`` was written; the runner sends the rejected records to
+    the dead-letter topic with the reason in headers, then commits.
+    """
+
+    def __init__(self, rejected: Sequence[Rejection]) -> None:
+        super().__init__(f"{len(rejected)} record(s) rejected: {rejected[0].reason if rejected else ''}")
+        self.rejected = list(rejected)
+
+
+class Sink(Protocol):
+    """A destination for consumed OTLP batches; must be idempotent under redelivery."""
+
+    name: str
+    signals: frozenset[Signal]
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def write(self, records: Sequence[BusRecord]) -> None:
+        """Return once the store acknowledged every record; raise Transient/PermanentSinkError."""
+        ...
