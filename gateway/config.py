@@ -158,7 +158,7 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     for key, value in (os.environ if env is None else env).items():
         if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
             _set_path(raw, key[len(ENV_PREFIX) :].lower().split("__"), yaml.safe_load(value), key)
-    cfg = _build(Config, raw, "")
+    cfg: Config = _build(Config, raw, "")
     _check(cfg)
     return cfg
 

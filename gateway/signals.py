@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Signal(str, Enum):
+class Signal(StrEnum):
     """An OTLP signal. The value is the OTLP/HTTP path suffix (``/v1/<value>``)."""
 
     TRACES = "traces"
