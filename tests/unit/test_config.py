@@ -1,0 +1,55 @@
+"""Config: YAML + TG_* overrides, and refusals that name the key at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load
+
+
+def test_defaults_are_the_embedded_gateway() -> None:
+    cfg = load(env={})
+    assert cfg.bus.kind == "memory"
+    assert (cfg.server.grpc_port, cfg.server.http_port, cfg.admin.port) == (4317, 4318, 8888)
+    assert cfg.ack == "durable"
+    assert not cfg.auth.enabled
+
+
+def test_yaml_file_then_env_override(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "bus:\n  kind: kafka\n  kafka:\n    bootstrap_servers: a:1\n"
+        "auth:\n  enabled: true\n  api_keys:\n    k1: acme\n"
+        "limits:\n  tenants:\n    acme: {items_per_second: 10, items_burst: 20}\n"
+    )
+    cfg = load(path, env={"TG_BUS__KAFKA__BOOTSTRAP_SERVERS": "b:2", "TG_SERVER__WORKERS": "2"})
+    assert cfg.bus.kind == "kafka"
+    assert cfg.bus.kafka.bootstrap_servers == "b:2"
+    assert cfg.server.workers == 2
+    assert cfg.auth.api_keys == {"k1": "acme"}
+    assert cfg.limits.tenants["acme"].items_per_second == 10.0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TG_SERVER__NOPE": "1"}, "unknown key"),
+        ({"TG_SERVER__WORKERS": "many"}, "server.workers: expected an integer"),
+        ({"TG_BUS__KIND": "rabbit"}, "bus.kind"),
+        ({"TG_AUTH__ENABLED": "yes please"}, "auth.enabled"),
+        ({"TG_AUTH__ENABLED": "true"}, "needs auth.api_keys"),
+        ({"TG_SERVER__HTTP_PORT": "70000"}, "is not a port"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(env=env)
+
+
+def test_non_mapping_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load(path, env={})
