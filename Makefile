@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint unit bench stack-up stack-down stack-status
+.PHONY: install run test lint unit bench protos stack-up stack-down stack-status
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing telemetry-gateway with its dev tools"
@@ -41,3 +41,7 @@ stack-down:
 	bash stack/down
 stack-status:
 	bash stack/status
+
+## Regenerate protos/*_pb2.py(i) (Prometheus remote-write) from protos/*.proto.
+protos: install
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. protos/types.proto protos/remote.proto
