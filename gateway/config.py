@@ -87,6 +87,11 @@ class KafkaConfig:
     partitions: int = 6
     replication_factor: int = 1
     create_topics: bool = True
+    # A publish Kafka has not acknowledged within this time is refused as retryable (503).
+    publish_timeout_ms: int = 5_000
+    # How long start() waits for a first connection before the gateway starts unready.
+    start_wait_ms: int = 3_000
+    reconnect_backoff_max_ms: int = 5_000
 
 
 @dataclass
@@ -124,6 +129,9 @@ class PipelinesConfig:
     group_prefix: str = "telemetry-gateway-"
     dead_letter_topic: str = "otlp_dead_letter"
     max_inflight_records: int = 500
+    # Prometheus /metrics of a pipelines worker (consumer lag, acked and dead-lettered records).
+    admin_host: str = "0.0.0.0"
+    admin_port: int = 8889
     file: FileSinkConfig = field(default_factory=FileSinkConfig)
     elasticsearch: ElasticsearchSinkConfig = field(default_factory=ElasticsearchSinkConfig)
     jaeger: JaegerSinkConfig = field(default_factory=JaegerSinkConfig)
