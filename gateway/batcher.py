@@ -1,0 +1,136 @@
+"""Group requests by (signal, tenant) into bus-sized batches, flushed on size or age.
+
+Concatenating serialized Export requests yields a valid request (DESIGN.md principle 1), so a
+batch is just a join of payloads; nothing is decoded here. Each ``add`` returns a future that
+settles when the batch holding that payload was published, which is how a receiver answers
+only after the bus acknowledged (``ack: durable``) or turns a bus failure into 503.
+
+Publishes run as tasks so a slow publish does not stop the next batch from filling, but at
+most ``max_inflight`` at once: beyond that, flushed batches queue on the semaphore, and the
+receivers' own request limit bounds how much can pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from gateway.bus.base import Batch
+from gateway.signals import Signal
+
+__all__ = ["Batcher"]
+
+
+@dataclass(slots=True)
+class _Open:
+    """A batch being filled."""
+
+    payloads: list[bytes] = field(default_factory=list)
+    size: int = 0
+    items: int = 0
+    correlation_ids: list[str] = field(default_factory=list)
+    futures: list[asyncio.Future[None]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class Batcher:
+    def __init__(self, publish: Callable[[Batch], Awaitable[None]], max_bytes: int, max_age_s: float,
+                 on_flush: Callable[[Batch, float], None] | None = None, *, max_inflight: int = 8,
+                 on_error: Callable[[Batch, BaseException], None] | None = None) -> None:
+        if max_bytes <= 0 or max_age_s < 0 or max_inflight <= 0:
+            raise ValueError("max_bytes and max_inflight must be > 0, max_age_s >= 0")
+        self._publish = publish
+        self._max_bytes = max_bytes
+        self._max_age = max_age_s
+        self._on_flush = on_flush
+        self._on_error = on_error
+        self._open: dict[tuple[Signal, str], _Open] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._pending_bytes = 0
+        self._pending_items = 0
+        self._closed = False
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes accepted but not yet acknowledged by the bus (open and in-flight batches)."""
+        return self._pending_bytes
+
+    @property
+    def pending_items(self) -> int:
+        return self._pending_items
+
+    def add(self, signal: Signal, tenant: str, payload: bytes, items: int,
+            correlation_id: str) -> asyncio.Future[None]:
+        """Queue one enriched request; the future settles when its batch was published."""
+        if self._closed:
+            raise RuntimeError("batcher is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        key = (signal, tenant)
+        size = len(payload)
+        current = self._open.get(key)
+        if current is not None and current.size + size > self._max_bytes:
+            self._flush(key)
+            current = None
+        if current is None:
+            current = self._open[key] = _Open()
+            current.timer = loop.call_later(self._max_age, self._flush, key)
+        current.payloads.append(payload)
+        current.size += size
+        current.items += items
+        current.correlation_ids.append(correlation_id)
+        current.futures.append(fut)
+        self._pending_bytes += size
+        self._pending_items += items
+        if current.size >= self._max_bytes:
+            self._flush(key)
+        return fut
+
+    def _flush(self, key: tuple[Signal, str]) -> None:
+        current = self._open.pop(key, None)
+        if current is None:
+            return
+        if current.timer is not None:
+            current.timer.cancel()
+        signal, tenant = key
+        batch = Batch(signal, tenant, b"".join(current.payloads), current.items, current.correlation_ids)
+        task = asyncio.get_running_loop().create_task(self._send(batch, current.futures))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _send(self, batch: Batch, futures: list[asyncio.Future[None]]) -> None:
+        try:
+            async with self._slots:
+                started = time.perf_counter()
+                await self._publish(batch)
+                took = time.perf_counter() - started
+        except Exception as e:  # any publish failure goes to every waiting request
+            if self._on_error is not None:
+                self._on_error(batch, e)
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(e)
+        else:
+            if self._on_flush is not None:
+                self._on_flush(batch, took)
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(None)
+        finally:
+            self._pending_bytes -= len(batch.payload)
+            self._pending_items -= batch.items
+
+    def flush_all(self) -> None:
+        """Hand every open batch to the bus now (shutdown, or tests)."""
+        for key in list(self._open):
+            self._flush(key)
+
+    async def close(self) -> None:
+        """Flush everything pending and wait until every publish has finished."""
+        self._closed = True
+        self.flush_all()
+        while self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)

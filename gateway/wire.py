@@ -1,0 +1,448 @@
+"""Protobuf wire format over bytes: walk, enrich, count and split OTLP Export requests.
+
+Why not decode: an Export*ServiceRequest is ``repeated ResourceX resource_x = 1``, and the
+gateway only needs to touch each ResourceX's ``resource`` and count the items below it
+(DESIGN.md principle 1). Walking tags and lengths is cheaper than materialising every span
+with its attributes just to serialise it again, and it keeps unknown fields byte-for-byte.
+
+Message shapes used here (field numbers from opentelemetry-proto):
+
+- ResourceX: 1 resource, 2 scope_x, 3 schema_url
+- ScopeX: 1 scope, 2 items (spans / log_records / metrics), 3 schema_url
+- Metric: 5 gauge, 7 sum, 9 histogram, 10 exponential_histogram, 11 summary; each has
+  ``repeated data_points = 1``
+- Resource: 1 attributes (KeyValue: 1 key, 2 value AnyValue: 1 string_value)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.signals import Signal
+
+__all__ = ["Prepared", "WireError", "encode_attributes", "prepare", "split", "split_spans_by_trace_id"]
+
+_LEN = 2  # wire type of length-delimited fields
+_METRIC_DATA_FIELDS = frozenset((5, 7, 9, 10, 11))
+_ITEM_NAMES = {Signal.TRACES: "spans", Signal.LOGS: "log_records", Signal.METRICS: "metrics"}
+_RX_NAMES = {Signal.TRACES: "resource_spans", Signal.LOGS: "resource_logs",
+             Signal.METRICS: "resource_metrics"}
+_SX_NAMES = {Signal.TRACES: "scope_spans", Signal.LOGS: "scope_logs", Signal.METRICS: "scope_metrics"}
+
+
+class WireError(ValueError):
+    """The payload is not a well-formed protobuf message; the text names the field path."""
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request after enrichment, with what a receiver needs for its answer and metrics."""
+
+    payload: bytes
+    items: int
+    rejected_items: int
+    error: str
+
+
+# --- low-level reading ----------------------------------------------------------------------
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Read a base-128 varint at ``pos``; return (value, position after it)."""
+    result = 0
+    shift = 0
+    while pos < end:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise WireError("varint longer than 10 bytes")
+    raise WireError("truncated varint")
+
+
+def _skip(buf: bytes, pos: int, end: int, wt: int) -> int:
+    """Position after a value of wire type ``wt`` that starts at ``pos``."""
+    if wt == 0:
+        _, pos = _varint(buf, pos, end)
+        return pos
+    if wt == _LEN:
+        ln, pos = _varint(buf, pos, end)
+        pos += ln
+    elif wt == 1:
+        pos += 8
+    elif wt == 5:
+        pos += 4
+    else:
+        raise WireError(f"unsupported wire type {wt}")
+    if pos > end:
+        raise WireError("length past the end of the message")
+    return pos
+
+
+def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int, int]]:
+    """Every field of a message as (number, wire type, field start, value start, value end).
+
+    For length-delimited fields the value span excludes the length prefix, so it is the
+    embedded message's body.
+    """
+    out = []
+    while pos < end:
+        start = pos
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _varint(buf, pos, end)
+        num = tag >> 3
+        wt = tag & 7
+        if num == 0:
+            raise WireError("field number 0")
+        if wt == _LEN:
+            ln = buf[pos] if pos < end else 0x80
+            if ln < 0x80:
+                pos += 1
+            else:
+                ln, pos = _varint(buf, pos, end)
+            vstart = pos
+            pos += ln
+            if pos > end:
+                raise WireError(f"field {num}: length {ln} past the end of the message")
+        else:
+            vstart = pos
+            try:
+                pos = _skip(buf, pos, end, wt)
+            except WireError as e:
+                raise WireError(f"field {num}: {e}") from None
+        out.append((num, wt, start, vstart, pos))
+    return out
+
+
+def _count(buf: bytes, pos: int, end: int, want: int) -> int:
+    """Number of length-delimited fields numbered ``want`` in a message, checking its framing.
+
+    This is the per-item loop of the ingest path (one turn per span), hence inlined varints.
+    """
+    n = 0
+    while pos < end:
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _varint(buf, pos, end)
+        wt = tag & 7
+        if wt == _LEN:
+            ln = buf[pos] if pos < end else 0x80
+            if ln < 0x80:
+                pos += 1
+            else:
+                ln, pos = _varint(buf, pos, end)
+            pos += ln
+            if pos > end:
+                raise WireError(f"field {tag >> 3}: length {ln} past the end of the message")
+            if tag >> 3 == want:
+                n += 1
+        else:
+            if tag >> 3 == 0:
+                raise WireError("field number 0")
+            try:
+                pos = _skip(buf, pos, end, wt)
+            except WireError as e:
+                raise WireError(f"field {tag >> 3}: {e}") from None
+    return n
+
+
+# --- low-level writing ----------------------------------------------------------------------
+
+
+def _enc_varint(v: int) -> bytes:
+    if v < 0x80:
+        return bytes((v,))
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _len_field(num: int, body: bytes) -> bytes:
+    return _enc_varint(num << 3 | _LEN) + _enc_varint(len(body)) + body
+
+
+def encode_attributes(attrs: Sequence[tuple[str, str]]) -> bytes:
+    """``Resource.attributes`` entries (field 1 each) with string values, ready to append."""
+    out = b""
+    for key, value in attrs:
+        any_value = _len_field(1, value.encode())
+        out += _len_field(1, _len_field(1, key.encode()) + _len_field(2, any_value))
+    return out
+
+
+# --- prepare --------------------------------------------------------------------------------
+
+
+def _kv_key(buf: bytes, pos: int, end: int) -> bytes | None:
+    """The ``key`` of a KeyValue body; the last occurrence wins, as in any protobuf parser."""
+    key = None
+    for num, wt, _s, vs, ve in _fields(buf, pos, end):
+        if num == 1 and wt == _LEN:
+            key = buf[vs:ve]
+    return key
+
+
+def _resource_body(buf: bytes, spans: list[tuple[int, int]], drop_keys: frozenset[bytes],
+                   ours: bytes) -> bytes:
+    """One Resource body from every ``resource`` occurrence, minus ``drop_keys``, plus ``ours``.
+
+    Several occurrences of a message field merge (repeated attributes concatenate), so
+    concatenating their bodies is what a decoder would see.
+    """
+    parts: list[bytes] = []
+    for vs, ve in spans:
+        if not any(k in buf[vs:ve] for k in drop_keys):
+            _fields(buf, vs, ve)  # framing check only
+            parts.append(buf[vs:ve])
+            continue
+        for num, wt, s, fvs, fve in _fields(buf, vs, ve):
+            if num == 1 and wt == _LEN:
+                try:
+                    key = _kv_key(buf, fvs, fve)
+                except WireError as e:
+                    raise WireError(f"attributes: {e}") from None
+                if key in drop_keys:
+                    continue
+            parts.append(buf[s:fve])
+    parts.append(ours)
+    return b"".join(parts)
+
+
+def _count_metrics(buf: bytes, pos: int, end: int) -> int:
+    """Data points in every Metric of a ScopeMetrics body."""
+    n = 0
+    for i, (num, wt, _s, vs, ve) in enumerate(_fields(buf, pos, end)):
+        if num != 2 or wt != _LEN:
+            continue
+        try:
+            for dnum, dwt, _ds, dvs, dve in _fields(buf, vs, ve):
+                if dnum in _METRIC_DATA_FIELDS and dwt == _LEN:
+                    n += _count(buf, dvs, dve, 1)
+        except WireError as e:
+            raise WireError(f"metrics[{i}]: {e}") from None
+    return n
+
+
+def _count_scope(signal: Signal, buf: bytes, pos: int, end: int) -> int:
+    if signal is Signal.METRICS:
+        return _count_metrics(buf, pos, end)
+    return _count(buf, pos, end, 2)
+
+
+def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) -> Prepared:
+    """Enrich every ResourceX with ``attrs`` (replacing client values) and count the items.
+
+    A malformed envelope raises WireError (the whole request is refused); a ResourceX that is
+    framed correctly but malformed inside is dropped and reported as a partial success, so one
+    bad resource does not cost a client the rest of its batch.
+    """
+    buf = bytes(payload)
+    drop_keys = frozenset(k.encode() for k, _ in attrs)
+    ours = encode_attributes(attrs)
+    rx_name = _RX_NAMES[signal]
+    try:
+        top = _fields(buf, 0, len(buf))
+    except WireError as e:
+        raise WireError(f"{_request_name(signal)}: {e}") from None
+    out: list[bytes] = []
+    items = 0
+    rejected = 0
+    errors: list[str] = []
+    index = 0
+    for num, wt, s, vs, ve in top:
+        if num != 1:
+            out.append(buf[s:ve])  # unknown top-level field: keep it
+            continue
+        if wt != _LEN:
+            raise WireError(f"{_request_name(signal)}: {rx_name} has wire type {wt}, expected 2")
+        try:
+            body, n = _prepare_rx(signal, buf, vs, ve, drop_keys, ours)
+        except _RxError as e:
+            rejected += e.items
+            errors.append(f"{rx_name}[{index}].{e}")
+        else:
+            out.append(b"\x0a" + _enc_varint(len(body)) + body)
+            items += n
+        index += 1
+    error = ""
+    if errors:
+        error = f"dropped {len(errors)} malformed {rx_name}: " + "; ".join(errors[:5])
+        if len(errors) > 5:
+            error += f"; and {len(errors) - 5} more"
+    return Prepared(b"".join(out), items, rejected, error)
+
+
+class _RxError(WireError):
+    """A ResourceX is malformed inside; carries how many items were counted before the fault."""
+
+    def __init__(self, message: str, items: int) -> None:
+        super().__init__(message)
+        self.items = items
+
+
+def _prepare_rx(signal: Signal, buf: bytes, pos: int, end: int, drop_keys: frozenset[bytes],
+                ours: bytes) -> tuple[bytes, int]:
+    n = 0
+    sx_name = _SX_NAMES[signal]
+    try:
+        fields = _fields(buf, pos, end)
+    except WireError as e:
+        raise _RxError(str(e), 0) from None
+    resources: list[tuple[int, int]] = []
+    rest: list[bytes] = []
+    scope_index = 0
+    for num, wt, s, vs, ve in fields:
+        if num == 1:
+            if wt != _LEN:
+                raise _RxError(f"resource: wire type {wt}, expected 2", n)
+            resources.append((vs, ve))
+            continue
+        if num == 2:
+            if wt != _LEN:
+                raise _RxError(f"{sx_name}[{scope_index}]: wire type {wt}, expected 2", n)
+            try:
+                n += _count_scope(signal, buf, vs, ve)
+            except WireError as e:
+                raise _RxError(f"{sx_name}[{scope_index}].{_ITEM_NAMES[signal]}: {e}", n) from None
+            scope_index += 1
+        rest.append(buf[s:ve])
+    try:
+        resource = _resource_body(buf, resources, drop_keys, ours)
+    except WireError as e:
+        raise _RxError(f"resource: {e}", n) from None
+    rest.insert(0, b"\x0a" + _enc_varint(len(resource)) + resource)
+    return b"".join(rest), n
+
+
+def _request_name(signal: Signal) -> str:
+    return {Signal.TRACES: "ExportTraceServiceRequest", Signal.LOGS: "ExportLogsServiceRequest",
+            Signal.METRICS: "ExportMetricsServiceRequest"}[signal]
+
+
+# --- split ----------------------------------------------------------------------------------
+
+# Which fields of a message hold children that may be spread over several copies of it.
+# None: the field's messages are indivisible items.
+_Spec = dict[int, "_Spec | None"]
+_POINTS: _Spec = {1: None}
+_SPECS: dict[Signal, _Spec] = {
+    Signal.TRACES: {1: {2: {2: None}}},
+    Signal.LOGS: {1: {2: {2: None}}},
+    Signal.METRICS: {1: {2: {2: {5: _POINTS, 7: _POINTS, 9: _POINTS, 10: _POINTS, 11: _POINTS}}}},
+}
+
+
+def split(signal: Signal, payload: bytes, max_bytes: int) -> list[bytes]:
+    """Valid requests of at most ``max_bytes`` each that together hold every item of ``payload``.
+
+    Cuts at ResourceX boundaries first, then ScopeX, then items (metrics: data points); every
+    piece repeats its resource and scope. One item that cannot fit even alone comes out as a
+    piece of its own, larger than ``max_bytes``, so the caller can refuse and count it.
+    """
+    if max_bytes <= 0:
+        raise ValueError("max_bytes must be positive")
+    buf = bytes(payload)
+    if len(buf) <= max_bytes:
+        return [buf] if buf else []
+    try:
+        return _split(buf, 0, len(buf), _SPECS[signal], max_bytes)
+    except WireError as e:
+        raise WireError(f"{_request_name(signal)}: {e}") from None
+
+
+def _varint_size(v: int) -> int:
+    return max(1, (v.bit_length() + 6) // 7)
+
+
+def _split(buf: bytes, pos: int, end: int, spec: _Spec, limit: int) -> list[bytes]:
+    """Bodies of copies of the message at buf[pos:end], each at most ``limit`` bytes if possible."""
+    if end - pos <= limit:
+        return [buf[pos:end]]
+    header: list[bytes] = []
+    children: list[bytes] = []
+    fields = _fields(buf, pos, end)
+    head_len = sum(ve - s for num, wt, s, _vs, ve in fields if not (num in spec and wt == _LEN))
+    for num, wt, s, vs, ve in fields:
+        if not (num in spec and wt == _LEN):
+            header.append(buf[s:ve])
+            continue
+        sub = spec[num]
+        tag = _enc_varint(num << 3 | _LEN)
+        room = limit - head_len - len(tag) - _varint_size(limit)
+        if sub is None or ve - s + head_len <= limit or room <= 0:
+            children.append(buf[s:ve])
+        else:
+            children.extend(tag + _enc_varint(len(b)) + b for b in _split(buf, vs, ve, sub, room))
+    head = b"".join(header)
+    pieces: list[bytes] = []
+    current: list[bytes] = []
+    size = len(head)
+    for child in children:
+        if current and size + len(child) > limit:
+            pieces.append(head + b"".join(current))
+            current = []
+            size = len(head)
+        current.append(child)
+        size += len(child)
+    if current or not pieces:
+        pieces.append(head + b"".join(current))
+    return pieces
+
+
+# --- split by trace id ----------------------------------------------------------------------
+
+
+def split_spans_by_trace_id(payload: bytes) -> dict[bytes, bytes]:
+    """trace_id -> an ExportTraceServiceRequest holding only that trace's spans.
+
+    Each ResourceSpans/ScopeSpans around a span is repeated in that trace's request, so a
+    consumer of one Kafka partition sees whole, valid requests.
+    """
+    buf = bytes(payload)
+    # trace -> list of (resource header, [(scope header, [span fields])])
+    traces: dict[bytes, dict[int, tuple[bytes, dict[int, tuple[bytes, list[bytes]]]]]] = {}
+    try:
+        top = _fields(buf, 0, len(buf))
+        for ri, (num, wt, _s, vs, ve) in enumerate(top):
+            if num != 1 or wt != _LEN:
+                continue
+            rfields = _fields(buf, vs, ve)
+            rhead = b"".join(buf[s:e] for n, w, s, _v, e in rfields if not (n == 2 and w == _LEN))
+            for si, (n, w, _ss, svs, sve) in enumerate(rfields):
+                if n != 2 or w != _LEN:
+                    continue
+                sfields = _fields(buf, svs, sve)
+                shead = b"".join(buf[s:e] for n2, w2, s, _v, e in sfields if not (n2 == 2 and w2 == _LEN))
+                for n2, w2, s, spvs, spve in sfields:
+                    if n2 != 2 or w2 != _LEN:
+                        continue
+                    trace_id = b""
+                    for fn, fw, _fs, fvs, fve in _fields(buf, spvs, spve):
+                        if fn == 1 and fw == _LEN:
+                            trace_id = buf[fvs:fve]
+                    per_rx = traces.setdefault(trace_id, {})
+                    _rh, scopes = per_rx.setdefault(ri, (rhead, {}))
+                    scopes.setdefault(si, (shead, []))[1].append(buf[s:spve])
+    except WireError as e:
+        raise WireError(f"ExportTraceServiceRequest: {e}") from None
+    out: dict[bytes, bytes] = {}
+    for trace_id, per_rx in traces.items():
+        parts = []
+        for rhead, scopes in per_rx.values():
+            rbody = rhead + b"".join(_len_field(2, shead + b"".join(spans))
+                                     for shead, spans in scopes.values())
+            parts.append(_len_field(1, rbody))
+        out[trace_id] = b"".join(parts)
+    return out
