@@ -2,6 +2,11 @@
 
 This loop is shared by the embedded gateway (MemoryBus -> file sink) and the Kafka pipelines
 runner, so at-least-once behaviour is the same code in both.
+
+While the sink fails transiently the same records are retried with exponential backoff and a
+source that can pause (Kafka) is paused, so nothing new is fetched and the consumer group keeps
+the member. Records the sink rejects for good go to the dead-letter callback (a Kafka topic in
+the runner) and are then committed: one poison record must not stop the pipeline.
 """
 
 from __future__ import annotations
@@ -9,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from prometheus_client import Counter
 
 from gateway.bus.base import BusRecord, Source
 from pipelines.sinks.base import PermanentSinkError, Rejection, Sink, TransientSinkError
@@ -16,6 +24,33 @@ from pipelines.sinks.base import PermanentSinkError, Rejection, Sink, TransientS
 log = logging.getLogger(__name__)
 
 DeadLetter = Callable[[Sequence[Rejection]], Awaitable[None]]
+
+ACKED_RECORDS = Counter(
+    "pipeline_sink_acked_records_total", "Records the sink acknowledged (then committed).", ["sink"]
+)
+DEAD_LETTER_RECORDS = Counter(
+    "pipeline_dead_letter_records_total", "Records the sink rejected for good (sent to dead letters).",
+    ["sink"],
+)
+SINK_ERRORS = Counter(
+    "pipeline_sink_errors_total", "Sink write failures by kind (transient: retried; permanent).",
+    ["sink", "kind"],
+)
+
+
+@runtime_checkable
+class PausableSource(Protocol):
+    """A source that can stop fetching while the sink is down, and stay in its group meanwhile."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    async def keepalive(self) -> None: ...
+
+
+class _Stopped(Exception):
+    """Stop was asked while the batch in hand could not be delivered: leave it uncommitted."""
 
 
 class Pipeline:
@@ -40,10 +75,18 @@ class Pipeline:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._stopping = asyncio.Event()
+        self._paused = False
         self.written = 0
         self.dead_lettered = 0
+        self._acked = ACKED_RECORDS.labels(sink.name)
+        self._dead = DEAD_LETTER_RECORDS.labels(sink.name)
 
     def stop(self) -> None:
+        """Finish the batch in hand (written and committed), then return from ``run``.
+
+        If the sink is failing at that moment the batch is left uncommitted and will be
+        redelivered to the next consumer, rather than holding shutdown hostage.
+        """
         self._stopping.set()
 
     async def run(self) -> None:
@@ -51,27 +94,80 @@ class Pipeline:
         while not self._stopping.is_set():
             records = await self.source.getmany(self._poll_timeout_ms, self._max_records)
             if records:
-                await self._deliver(records)
+                try:
+                    await self._deliver(records)
+                except _Stopped:
+                    log.warning("sink %s: stopping with %d undelivered record(s); they stay uncommitted",
+                                self.sink.name, len(records))
+                    return
                 await self.source.commit(records)
 
     async def _deliver(self, records: Sequence[BusRecord]) -> None:
+        try:
+            await self._retrying(lambda: self._write(records), on_retry=self._pause)
+        finally:
+            self._resume()
+
+    def _pause(self) -> None:
+        if not self._paused and isinstance(self.source, PausableSource):
+            self.source.pause()
+            self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused and isinstance(self.source, PausableSource):
+            self.source.resume()
+        self._paused = False
+
+    async def _write(self, records: Sequence[BusRecord]) -> None:
+        try:
+            await self.sink.write(records)
+        except PermanentSinkError as exc:
+            SINK_ERRORS.labels(self.sink.name, "permanent").inc()
+            rejected = exc.rejected
+            ok = len(records) - len(rejected)
+            self.written += ok
+            self._acked.inc(ok)
+            await self._retrying(lambda: self._park(rejected), on_retry=self._pause)
+            return
+        self.written += len(records)
+        self._acked.inc(len(records))
+
+    async def _park(self, rejected: Sequence[Rejection]) -> None:
+        if self._dead_letter is None:
+            for rej in rejected:
+                log.error("sink %s rejected %s/%d@%d: %s", self.sink.name, rej.record.topic,
+                          rej.record.partition, rej.record.offset, rej.reason)
+        else:
+            await self._dead_letter(rejected)
+        self.dead_lettered += len(rejected)
+        self._dead.inc(len(rejected))
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[None]], on_retry: Callable[[], None]) -> None:
+        """Run ``attempt`` until it does not raise TransientSinkError, backing off between tries."""
         delay = self._backoff_initial_s
         while True:
             try:
-                await self.sink.write(records)
-                self.written += len(records)
+                await attempt()
                 return
             except TransientSinkError as exc:
+                SINK_ERRORS.labels(self.sink.name, "transient").inc()
                 log.warning("sink %s: transient error, retrying in %.1fs: %s", self.sink.name, delay, exc)
-                await asyncio.sleep(delay)
+                on_retry()
+                await self._backoff(delay)
                 delay = min(delay * 2, self._backoff_max_s)
-            except PermanentSinkError as exc:
-                self.written += len(records) - len(exc.rejected)
-                self.dead_lettered += len(exc.rejected)
-                if self._dead_letter is None:
-                    for rej in exc.rejected:
-                        log.error("sink %s rejected %s/%d@%d: %s", self.sink.name, rej.record.topic,
-                                  rej.record.partition, rej.record.offset, rej.reason)
-                else:
-                    await self._dead_letter(exc.rejected)
-                return
+
+    async def _backoff(self, delay: float) -> None:
+        """Wait ``delay`` (keeping a paused source alive in its group); give up early on stop."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + delay
+        while (left := until - loop.time()) > 0:
+            if self._stopping.is_set():
+                raise _Stopped
+            if self._paused and isinstance(self.source, PausableSource):
+                await self.source.keepalive()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), min(left, 1.0))
+            except TimeoutError:
+                continue
+        if self._stopping.is_set():
+            raise _Stopped

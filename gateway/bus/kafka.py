@@ -1,0 +1,258 @@
+"""KafkaBus: the durable producer side of the spine.
+
+``publish`` returns only after Kafka acknowledged every piece of the batch (``acks=all``,
+idempotent producer), so the edge can answer a client "OK" only for data that survives a broker
+crash. When Kafka cannot take data the bus says so *quickly* (``BusUnavailable`` within
+``publish_timeout_ms``) so clients get a retryable 503 / UNAVAILABLE instead of hanging.
+
+The gateway must start even with Kafka down: ``start`` launches a background task that keeps
+(re)connecting, and ``readiness`` explains why it is not ready. After a publish fails on a
+connection or timeout error the producer is thrown away and a fresh one is connected, which is
+the simplest way to get back to a clean idempotence state (new producer id, empty accumulator)
+after an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.errors import for_code as kafka_error_for_code
+from prometheus_client import Counter, Histogram
+
+from gateway import wire
+from gateway.bus.base import Batch, BusUnavailable
+from gateway.config import KafkaConfig
+from gateway.signals import Signal
+
+log = logging.getLogger(__name__)
+
+PRODUCE_SECONDS = Histogram(
+    "gateway_kafka_produce_seconds",
+    "Time from publish() to Kafka's acknowledgement of every piece of a batch.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+PRODUCED_BYTES = Counter(
+    "gateway_kafka_produced_bytes_total", "Message value bytes acknowledged by Kafka.", ["topic"]
+)
+PRODUCE_ERRORS = Counter(
+    "gateway_kafka_produce_errors_total",
+    "Batches Kafka did not acknowledge, by error (the client got a retryable refusal).",
+    ["topic", "error"],
+)
+BATCH_BYTES = Histogram(
+    "gateway_kafka_batch_bytes",
+    "Size of each Kafka message value (a batch, or a piece of one after splitting).",
+    buckets=(1024, 4096, 16384, 65536, 262144, 524288, 1048576, 4194304),
+)
+
+# Bytes a record needs beyond key, value and headers (record batch framing, varints, CRC):
+# generous, so a value cut to the budget never trips the broker's message.max.bytes.
+_RECORD_OVERHEAD = 256
+_TOPIC_EXISTS = 36
+
+
+class KafkaBus:
+    """Bus over an ``AIOKafkaProducer`` that (re)connects in the background."""
+
+    def __init__(self, cfg: KafkaConfig) -> None:
+        self._cfg = cfg
+        self._prefix = cfg.topic_prefix
+        self._producer: AIOKafkaProducer | None = None
+        self._reason = "kafka: not started"
+        self._broken = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._timeout_s = cfg.publish_timeout_ms / 1000
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start connecting; wait briefly so a healthy start is ready at once, never forever."""
+        self._stopping = False
+        self._task = asyncio.create_task(self._maintain(), name="kafka-bus-connect")
+        try:
+            await asyncio.wait_for(self._connected.wait(), self._cfg.start_wait_ms / 1000)
+        except TimeoutError:
+            log.warning("%s; the gateway starts anyway and keeps trying", self._reason)
+
+    async def stop(self) -> None:
+        """Flush what the producer holds (bounded), then close."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        producer, self._producer = self._producer, None
+        self._connected.clear()
+        if producer is not None:
+            await _close(producer, self._timeout_s)
+        self._reason = "kafka: stopped"
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._producer is not None:
+            return True, f"kafka: connected to {self._cfg.bootstrap_servers}"
+        return False, self._reason
+
+    async def _maintain(self) -> None:
+        """Connect, hold the producer until a publish reports it broken, reconnect; forever."""
+        backoff = 0.2
+        while not self._stopping:
+            producer = self._new_producer()
+            try:
+                await asyncio.wait_for(producer.start(), self._cfg.request_timeout_ms / 1000)
+                if self._cfg.create_topics:
+                    await ensure_topics(self._cfg, [s.topic(self._prefix) for s in Signal])
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self._reason = f"kafka: cannot connect to {self._cfg.bootstrap_servers}: {_describe(exc)}"
+                log.warning("%s; retrying in %.1fs", self._reason, backoff)
+                await _close(producer, 1.0)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._cfg.reconnect_backoff_max_ms / 1000)
+                continue
+            log.info("kafka: connected to %s (acks=all, idempotent, compression=%s)",
+                     self._cfg.bootstrap_servers, self._cfg.compression)
+            backoff = 0.2
+            self._broken.clear()
+            self._producer = producer
+            self._connected.set()
+            await self._broken.wait()
+            self._producer = None
+            self._connected.clear()
+            await _close(producer, 1.0)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        cfg = self._cfg
+        return AIOKafkaProducer(
+            bootstrap_servers=cfg.bootstrap_servers,
+            client_id=cfg.client_id,
+            acks="all",
+            enable_idempotence=True,
+            compression_type=None if cfg.compression == "none" else cfg.compression,
+            linger_ms=cfg.linger_ms,
+            max_batch_size=cfg.max_message_bytes,
+            max_request_size=cfg.max_message_bytes,
+            request_timeout_ms=cfg.request_timeout_ms,
+        )
+
+    def _mark_broken(self, why: str) -> None:
+        if self._producer is not None:
+            self._reason = f"kafka: {why}; reconnecting"
+            log.warning("%s", self._reason)
+            self._producer = None
+            self._broken.set()
+
+    # -- publishing ---------------------------------------------------------------------------
+    async def publish(self, batch: Batch) -> None:
+        topic = batch.signal.topic(self._prefix)
+        producer = self._producer
+        if producer is None:
+            PRODUCE_ERRORS.labels(topic, "not_connected").inc()
+            raise BusUnavailable(self._reason)
+        headers = batch.headers()
+        pieces = message_pieces(batch, self._cfg.partition_by, self._cfg.max_message_bytes, headers)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                # Enqueue in order (cancelling send() itself is safe: the record is not sent) ...
+                futures = [await producer.send(topic, value, key=key, headers=headers)
+                           for key, value in pieces]
+            # ... then wait for every acknowledgement together, without cancelling them on timeout.
+            remaining = max(0.0, self._timeout_s - (time.perf_counter() - started))
+            done, pending = await asyncio.wait(futures, timeout=remaining)
+            if pending:
+                raise TimeoutError(f"{len(pending)} of {len(futures)} message(s) not acknowledged")
+            for fut in done:
+                fut.result()
+        except MessageSizeTooLargeError as exc:
+            # A single item bigger than the broker limit: splitting cannot help, nor can retrying.
+            PRODUCE_ERRORS.labels(topic, "message_too_large").inc()
+            raise BusUnavailable(f"kafka: an item exceeds max_message_bytes: {exc}") from exc
+        except (TimeoutError, KafkaError, OSError) as exc:
+            kind = _error_kind(exc)
+            PRODUCE_ERRORS.labels(topic, kind).inc()
+            why = f"publish to {topic} failed within {self._timeout_s:.1f}s: {_describe(exc)}"
+            if _breaks_producer(exc):
+                self._mark_broken(why)
+            raise BusUnavailable(f"kafka: {why}") from exc
+        PRODUCE_SECONDS.observe(time.perf_counter() - started)
+        produced = PRODUCED_BYTES.labels(topic)
+        for _, value in pieces:
+            produced.inc(len(value))
+            BATCH_BYTES.observe(len(value))
+
+
+def message_pieces(batch: Batch, partition_by: str, max_message_bytes: int,
+                   headers: Sequence[tuple[str, bytes]]) -> list[tuple[bytes, bytes]]:
+    """(key, value) messages for a batch, each within the broker's message size: split, never fail.
+
+    Keyed by tenant, or for spans with ``partition_by: trace_id`` one message per trace keyed by
+    its trace id, so every span of a trace lands on one partition.
+    """
+    header_bytes = sum(len(k) + len(v) for k, v in headers)
+    if partition_by == "trace_id" and batch.signal is Signal.TRACES:
+        by_trace = wire.split_spans_by_trace_id(batch.payload)
+        budget = max_message_bytes - header_bytes - 16 - _RECORD_OVERHEAD
+        return [(tid, piece) for tid, payload in by_trace.items()
+                for piece in _fit(batch.signal, payload, budget)]
+    key = batch.tenant.encode()
+    budget = max_message_bytes - header_bytes - len(key) - _RECORD_OVERHEAD
+    return [(key, piece) for piece in _fit(batch.signal, batch.payload, budget)]
+
+
+def _fit(signal: Signal, payload: bytes, budget: int) -> list[bytes]:
+    if len(payload) <= budget:
+        return [payload]
+    return wire.split(signal, payload, max(budget, 1024))
+
+
+async def ensure_topics(cfg: KafkaConfig, names: Sequence[str]) -> None:
+    """Create topics with the configured partitions/replication; "already exists" is fine."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id + "-admin",
+                                request_timeout_ms=cfg.request_timeout_ms)
+    await admin.start()
+    try:
+        new = [NewTopic(n, cfg.partitions, cfg.replication_factor,
+                        topic_configs={"max.message.bytes": str(cfg.max_message_bytes + 64 * 1024)})
+               for n in names]
+        resp: Any = await admin.create_topics(new)
+        for entry in resp.topic_errors:
+            topic, code = entry[0], entry[1]
+            if code not in (0, _TOPIC_EXISTS):
+                message = entry[2] if len(entry) > 2 else ""
+                raise kafka_error_for_code(code)(f"creating topic {topic}: {message}")
+    finally:
+        await admin.close()
+
+
+async def _close(producer: AIOKafkaProducer, within: float) -> None:
+    """Stop a producer without letting a dead broker hold the caller hostage."""
+    try:
+        await asyncio.wait_for(producer.stop(), within)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        log.debug("kafka producer stop: %s", _describe(exc))
+
+
+def _breaks_producer(exc: BaseException) -> bool:
+    if isinstance(exc, (TimeoutError, KafkaTimeoutError, KafkaConnectionError, OSError)):
+        return True
+    return bool(getattr(exc, "retriable", False) or getattr(exc, "invalid_metadata", False))
+
+
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

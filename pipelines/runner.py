@@ -1,0 +1,151 @@
+"""``telemetry-gateway pipelines --sink NAME``: one sink fed by its own Kafka consumer group.
+
+Each sink has its own group (``<group_prefix><sink>``), so sinks progress independently: a slow
+Elasticsearch never holds back Prometheus, and scaling a sink out is starting more of these
+processes with the same ``--sink``. Sinks are found by name as modules ``pipelines.sinks.<name>``
+exposing ``make_sink(cfg) -> Sink`` and imported only when chosen, so a worker for one store does
+not import the others' clients.
+
+SIGTERM/SIGINT: the batch in hand is finished and committed, the consumer leaves its group (so
+the partitions move at once), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, cast
+
+from prometheus_client import start_http_server
+
+from gateway import config as config_mod
+from gateway.bus.kafka import ensure_topics
+from gateway.config import Config
+from pipelines.dead_letter import KafkaDeadLetter
+from pipelines.kafka_source import KafkaSource
+from pipelines.pipeline import Pipeline
+from pipelines.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+SINKS = ("file", "elasticsearch", "jaeger", "prometheus")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sink", required=True, choices=SINKS, help="which sink this worker feeds")
+    parser.add_argument("--config", metavar="FILE", help="YAML config (TG_* environment overrides apply)")
+    parser.add_argument("--admin-port", type=int, default=None,
+                        help="port of /metrics (default: pipelines.admin_port, 8889)")
+
+
+def main(ns: argparse.Namespace) -> int:
+    cfg = config_mod.load(ns.config)
+    if ns.admin_port is not None:
+        cfg.pipelines.admin_port = ns.admin_port
+    logging.basicConfig(level=cfg.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+        runner: Callable[..., object] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    rc = runner(run(cfg, ns.sink))
+    return cast(int, rc)
+
+
+def make_sink(cfg: Config, name: str) -> Sink:
+    """Import ``pipelines.sinks.<name>`` and build its sink from the config."""
+    if name not in SINKS:
+        raise ValueError(f"unknown sink {name!r}; known: {', '.join(SINKS)}")
+    module = importlib.import_module(f"pipelines.sinks.{name}")
+    factory = getattr(module, "make_sink", None)
+    if factory is None:
+        raise RuntimeError(f"pipelines.sinks.{name} has no make_sink(cfg)")
+    return cast(Sink, factory(cfg))
+
+
+async def run(cfg: Config, sink_name: str) -> int:
+    """Run one pipeline until SIGTERM/SIGINT; returns the exit code."""
+    kcfg = cfg.bus.kafka
+    sink = make_sink(cfg, sink_name)
+    group = cfg.pipelines.group_prefix + sink_name
+    source = KafkaSource(kcfg, group, sink.signals, max_records=cfg.pipelines.max_inflight_records)
+    dead_letter = KafkaDeadLetter(kcfg, cfg.pipelines.dead_letter_topic, sink_name)
+    pipeline = Pipeline(source, sink, dead_letter=dead_letter,
+                        max_records=cfg.pipelines.max_inflight_records)
+    start_http_server(cfg.pipelines.admin_port, addr=cfg.pipelines.admin_host)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        log.info("pipelines %s: %s, finishing the batch in hand", sink_name, signal.Signals(signum).name)
+        stopping.set()
+        pipeline.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    started: list[object] = []
+    try:
+        # Kafka may not be there yet: starting keeps retrying, and a stop signal ends the wait.
+        if not await _until_stopped(_start(cfg, sink, source, dead_letter, started), stopping):
+            return 0
+        log.info("pipelines %s: consumer group %s on %s -> sink %s; metrics on %s:%d", sink_name, group,
+                 kcfg.bootstrap_servers, sink.name, cfg.pipelines.admin_host, cfg.pipelines.admin_port)
+        await pipeline.run()
+        log.info("pipelines %s: stopped after %d record(s) written, %d dead-lettered", sink_name,
+                 pipeline.written, pipeline.dead_lettered)
+        return 0
+    finally:
+        if source in started:
+            await source.stop()
+        if dead_letter in started:
+            await dead_letter.stop()
+        if sink in started:
+            await sink.stop()
+
+
+async def _start(cfg: Config, sink: Sink, source: KafkaSource, dead_letter: KafkaDeadLetter,
+                 started: list[object]) -> None:
+    kcfg = cfg.bus.kafka
+    await sink.start()
+    started.append(sink)
+    if kcfg.create_topics:
+        await _retry(lambda: ensure_topics(kcfg, source.topics), "creating topics")
+    await source.start()
+    started.append(source)
+    await _retry(dead_letter.start, "starting the dead-letter producer")
+    started.append(dead_letter)
+
+
+async def _retry(step: Callable[[], Awaitable[None]], what: str, backoff_max_s: float = 5.0) -> None:
+    backoff = 0.2
+    while True:
+        try:
+            await step()
+            return
+        except Exception as exc:  # Kafka errors, connection refused, timeouts: all worth a retry
+            log.warning("kafka: %s failed (%s); retrying in %.1fs", what, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, backoff_max_s)
+
+
+async def _until_stopped(work: Coroutine[Any, Any, None], stopping: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stopping`` is set first; True when the work completed."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopping.wait())
+    done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if task in done:
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
