@@ -1,0 +1,136 @@
+"""The one path every Export request takes, whatever transport brought it.
+
+Receivers decode their protocol (HTTP body, gRPC message bytes) into protobuf bytes and call
+``Ingest.ingest``; it answers with an ``Outcome`` that each receiver renders in its own form
+(HTTP status + body, gRPC status + metadata). Keeping tenancy, limits, enrichment, batching and
+counting here means the two receivers cannot drift apart in what they accept or refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway import correlation, metrics, wire
+from gateway.batcher import Batcher
+from gateway.bus.base import Batch, BusUnavailable
+from gateway.config import Config
+from gateway.signals import ATTR_CORRELATION, ATTR_TENANT, CORRELATION_HEADER, Signal
+from gateway.tenancy import Authenticator, AuthError, RateLimiter
+
+log = logging.getLogger(__name__)
+
+# Why a request was refused; also the ``reason`` label of the refusal metrics.
+Reason = Literal[
+    "unauthenticated", "rate_limited", "malformed", "too_large", "unsupported_media_type",
+    "bus_unavailable", "overloaded", "not_found", "method_not_allowed",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one request, independent of how it will be said on the wire."""
+
+    correlation_id: str
+    refused: Reason | None = None
+    message: str = ""
+    rejected_items: int = 0  # accepted request with partial success when > 0
+    retry_after_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.refused is None
+
+
+class Ingest:
+    """Tenant -> enrich and count -> rate limit -> batch -> (durable) ack."""
+
+    def __init__(self, cfg: Config, batcher: Batcher, authenticator: Authenticator,
+                 limiter: RateLimiter) -> None:
+        self._durable = cfg.ack == "durable"
+        self._max_inflight = cfg.server.max_concurrent_requests
+        self._batcher = batcher
+        self._auth = authenticator
+        self._limiter = limiter
+        self.inflight = 0
+
+    def correlation_id(self, headers: Mapping[str, str]) -> str:
+        """The client's valid ``x-correlation-id`` or a new one; receivers echo it back."""
+        return correlation.accept(headers.get(CORRELATION_HEADER)) or correlation.new_id()
+
+    def refuse(self, signal: Signal, transport: str, reason: Reason, message: str,
+               correlation_id: str, *, items: int = 0, retry_after_s: float | None = None) -> Outcome:
+        """Count a refusal and describe it; receivers use it for protocol-level refusals too."""
+        metrics.refused_requests.labels(signal.value, transport, reason).inc()
+        if items:
+            metrics.refused_items.labels(signal.value, reason).inc(items)
+        return Outcome(correlation_id, refused=reason, message=message, retry_after_s=retry_after_s)
+
+    async def ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,
+                     correlation_id: str | None = None) -> Outcome:
+        """Handle one decoded Export request (protobuf bytes). ``headers`` keys are lower case."""
+        cid = correlation_id or self.correlation_id(headers)
+        if self.inflight >= self._max_inflight:
+            return self.refuse(signal, transport, "overloaded", "too many concurrent requests", cid,
+                               retry_after_s=1.0)
+        self.inflight += 1
+        gauge = metrics.inflight_requests.labels(transport)
+        gauge.inc()
+        started = time.perf_counter()
+        try:
+            return await self._ingest(signal, transport, headers, payload, cid)
+        finally:
+            self.inflight -= 1
+            gauge.dec()
+            metrics.request_seconds.labels(signal.value, transport).observe(time.perf_counter() - started)
+
+    async def _ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,
+                      cid: str) -> Outcome:
+        try:
+            tenant = self._auth.tenant_for(headers)
+        except AuthError as exc:
+            return self.refuse(signal, transport, "unauthenticated", str(exc) or "unauthenticated", cid)
+        try:
+            prepared = wire.prepare(signal, payload, ((ATTR_TENANT, tenant), (ATTR_CORRELATION, cid)))
+        except wire.WireError as exc:
+            return self.refuse(signal, transport, "malformed", str(exc), cid)
+        retry = self._limiter.admit(tenant, prepared.items, len(payload))
+        if retry is not None:
+            return self.refuse(signal, transport, "rate_limited", f"tenant {tenant!r} is over its rate limit",
+                               cid, items=prepared.items, retry_after_s=retry)
+        if prepared.rejected_items:
+            metrics.refused_items.labels(signal.value, "malformed").inc(prepared.rejected_items)
+        if prepared.items:
+            fut = self._batcher.add(signal, tenant, prepared.payload, prepared.items, cid)
+            if self._durable:
+                try:
+                    # shield: a client that goes away must not cancel the batch others wait on.
+                    await asyncio.shield(fut)
+                except BusUnavailable as exc:
+                    return self.refuse(signal, transport, "bus_unavailable", f"bus unavailable: {exc}", cid,
+                                       items=prepared.items, retry_after_s=1.0)
+            else:
+                fut.add_done_callback(functools.partial(_count_lost, signal, prepared.items))
+            metrics.received_items.labels(signal.value, transport, tenant).inc(prepared.items)
+            metrics.received_bytes.labels(signal.value, transport, tenant).inc(len(payload))
+        return Outcome(cid, rejected_items=prepared.rejected_items, message=prepared.error or "")
+
+
+def _count_lost(signal: Signal, items: int, fut: asyncio.Future[object]) -> None:
+    """In ``ack: accepted`` mode nobody awaits the flush; a lost batch must still be counted."""
+    if fut.cancelled() or fut.exception() is not None:
+        metrics.refused_items.labels(signal.value, "lost_after_ack").inc(items)
+        log.error("%d %s item(s) lost after they were acknowledged (ack: accepted): %s", items,
+                  signal.value, "cancelled" if fut.cancelled() else fut.exception())
+
+
+def observe_flush(batch: Batch, seconds: float) -> None:
+    """Batcher ``on_flush`` hook: size and latency of every publish."""
+    metrics.batch_bytes.labels(batch.signal.value).observe(len(batch.payload))
+    metrics.batch_items.labels(batch.signal.value).observe(batch.items)
+    metrics.flush_seconds.labels(batch.signal.value).observe(seconds)

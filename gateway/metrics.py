@@ -1,0 +1,81 @@
+"""The ingest edge's self-metrics (Prometheus), defined once so receivers only count.
+
+With ``--workers N`` every worker shares the admin port through SO_REUSEPORT, so a scrape lands
+on one random worker. To make that one scrape describe the whole gateway the server runs
+prometheus_client in multiprocess mode (a ``PROMETHEUS_MULTIPROC_DIR`` per gateway run, created
+by the parent before any worker imports this module); ``registry()`` then aggregates the files of
+all workers. With one worker the default in-process registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.registry import REGISTRY
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+received_items = Counter(
+    "gateway_received_items", "Items (spans, log records, metric data points) accepted.",
+    ["signal", "transport", "tenant"],
+)
+received_bytes = Counter(
+    "gateway_received_bytes", "Request bytes accepted (after decompression, protobuf).",
+    ["signal", "transport", "tenant"],
+)
+refused_items = Counter(
+    "gateway_refused_items", "Items refused or rejected (partial success included).",
+    ["signal", "reason"],
+)
+refused_requests = Counter(
+    "gateway_refused_requests", "Requests answered with an error status.",
+    ["signal", "transport", "reason"],
+)
+batch_bytes = Histogram(
+    "gateway_batch_bytes", "Size of batches handed to the bus.", ["signal"],
+    buckets=(1024, 8192, 65536, 262144, 524288, 1048576, 2097152, 4194304, 8388608),
+)
+batch_items = Histogram(
+    "gateway_batch_items", "Items in batches handed to the bus.", ["signal"],
+    buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000, 100000),
+)
+flush_seconds = Histogram(
+    "gateway_flush_seconds", "Time to publish one batch to the bus.", ["signal"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+inflight_requests = Gauge(
+    "gateway_inflight_requests", "Export requests being handled now.", ["transport"],
+    multiprocess_mode="livesum",
+)
+request_seconds = Histogram(
+    "gateway_request_seconds", "Time from a complete request to its answer.", ["signal", "transport"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def registry() -> CollectorRegistry:
+    """The registry to expose: all workers' files in multiprocess mode, else this process."""
+    if os.environ.get(MULTIPROC_ENV):
+        reg = CollectorRegistry()
+        multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+        return reg
+    return REGISTRY
+
+
+def exposition() -> bytes:
+    """The text exposition served on ``/metrics``."""
+    return generate_latest(registry())
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a finished worker's live gauges (the parent calls this when a worker exits)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

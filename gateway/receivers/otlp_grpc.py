@@ -1,0 +1,89 @@
+"""OTLP/gRPC receiver on ``grpc.aio`` that never builds request message objects.
+
+The three ``Export`` methods are registered as generic handlers with no request deserializer,
+so a handler receives the request's raw protobuf bytes and passes them to ``Ingest`` untouched
+(DESIGN.md principle 1). grpc itself inflates gzip-compressed requests and enforces
+``max_receive_message_length`` (the inflated size), answering RESOURCE_EXHAUSTED beyond it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from gateway.config import ServerConfig
+from gateway.ingest import Ingest
+from gateway.receivers.status import GRPC_CODE, rpc_status
+from gateway.signals import CORRELATION_HEADER, Signal
+
+TRANSPORT = "grpc"
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+_SERVICES: dict[Signal, tuple[str, Any]] = {
+    Signal.TRACES: ("opentelemetry.proto.collector.trace.v1.TraceService",
+                    trace_service_pb2.ExportTraceServiceResponse),
+    Signal.LOGS: ("opentelemetry.proto.collector.logs.v1.LogsService",
+                  logs_service_pb2.ExportLogsServiceResponse),
+    Signal.METRICS: ("opentelemetry.proto.collector.metrics.v1.MetricsService",
+                     metrics_service_pb2.ExportMetricsServiceResponse),
+}
+_REJECTED_FIELD = {Signal.TRACES: "rejected_spans", Signal.LOGS: "rejected_log_records",
+                   Signal.METRICS: "rejected_data_points"}
+
+Export = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[object]]
+
+
+def _export(ingest: Ingest, signal: Signal, response_cls: Any) -> Export:
+    rejected_field = _REJECTED_FIELD[signal]
+
+    async def export(request: bytes, context: grpc.aio.ServicerContext) -> object:
+        headers = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        cid = ingest.correlation_id(headers)
+        await context.send_initial_metadata(((CORRELATION_HEADER, cid),))
+        outcome = await ingest.ingest(signal, TRANSPORT, headers, request, cid)
+        if outcome.refused is not None:
+            st = rpc_status(outcome.refused, outcome.message, outcome.retry_after_s)
+            await context.abort(GRPC_CODE[outcome.refused], outcome.message,
+                                ((_STATUS_DETAILS_KEY, st.SerializeToString()),))
+        resp = response_cls()
+        if outcome.rejected_items or outcome.message:
+            setattr(resp.partial_success, rejected_field, outcome.rejected_items)
+            resp.partial_success.error_message = outcome.message
+        return resp
+
+    return export
+
+
+def handlers(ingest: Ingest) -> list[grpc.GenericRpcHandler]:
+    """One generic handler per OTLP service, each with its ``Export`` method."""
+    out = []
+    for signal, (service, response_cls) in _SERVICES.items():
+        method = grpc.unary_unary_rpc_method_handler(
+            _export(ingest, signal, response_cls),
+            request_deserializer=None,  # raw bytes in
+            response_serializer=response_cls.SerializeToString,
+        )
+        out.append(grpc.method_handlers_generic_handler(service, {"Export": method}))
+    return out
+
+
+async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> grpc.aio.Server:
+    """Start the gRPC server on ``cfg.host:cfg.grpc_port``; the caller stops it."""
+    server = grpc.aio.server(
+        handlers=handlers(ingest),
+        options=[
+            ("grpc.max_receive_message_length", cfg.max_decompressed_bytes),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ],
+        maximum_concurrent_rpcs=cfg.max_concurrent_requests,
+    )
+    bound = server.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {cfg.host}:{cfg.grpc_port}")
+    await server.start()
+    return server

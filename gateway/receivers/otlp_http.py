@@ -1,0 +1,122 @@
+"""OTLP/HTTP receiver: ``POST /v1/{traces,logs,metrics}``, protobuf or JSON, gzip or identity.
+
+Thin on purpose: it turns the HTTP request into protobuf bytes (inflating and converting JSON),
+hands them to ``Ingest`` and renders the ``Outcome`` as the OTLP/HTTP specification asks:
+an Export*ServiceResponse (with ``partial_success`` when items were rejected) in the request's
+encoding, or an error status with a ``google.rpc.Status`` body in that encoding.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from gateway import otlp_json
+from gateway.config import ServerConfig
+from gateway.ingest import Ingest, Outcome, Reason
+from gateway.receivers.gunzip import BadGzip, TooLarge, gunzip
+from gateway.receivers.httpserver import Request, Response
+from gateway.receivers.status import HTTP_STATUS, rpc_status
+from gateway.signals import CORRELATION_HEADER, Signal
+from gateway.wire import WireError
+
+TRANSPORT = "http"
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_PATHS = {f"/v1/{s.value}": s for s in Signal}
+
+
+class OtlpHttp:
+    """The request handler given to ``httpserver.serve``."""
+
+    def __init__(self, ingest: Ingest, cfg: ServerConfig) -> None:
+        self._ingest = ingest
+        self._max_inflated = cfg.max_decompressed_bytes
+        self._max_body = cfg.max_request_bytes
+
+    async def __call__(self, req: Request) -> Response:
+        signal = _PATHS.get(req.path)
+        sig = signal or Signal.TRACES  # metric label for requests to unknown paths
+        cid = self._ingest.correlation_id(req.headers)
+        as_json = _media_type(req.headers) == JSON
+        if signal is None:
+            return self._refuse(sig, "not_found", f"no OTLP endpoint at {req.path}", cid, as_json)
+        if req.method != "POST":
+            resp = self._refuse(signal, "method_not_allowed", f"{req.method} not allowed, use POST", cid,
+                                as_json)
+            resp.headers.append(("Allow", "POST"))
+            return resp
+        media = _media_type(req.headers)
+        if media not in (PROTOBUF, JSON):
+            return self._refuse(signal, "unsupported_media_type",
+                                f"Content-Type {media or '(none)'} is not {PROTOBUF} or {JSON}", cid, False)
+        body = req.body
+        encoding = req.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            try:
+                body = gunzip(body, self._max_inflated)
+            except TooLarge as exc:
+                return self._refuse(signal, "too_large", str(exc), cid, as_json)
+            except BadGzip as exc:
+                return self._refuse(signal, "malformed", str(exc), cid, as_json)
+        elif encoding not in ("identity", ""):
+            return self._refuse(signal, "unsupported_media_type",
+                                f"Content-Encoding {encoding} is not gzip or identity", cid, as_json)
+        if as_json:
+            try:
+                body = otlp_json.json_to_proto(signal, body)
+            except WireError as exc:
+                return self._refuse(signal, "malformed", str(exc), cid, True)
+        outcome = await self._ingest.ingest(signal, TRANSPORT, req.headers, body, cid)
+        return _render(signal, outcome, as_json)
+
+    def too_large(self, path: str, headers: dict[str, str]) -> Response:
+        """Hook for bodies refused while still arriving (declared or actual size over the cap)."""
+        signal = _PATHS.get(path, Signal.TRACES)
+        cid = self._ingest.correlation_id(headers)
+        return self._refuse(signal, "too_large", f"request body exceeds {self._max_body} bytes", cid,
+                            _media_type(headers) == JSON)
+
+    def _refuse(self, signal: Signal, reason: Reason, message: str, cid: str, as_json: bool) -> Response:
+        return _render(signal, self._ingest.refuse(signal, TRANSPORT, reason, message, cid), as_json)
+
+
+def _media_type(headers: dict[str, str]) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _render(signal: Signal, outcome: Outcome, as_json: bool) -> Response:
+    headers = [(CORRELATION_HEADER, outcome.correlation_id)]
+    ctype = JSON if as_json else PROTOBUF
+    if outcome.refused is not None:
+        if outcome.retry_after_s is not None:
+            headers.append(("Retry-After", str(max(1, round(outcome.retry_after_s)))))
+        st = rpc_status(outcome.refused, outcome.message, outcome.retry_after_s)
+        body = json_format.MessageToJson(st, indent=None).encode() if as_json else st.SerializeToString()
+        return Response(HTTP_STATUS[outcome.refused], body, ctype, headers)
+    if as_json:
+        return Response(200, otlp_json.response_json(outcome.rejected_items, outcome.message, signal),
+                        ctype, headers)
+    return Response(200, _response_proto(outcome), ctype, headers)
+
+
+def _response_proto(outcome: Outcome) -> bytes:
+    """Export*ServiceResponse bytes. ``partial_success`` is field 1 of all three responses, and
+    rejected count / message are fields 1 / 2 of all three PartialSuccess messages."""
+    if not outcome.rejected_items and not outcome.message:
+        return b""
+    inner = b""
+    if outcome.rejected_items:
+        inner += b"\x08" + _varint(outcome.rejected_items)
+    if outcome.message:
+        msg = outcome.message.encode()
+        inner += b"\x12" + _varint(len(msg)) + msg
+    return b"\x0a" + _varint(len(inner)) + inner
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
