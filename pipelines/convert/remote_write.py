@@ -1,0 +1,305 @@
+"""OTLP metrics to Prometheus remote-write 1.0 ``WriteRequest``s, one per tenant.
+
+Follows the OpenTelemetry "Prometheus and OpenMetrics Compatibility" spec:
+
+- gauges -> gauges; monotonic cumulative sums -> counters (``_total``); non-monotonic sums -> gauges;
+- histograms -> ``_bucket{le}`` (cumulative, with ``+Inf``), ``_sum``, ``_count``;
+- exponential histograms -> native histograms (schema = scale, capped at 8 by merging buckets;
+  scales below -4 are dropped), integer counts with delta-encoded buckets and a zero bucket;
+- summaries -> ``{quantile}``, ``_sum``, ``_count``;
+- ``job`` = ``service.namespace/service.name``, ``instance`` = ``service.instance.id``,
+  ``otel_scope_name``/``otel_scope_version``, and a ``target_info`` series carrying the other
+  resource attributes.
+
+Delta temporality is dropped and counted (reason ``delta_temporality``): turning deltas into
+cumulative series needs state across records and replicas, which a stateless consumer group
+member does not have. Data points flagged "no recorded value" become Prometheus stale markers.
+
+Every series carries a ``tenant`` label set from the gateway-stamped ``tenant.id`` (a client
+attribute named ``tenant`` never overrides it). ``tenant.id`` and ``correlation.id`` are not
+copied into ``target_info``: the correlation id changes per request and would mint a new
+series for every request.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import cramjam
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
+
+from gateway.signals import ATTR_CORRELATION, ATTR_TENANT
+from pipelines.convert.otlp_values import as_label_value, resource_tenant
+from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_name
+from protos import remote_pb2, types_pb2
+
+Labels = tuple[tuple[str, str], ...]
+
+# Prometheus' staleness marker: a specific NaN bit pattern, not any NaN.
+STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
+MAX_SCHEMA = 8
+MIN_SCHEMA = -4
+TENANT_LABEL = "tenant"
+
+_CUMULATIVE = otlp.AGGREGATION_TEMPORALITY_CUMULATIVE
+_NO_RECORDED_VALUE = otlp.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+_RESOURCE_IDENTITY = frozenset({"service.name", "service.namespace", "service.instance.id",
+                                ATTR_TENANT, ATTR_CORRELATION})
+_META_TYPE = {
+    Kind.COUNTER: types_pb2.MetricMetadata.COUNTER,
+    Kind.GAUGE: types_pb2.MetricMetadata.GAUGE,
+    Kind.HISTOGRAM: types_pb2.MetricMetadata.HISTOGRAM,
+    Kind.SUMMARY: types_pb2.MetricMetadata.SUMMARY,
+}
+
+
+@dataclass
+class _TenantSeries:
+    floats: dict[Labels, dict[int, float]] = field(default_factory=dict)
+    histograms: dict[Labels, dict[int, types_pb2.Histogram]] = field(default_factory=dict)
+    metadata: dict[str, types_pb2.MetricMetadata] = field(default_factory=dict)
+    added: int = 0
+
+    def add(self, labels: dict[str, str], ts_ms: int, value: float) -> None:
+        key = tuple(sorted(labels.items()))
+        self.floats.setdefault(key, {})[ts_ms] = value
+        self.added += 1
+
+    def add_histogram(self, labels: dict[str, str], h: types_pb2.Histogram) -> None:
+        key = tuple(sorted(labels.items()))
+        self.histograms.setdefault(key, {})[h.timestamp] = h
+        self.added += 1
+
+    def request(self) -> remote_pb2.WriteRequest:
+        req = remote_pb2.WriteRequest()
+        for key, points in self.floats.items():
+            ts = req.timeseries.add()
+            ts.labels.extend(types_pb2.Label(name=n, value=v) for n, v in key)
+            ts.samples.extend(types_pb2.Sample(value=points[t], timestamp=t) for t in sorted(points))
+        for key, hpoints in self.histograms.items():
+            ts = req.timeseries.add()
+            ts.labels.extend(types_pb2.Label(name=n, value=v) for n, v in key)
+            ts.histograms.extend(hpoints[t] for t in sorted(hpoints))
+        req.metadata.extend(self.metadata.values())
+        return req
+
+
+@dataclass
+class Conversion:
+    """Requests per tenant, how many samples they carry, and what was dropped and why."""
+
+    requests: dict[str, remote_pb2.WriteRequest]
+    samples: dict[str, int]
+    dropped: Counter[str]
+
+
+def _attr_labels(kvs: Sequence[KeyValue]) -> dict[str, str]:
+    """Attributes as labels; keys that sanitise to the same name join values with ``;``."""
+    out: dict[str, str] = {}
+    collided = False
+    for kv in kvs:
+        name = label_name(kv.key)
+        if name in out:
+            collided = True
+            break
+        value = as_label_value(kv.value)
+        out[name] = value
+    if collided:
+        grouped: dict[str, list[str]] = {}
+        for kv in sorted(kvs, key=lambda k: k.key):
+            grouped.setdefault(label_name(kv.key), []).append(as_label_value(kv.value))
+        out = {n: ";".join(v) for n, v in grouped.items()}
+    return {n: v for n, v in out.items() if v}
+
+
+def _resource_labels(kvs: Sequence[KeyValue], tenant: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels on every series of the resource, extra labels of its ``target_info``)."""
+    attrs = {kv.key: as_label_value(kv.value) for kv in kvs}
+    labels: dict[str, str] = {}
+    service = attrs.get("service.name", "")
+    namespace = attrs.get("service.namespace", "")
+    job = f"{namespace}/{service}" if namespace else service
+    if job:
+        labels["job"] = job
+    if attrs.get("service.instance.id"):
+        labels["instance"] = attrs["service.instance.id"]
+    labels[TENANT_LABEL] = tenant
+    info = _attr_labels([kv for kv in kvs if kv.key not in _RESOURCE_IDENTITY])
+    return labels, info
+
+
+def _scope_labels(scope_name: str, scope_version: str) -> dict[str, str]:
+    out = {}
+    if scope_name:
+        out["otel_scope_name"] = scope_name
+    if scope_version:
+        out["otel_scope_version"] = scope_version
+    return out
+
+
+def _number(dp: otlp.NumberDataPoint) -> float:
+    if dp.flags & _NO_RECORDED_VALUE:
+        return STALE_NAN
+    return float(dp.as_int) if dp.WhichOneof("value") == "as_int" else dp.as_double
+
+
+def _downscale(offset: int, counts: Sequence[int], by: int) -> tuple[int, list[int]]:
+    """Merge buckets to a coarser scale: index i at scale s is index i >> by at scale s - by."""
+    if by <= 0 or not counts:
+        return offset, list(counts)
+    first = offset >> by
+    merged = [0] * (((offset + len(counts) - 1) >> by) - first + 1)
+    for i, c in enumerate(counts):
+        merged[((offset + i) >> by) - first] += c
+    return first, merged
+
+
+def _spans_deltas(offset: int, counts: Sequence[int]) -> tuple[list[types_pb2.BucketSpan], list[int]]:
+    """One span over the dense OTLP buckets, counts delta-encoded.
+
+    OTLP bucket ``i`` covers ``(base**i, base**(i+1)]``; Prometheus bucket ``j`` covers
+    ``(base**(j-1), base**j]``, so the first Prometheus index is the OTLP offset plus one.
+    """
+    if not counts:
+        return [], []
+    deltas, prev = [], 0
+    for c in counts:
+        deltas.append(c - prev)
+        prev = c
+    return [types_pb2.BucketSpan(offset=offset + 1, length=len(counts))], deltas
+
+
+def native_histogram(dp: otlp.ExponentialHistogramDataPoint, ts_ms: int) -> types_pb2.Histogram | None:
+    """The native histogram of an exponential histogram point; None if its scale is below -4."""
+    if dp.scale < MIN_SCHEMA:
+        return None
+    by = max(dp.scale - MAX_SCHEMA, 0)
+    pos_off, pos = _downscale(dp.positive.offset, dp.positive.bucket_counts, by)
+    neg_off, neg = _downscale(dp.negative.offset, dp.negative.bucket_counts, by)
+    pos_spans, pos_deltas = _spans_deltas(pos_off, pos)
+    neg_spans, neg_deltas = _spans_deltas(neg_off, neg)
+    return types_pb2.Histogram(
+        count_int=dp.count,
+        sum=dp.sum,
+        schema=dp.scale - by,
+        zero_threshold=dp.zero_threshold,
+        zero_count_int=dp.zero_count,
+        positive_spans=pos_spans,
+        positive_deltas=pos_deltas,
+        negative_spans=neg_spans,
+        negative_deltas=neg_deltas,
+        timestamp=ts_ms,
+    )
+
+
+def _metadata(out: _TenantSeries, name: str, kind: Kind, metric: otlp.Metric) -> None:
+    if name not in out.metadata:
+        out.metadata[name] = types_pb2.MetricMetadata(
+            type=_META_TYPE[kind], metric_family_name=name, help=metric.description, unit=metric.unit)
+
+
+def _kind(data: str, metric: otlp.Metric) -> Kind:
+    if data == "sum":
+        return Kind.COUNTER if metric.sum.is_monotonic else Kind.GAUGE
+    if data == "summary":
+        return Kind.SUMMARY
+    return Kind.GAUGE if data == "gauge" else Kind.HISTOGRAM
+
+
+def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSeries,
+                    dropped: Counter[str]) -> int:
+    """Add one metric's series; returns the newest timestamp (ms) among its points."""
+    data = metric.WhichOneof("data")
+    if data is None:
+        dropped["empty_metric"] += 1
+        return 0
+    body = getattr(metric, data)
+    if data not in ("gauge", "summary") and body.aggregation_temporality != _CUMULATIVE:
+        dropped["delta_temporality"] += len(body.data_points)
+        return 0
+    kind = _kind(data, metric)
+    name = metric_name(metric.name, metric.unit, kind)
+    _metadata(out, name, kind, metric)
+    newest = 0
+    if data in ("gauge", "sum"):
+        for dp in body.data_points:
+            ts = dp.time_unix_nano // 1_000_000
+            out.add({**_attr_labels(dp.attributes), **base, "__name__": name}, ts, _number(dp))
+            newest = max(newest, ts)
+    elif data == "histogram":
+        for hp in body.data_points:
+            ts = hp.time_unix_nano // 1_000_000
+            newest = max(newest, ts)
+            stale = bool(hp.flags & _NO_RECORDED_VALUE)
+            labels = {**_attr_labels(hp.attributes), **base}
+            cumulative = 0
+            bounds = [*hp.explicit_bounds, math.inf]
+            for bound, count in zip(bounds, hp.bucket_counts, strict=False):
+                cumulative += count
+                out.add({**labels, "__name__": name + "_bucket", "le": format_bound(bound)}, ts,
+                        STALE_NAN if stale else float(cumulative))
+            if not hp.bucket_counts:  # a point without buckets: +Inf alone, holding the count
+                out.add({**labels, "__name__": name + "_bucket", "le": "+Inf"}, ts,
+                        STALE_NAN if stale else float(hp.count))
+            out.add({**labels, "__name__": name + "_count"}, ts, STALE_NAN if stale else float(hp.count))
+            if hp.HasField("sum"):
+                out.add({**labels, "__name__": name + "_sum"}, ts, STALE_NAN if stale else hp.sum)
+    elif data == "exponential_histogram":
+        for ep in body.data_points:
+            if ep.flags & _NO_RECORDED_VALUE:
+                dropped["no_recorded_value"] += 1
+                continue
+            ts = ep.time_unix_nano // 1_000_000
+            h = native_histogram(ep, ts)
+            if h is None:
+                dropped["unsupported_scale"] += 1
+                continue
+            out.add_histogram({**_attr_labels(ep.attributes), **base, "__name__": name}, h)
+            newest = max(newest, ts)
+    else:  # summary
+        for sp in body.data_points:
+            ts = sp.time_unix_nano // 1_000_000
+            newest = max(newest, ts)
+            stale = bool(sp.flags & _NO_RECORDED_VALUE)
+            labels = {**_attr_labels(sp.attributes), **base}
+            for q in sp.quantile_values:
+                out.add({**labels, "__name__": name, "quantile": format_bound(q.quantile)}, ts,
+                        STALE_NAN if stale else q.value)
+            out.add({**labels, "__name__": name + "_sum"}, ts, STALE_NAN if stale else sp.sum)
+            out.add({**labels, "__name__": name + "_count"}, ts, STALE_NAN if stale else float(sp.count))
+    return newest
+
+
+def to_write_requests(payloads: Iterable[tuple[bytes, str]]) -> Conversion:
+    """Convert (serialized ExportMetricsServiceRequest, record tenant) pairs, grouped per tenant."""
+    by_tenant: dict[str, _TenantSeries] = {}
+    dropped: Counter[str] = Counter()
+    for payload, record_tenant in payloads:
+        req = ExportMetricsServiceRequest.FromString(payload)
+        for rm in req.resource_metrics:
+            tenant = resource_tenant(rm.resource.attributes, record_tenant)
+            out = by_tenant.setdefault(tenant, _TenantSeries())
+            res_labels, info = _resource_labels(rm.resource.attributes, tenant)
+            newest = 0
+            for sm in rm.scope_metrics:
+                base = {**_scope_labels(sm.scope.name, sm.scope.version), **res_labels}
+                for metric in sm.metrics:
+                    newest = max(newest, _convert_metric(metric, base, out, dropped))
+            if info and newest:
+                out.add({**info, **res_labels, "__name__": "target_info"}, newest, 1.0)
+                out.metadata.setdefault("target_info", types_pb2.MetricMetadata(
+                    type=types_pb2.MetricMetadata.GAUGE, metric_family_name="target_info",
+                    help="Target metadata"))
+    return Conversion({t: s.request() for t, s in by_tenant.items()},
+                      {t: s.added for t, s in by_tenant.items()}, dropped)
+
+
+def encode(req: remote_pb2.WriteRequest) -> bytes:
+    """The HTTP body remote-write expects: the protobuf, snappy block-compressed (not framed)."""
+    return bytes(cramjam.snappy.compress_raw(req.SerializeToString()))

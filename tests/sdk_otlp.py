@@ -1,0 +1,145 @@
+"""OTLP payloads made by the OpenTelemetry SDK itself, for feeding sinks in tests.
+
+The bytes are what the SDK's OTLP exporters would send (the exporters' own encoders), with
+the ``tenant.id``/``correlation.id`` resource attributes the gateway stamps, so sink tests run
+on realistic input without a gateway in front.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import (
+    ExplicitBucketHistogramAggregation,
+    ExponentialBucketHistogramAggregation,
+    View,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from gateway.bus.base import BusRecord
+from gateway.signals import (
+    ATTR_CORRELATION,
+    ATTR_TENANT,
+    HEADER_CORRELATION,
+    HEADER_SIGNAL,
+    HEADER_TENANT,
+    Signal,
+)
+
+# The semantic conventions' advice for http.server.request.duration.
+DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+DURATION_VALUES = (0.003, 0.02, 0.02, 0.2, 0.7, 3.0)
+PAYLOAD_VALUES = (100, 200, 400, 800, 1600, 0)
+
+
+def resource(tenant: str, service: str = "checkout", extra: Mapping[str, str] | None = None) -> Resource:
+    return Resource.create({
+        "service.name": service,
+        "service.namespace": "shop",
+        "service.instance.id": "pod-1",
+        "deployment.environment": "test",
+        ATTR_TENANT: tenant,
+        ATTR_CORRELATION: uuid.uuid4().hex,
+        **(extra or {}),
+    })
+
+
+def spans_payload(tenant: str, traces: int = 2, children: int = 2,
+                  service: str = "checkout") -> tuple[bytes, list[str]]:
+    """(ExportTraceServiceRequest bytes, hex trace ids): per trace a root span and children."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=resource(tenant, service))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("sink-tests", "1.2.3")
+    trace_ids = []
+    for t in range(traces):
+        attrs = {"http.request.method": "GET", "http.response.status_code": 200, "trace.no": t}
+        with tracer.start_as_current_span("GET /cart", kind=SpanKind.SERVER, attributes=attrs) as root:
+            root.add_event("cache.miss", {"cache.key": "cart-1"})
+            trace_ids.append(format(root.get_span_context().trace_id, "032x"))
+            for c in range(children):
+                link = [Link(root.get_span_context(), {"link.kind": "parent"})] if c == 0 else []
+                with tracer.start_as_current_span(f"SELECT cart {c}", kind=SpanKind.CLIENT, links=link,
+                                                  attributes={"db.system": "postgresql"}) as child:
+                    if c == children - 1:
+                        child.set_status(Status(StatusCode.ERROR, "timeout"))
+    provider.shutdown()
+    return encode_spans(exporter.get_finished_spans()).SerializeToString(), trace_ids
+
+
+def logs_payload(tenant: str, n: int = 3, service: str = "checkout") -> bytes:
+    """ExportLogsServiceRequest bytes: string bodies, plus one structured (map) body."""
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider(resource=resource(tenant, service))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    logger = provider.get_logger("sink-tests", "1.2.3")
+    for i in range(n):
+        logger.emit(body=f"order {i} placed", severity_number=SeverityNumber.INFO, severity_text="INFO",
+                    attributes={"order.id": i, "http.route": "/orders"})
+    logger.emit(body={"event": "refund", "amount": 12.5}, severity_number=SeverityNumber.WARN,
+                severity_text="WARN", attributes={"order.id": n})
+    provider.shutdown()
+    return encode_logs(exporter.get_finished_logs()).SerializeToString()
+
+
+def metrics_payload(tenant: str, service: str = "checkout", scale: float = 1.0) -> bytes:
+    """ExportMetricsServiceRequest bytes with every SDK instrument kind, cumulative.
+
+    counter ``orders`` {order} -> ``orders_total``; up-down counter ``queue.depth`` {item};
+    gauge ``cpu.utilization`` 1 -> ``..._ratio``; histogram ``http.server.request.duration`` s;
+    exponential histogram ``payload.size`` By (via the exponential aggregation view).
+    ``scale`` multiplies the recorded values so repeated calls can move the series.
+    """
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(
+        resource=resource(tenant, service),
+        metric_readers=[reader],
+        views=[
+            View(instrument_name="payload.size",
+                 aggregation=ExponentialBucketHistogramAggregation(max_size=40)),
+            View(instrument_name="http.server.request.duration",
+                 aggregation=ExplicitBucketHistogramAggregation(DURATION_BOUNDS)),
+        ],
+    )
+    meter = provider.get_meter("sink-tests", "1.2.3")
+    counter = meter.create_counter("orders", unit="{order}", description="orders placed")
+    updown = meter.create_up_down_counter("queue.depth", unit="{item}")
+    gauge = meter.create_gauge("cpu.utilization", unit="1")
+    hist = meter.create_histogram("http.server.request.duration", unit="s")
+    exph = meter.create_histogram("payload.size", unit="By")
+    counter.add(5 * scale, {"payment.method": "card"})
+    counter.add(2 * scale, {"payment.method": "cash"})
+    updown.add(10 * scale)
+    updown.add(-3 * scale)
+    gauge.set(0.25 * scale, {"cpu": "0"})
+    for v in DURATION_VALUES:
+        hist.record(v * scale, {"http.route": "/cart"})
+    for v in PAYLOAD_VALUES:
+        exph.record(v * scale)
+    data = reader.get_metrics_data()
+    provider.shutdown()
+    assert data is not None
+    return encode_metrics(data).SerializeToString()
+
+
+def bus_record(signal: Signal, value: bytes, tenant: str, offset: int, partition: int = 0,
+               topic: str | None = None) -> BusRecord:
+    """A consumed record as the Kafka source would hand it to a sink."""
+    return BusRecord(
+        topic=topic or signal.topic(), partition=partition, offset=offset, key=tenant.encode(), value=value,
+        headers={HEADER_TENANT: tenant, HEADER_CORRELATION: uuid.uuid4().hex, HEADER_SIGNAL: signal.value},
+        signal=signal,
+    )

@@ -1,0 +1,143 @@
+"""OTLP -> Elasticsearch documents: the otel-mode fields, index names and idempotent ids."""
+
+from __future__ import annotations
+
+import orjson
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+
+from gateway.signals import Signal
+from pipelines.convert.es_docs import (
+    bulk_body,
+    bulk_items,
+    document_id,
+    index_name,
+    iso_nanos,
+    log_body,
+    log_documents,
+    span_documents,
+    tenant_index_part,
+)
+from tests.sdk_otlp import bus_record, logs_payload, spans_payload
+
+
+def test_span_documents_carry_otel_mode_fields() -> None:
+    payload, trace_ids = spans_payload("acme", traces=2, children=2)
+    docs = list(span_documents(payload))
+    assert len(docs) == 6
+    assert {t for t, _ in docs} == {"acme"}
+    by_name: dict[str, dict] = {}
+    for _, d in docs:
+        by_name.setdefault(d["name"], d)
+    root = by_name["GET /cart"]
+    assert root["kind"] == "Server"
+    assert root["trace_id"] in trace_ids and len(root["trace_id"]) == 32
+    assert len(root["span_id"]) == 16
+    assert "parent_span_id" not in root
+    assert root["duration"] > 0
+    assert len(root["@timestamp"]) == len("2024-01-01T00:00:00.123456789Z")
+    assert root["attributes"]["http.request.method"] == "GET"
+    assert root["attributes"]["http.response.status_code"] == 200
+    assert root["status"] == {"code": "Unset"}
+    assert root["events"][0]["name"] == "cache.miss"
+    assert root["events"][0]["attributes"] == {"cache.key": "cart-1"}
+    res = root["resource"]["attributes"]
+    assert res["tenant.id"] == "acme" and res["correlation.id"] and res["service.name"] == "checkout"
+    assert root["scope"] == {"name": "sink-tests", "version": "1.2.3"}
+    assert root["data_stream"] == {"type": "traces", "dataset": "otel", "namespace": "acme"}
+
+    child0, child1 = by_name["SELECT cart 0"], by_name["SELECT cart 1"]
+    assert child0["kind"] == "Client"
+    assert child0["trace_id"] == root["trace_id"] and child0["parent_span_id"] == root["span_id"]
+    assert child0["links"][0]["span_id"] and child0["links"][0]["attributes"] == {"link.kind": "parent"}
+    assert child1["status"] == {"code": "Error", "message": "timeout"}
+
+
+def test_log_documents_carry_otel_mode_fields() -> None:
+    docs = [d for _, d in log_documents(logs_payload("acme", n=2))]
+    assert len(docs) == 3
+    first, structured = docs[0], docs[-1]
+    assert first["body"] == {"text": "order 0 placed"}
+    assert first["severity_text"] == "INFO" and first["severity_number"] == 9
+    assert first["attributes"] == {"order.id": 0, "http.route": "/orders"}
+    assert first["observed_timestamp"].endswith("Z")
+    assert first["@timestamp"].endswith("Z")
+    assert first["resource"]["attributes"]["tenant.id"] == "acme"
+    assert first["data_stream"]["type"] == "logs"
+    assert structured["body"] == {"structured": {"event": "refund", "amount": 12.5}}
+    assert structured["severity_text"] == "WARN"
+
+
+def test_log_trace_context_and_missing_time_fall_back_to_observed() -> None:
+    req = ExportLogsServiceRequest()
+    lr = req.resource_logs.add().scope_logs.add().log_records.add()
+    lr.observed_time_unix_nano = 1_700_000_000_123_456_789
+    lr.trace_id = bytes(range(16))
+    lr.span_id = bytes(range(8))
+    lr.body.int_value = 7
+    lr.event_name = "checkout.done"
+    ((tenant, doc),) = log_documents(req.SerializeToString(), "fallback")
+    assert tenant == "fallback"
+    assert doc["@timestamp"] == doc["observed_timestamp"] == "2023-11-14T22:13:20.123456789Z"
+    assert doc["trace_id"] == "000102030405060708090a0b0c0d0e0f"
+    assert doc["span_id"] == "0001020304050607"
+    assert doc["body"] == {"text": "7"}
+    assert doc["event_name"] == "checkout.done"
+
+
+def test_log_body_kinds() -> None:
+    assert log_body(AnyValue()) == {}
+    assert log_body(AnyValue(bool_value=True)) == {"text": "true"}
+    assert log_body(AnyValue(double_value=1.5)) == {"text": "1.5"}
+    assert log_body(AnyValue(bytes_value=b"\x00\x01")) == {"text": "AAE="}
+    arr = AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="a"), AnyValue(int_value=2)]))
+    assert log_body(arr) == {"structured": {"value": ["a", 2]}}
+    nested = AnyValue(kvlist_value=KeyValueList(values=[
+        KeyValue(key="k", value=AnyValue(kvlist_value=KeyValueList(values=[
+            KeyValue(key="x.y", value=AnyValue(int_value=1))])))]))
+    assert log_body(nested) == {"structured": {"k": {"x.y": 1}}}
+
+
+def test_iso_nanos_keeps_nanoseconds() -> None:
+    assert iso_nanos(0) == "1970-01-01T00:00:00.000000000Z"
+    assert iso_nanos(1_700_000_000_000_000_001) == "2023-11-14T22:13:20.000000001Z"
+
+
+def test_index_names_are_lower_case_and_safe() -> None:
+    assert index_name(Signal.TRACES, "acme") == "traces-otel-acme"
+    assert index_name(Signal.LOGS, "Acme Corp/EU") == "logs-otel-acme_corp_eu"
+    assert tenant_index_part("") == "_"
+    assert tenant_index_part("..") == "_"
+    assert tenant_index_part("a*b?c") == "a_b_c"
+    assert len(tenant_index_part("x" * 500)) == 200
+
+
+def test_bulk_items_have_offset_derived_ids_and_tenant_indices() -> None:
+    payload, _ = spans_payload("Acme", traces=1, children=1)
+    rec = bus_record(Signal.TRACES, payload, "Acme", offset=42, partition=3)
+    items = bulk_items(rec)
+    assert [it.doc_id for it in items] == ["otlp_spans-3-42-0", "otlp_spans-3-42-1"]
+    assert {it.index for it in items} == {"traces-otel-acme"}
+    assert document_id(rec, 7) == "otlp_spans-3-42-7"
+    # Same record again, same ids: a redelivery overwrites.
+    assert [it.doc_id for it in bulk_items(rec)] == [it.doc_id for it in items]
+
+
+def test_concatenated_requests_are_all_converted() -> None:
+    a, _ = spans_payload("acme", traces=1, children=1)
+    b, _ = spans_payload("other", traces=1, children=2)
+    rec = bus_record(Signal.TRACES, a + b, "acme", offset=1)
+    items = bulk_items(rec)
+    assert len(items) == 5
+    assert [it.index for it in items].count("traces-otel-other") == 3
+    assert len({it.doc_id for it in items}) == 5
+
+
+def test_bulk_body_is_ndjson_index_actions() -> None:
+    rec = bus_record(Signal.LOGS, logs_payload("acme", n=1), "acme", offset=5)
+    items = bulk_items(rec)
+    lines = bulk_body(items).split(b"\n")
+    assert lines[-1] == b""
+    assert orjson.loads(lines[0]) == {"index": {"_index": "logs-otel-acme", "_id": "otlp_logs-0-5-0"}}
+    assert orjson.loads(lines[1])["body"] == {"text": "order 0 placed"}
+    assert len(lines) == 2 * len(items) + 1

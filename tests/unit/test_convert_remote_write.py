@@ -1,0 +1,293 @@
+"""OTLP metrics -> remote-write: every metric kind, names, labels, units, native histograms."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import cramjam
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
+
+from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_name
+from pipelines.convert.remote_write import (
+    STALE_NAN,
+    encode,
+    native_histogram,
+    to_write_requests,
+)
+from protos import remote_pb2, types_pb2
+from tests.sdk_otlp import DURATION_BOUNDS, DURATION_VALUES, PAYLOAD_VALUES, metrics_payload
+
+TS_NS = 1_700_000_000_000_000_000
+TS_MS = TS_NS // 1_000_000
+
+
+def series(req: remote_pb2.WriteRequest) -> dict[tuple[tuple[str, str], ...], types_pb2.TimeSeries]:
+    return {tuple((lb.name, lb.value) for lb in ts.labels): ts for ts in req.timeseries}
+
+
+def by_name(req: remote_pb2.WriteRequest, name: str) -> list[tuple[dict[str, str], types_pb2.TimeSeries]]:
+    out = []
+    for ts in req.timeseries:
+        labels = {lb.name: lb.value for lb in ts.labels}
+        if labels["__name__"] == name:
+            out.append((labels, ts))
+    return out
+
+
+def one_metric_request(metric: otlp.Metric, tenant: str = "acme",
+                       resource: dict[str, str] | None = None) -> bytes:
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    attrs = {"service.name": "svc", "tenant.id": tenant, **(resource or {})}
+    rm.resource.attributes.extend(KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attrs.items())
+    sm = rm.scope_metrics.add()
+    sm.scope.name = "lib"
+    sm.metrics.append(metric)
+    return req.SerializeToString()
+
+
+# --- names -----------------------------------------------------------------------------------
+
+def test_metric_names_follow_the_spec() -> None:
+    assert metric_name("http.server.request.duration", "s", Kind.HISTOGRAM) == \
+        "http_server_request_duration_seconds"
+    assert metric_name("orders", "{order}", Kind.COUNTER) == "orders_total"
+    assert metric_name("orders.total", "", Kind.COUNTER) == "orders_total"
+    assert metric_name("cpu.utilization", "1", Kind.GAUGE) == "cpu_utilization_ratio"
+    assert metric_name("hits", "1", Kind.COUNTER) == "hits_total"
+    assert metric_name("queue.depth", "{item}", Kind.GAUGE) == "queue_depth"
+    assert metric_name("memory.usage", "By", Kind.GAUGE) == "memory_usage_bytes"
+    assert metric_name("memory.usage.bytes", "By", Kind.GAUGE) == "memory_usage_bytes"
+    assert metric_name("net.io", "By", Kind.COUNTER) == "net_io_bytes_total"
+    assert metric_name("speed", "m/s", Kind.GAUGE) == "speed_meters_per_second"
+    assert metric_name("rate", "{req}/s", Kind.GAUGE) == "rate_per_second"
+    assert metric_name("latency", "ms", Kind.SUMMARY) == "latency_milliseconds"
+    assert metric_name("temp", "Cel", Kind.GAUGE) == "temp_celsius"
+    assert metric_name("weird-name!!x", "", Kind.GAUGE) == "weird_name_x"
+    assert metric_name("2xx.count", "", Kind.GAUGE) == "_2xx_count"
+    assert metric_name("ns:metric", "", Kind.GAUGE) == "ns:metric"
+    assert metric_name("custom", "furlongs", Kind.GAUGE) == "custom_furlongs"
+
+
+def test_label_names_follow_the_spec() -> None:
+    assert label_name("http.request.method") == "http_request_method"
+    assert label_name("2xx") == "key_2xx"
+    assert label_name("_private") == "key_private"
+    assert label_name("__reserved__") == "__reserved__"
+    assert label_name("a-b/c") == "a_b_c"
+    assert label_name("") == "key_"
+
+
+def test_bounds_print_like_prometheus() -> None:
+    assert format_bound(0.005) == "0.005"
+    assert format_bound(1.0) == "1"
+    assert format_bound(1e-05) == "0.00001"
+    assert format_bound(2.5) == "2.5"
+    assert format_bound(math.inf) == "+Inf"
+    assert format_bound(-math.inf) == "-Inf"
+
+
+# --- SDK output: every instrument kind ----------------------------------------------------------
+
+def test_sdk_instruments_convert_under_spec_names_with_resource_labels() -> None:
+    conv = to_write_requests([(metrics_payload("acme"), "ignored-header-tenant")])
+    assert set(conv.requests) == {"acme"}
+    req = conv.requests["acme"]
+    assert not conv.dropped
+    assert conv.samples["acme"] == len(req.timeseries)  # one sample or histogram per series here
+
+    common = {"job": "shop/checkout", "instance": "pod-1", "tenant": "acme",
+              "otel_scope_name": "sink-tests", "otel_scope_version": "1.2.3"}
+    counters = {labels["payment_method"]: ts.samples[0].value for labels, ts in by_name(req, "orders_total")}
+    assert counters == {"card": 5.0, "cash": 2.0}
+    for labels, _ in by_name(req, "orders_total"):
+        assert common.items() <= labels.items()
+
+    ((_, depth),) = by_name(req, "queue_depth")
+    assert depth.samples[0].value == 7.0
+    ((cpu_labels, cpu),) = by_name(req, "cpu_utilization_ratio")
+    assert cpu.samples[0].value == 0.25 and cpu_labels["cpu"] == "0"
+
+    buckets = {labels["le"]: ts.samples[0].value
+               for labels, ts in by_name(req, "http_server_request_duration_seconds_bucket")}
+    assert set(buckets) == {format_bound(b) for b in DURATION_BOUNDS} | {"+Inf"}
+    assert buckets["0.005"] == 1 and buckets["0.025"] == 3 and buckets["0.25"] == 4
+    assert buckets["1"] == 5 and buckets["5"] == 6 and buckets["+Inf"] == 6
+    ((_, count),) = by_name(req, "http_server_request_duration_seconds_count")
+    ((_, total),) = by_name(req, "http_server_request_duration_seconds_sum")
+    assert count.samples[0].value == 6
+    assert math.isclose(total.samples[0].value, sum(DURATION_VALUES))
+
+    ((_, native),) = by_name(req, "payload_size_bytes")
+    (h,) = native.histograms
+    assert not native.samples
+    assert h.count_int == len(PAYLOAD_VALUES) and h.sum == sum(PAYLOAD_VALUES)
+    assert h.zero_count_int == 1
+    assert -4 <= h.schema <= 8
+    counts, acc = [], 0
+    for d in h.positive_deltas:
+        acc += d
+        counts.append(acc)
+    assert sum(counts) == 5
+
+    ((info_labels, info),) = by_name(req, "target_info")
+    assert info.samples[0].value == 1.0
+    assert info_labels["deployment_environment"] == "test"
+    assert info_labels["job"] == "shop/checkout" and info_labels["tenant"] == "acme"
+    assert "correlation_id" not in info_labels and "tenant_id" not in info_labels
+    assert "service_name" not in info_labels
+
+    types = {m.metric_family_name: m.type for m in req.metadata}
+    assert types["orders_total"] == types_pb2.MetricMetadata.COUNTER
+    assert types["queue_depth"] == types_pb2.MetricMetadata.GAUGE
+    assert types["http_server_request_duration_seconds"] == types_pb2.MetricMetadata.HISTOGRAM
+    assert types["payload_size_bytes"] == types_pb2.MetricMetadata.HISTOGRAM
+
+
+def test_every_series_has_sorted_unique_labels_and_the_tenant() -> None:
+    conv = to_write_requests([(metrics_payload("acme"), ""), (metrics_payload("beta", scale=2), "")])
+    assert set(conv.requests) == {"acme", "beta"}
+    for tenant, req in conv.requests.items():
+        for ts in req.timeseries:
+            names = [lb.name for lb in ts.labels]
+            assert names == sorted(names) and len(set(names)) == len(names)
+            assert dict((lb.name, lb.value) for lb in ts.labels)["tenant"] == tenant
+            assert all(lb.value for lb in ts.labels)
+
+
+def test_samples_of_one_series_are_merged_and_time_ordered() -> None:
+    def gauge(ts_ns: int, value: float) -> bytes:
+        m = otlp.Metric(name="g", gauge=otlp.Gauge(data_points=[otlp.NumberDataPoint(
+            time_unix_nano=ts_ns, as_double=value)]))
+        return one_metric_request(m)
+    conv = to_write_requests([(gauge(TS_NS + 2_000_000, 2.0), ""), (gauge(TS_NS, 1.0), "")])
+    ((_, ts),) = by_name(conv.requests["acme"], "g")
+    assert [(s.timestamp, s.value) for s in ts.samples] == [(TS_MS, 1.0), (TS_MS + 2, 2.0)]
+
+
+# --- hand-built OTLP: what the SDK does not emit -----------------------------------------------
+
+def test_monotonic_int_sum_is_a_counter_non_monotonic_a_gauge() -> None:
+    mono = otlp.Metric(name="requests", unit="{request}", sum=otlp.Sum(
+        is_monotonic=True, aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        data_points=[otlp.NumberDataPoint(time_unix_nano=TS_NS, as_int=12)]))
+    updown = otlp.Metric(name="active", unit="{conn}", sum=otlp.Sum(
+        is_monotonic=False, aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        data_points=[otlp.NumberDataPoint(time_unix_nano=TS_NS, as_int=-3)]))
+    conv = to_write_requests([(one_metric_request(mono), ""), (one_metric_request(updown), "")])
+    req = conv.requests["acme"]
+    ((labels, ts),) = by_name(req, "requests_total")
+    assert ts.samples[0].value == 12.0 and ts.samples[0].timestamp == TS_MS
+    assert labels["job"] == "svc" and "instance" not in labels and labels["otel_scope_name"] == "lib"
+    ((_, ts),) = by_name(req, "active")
+    assert ts.samples[0].value == -3.0
+
+
+def test_delta_temporality_is_dropped_and_counted() -> None:
+    delta = otlp.Metric(name="requests", sum=otlp.Sum(
+        is_monotonic=True, aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_DELTA,
+        data_points=[otlp.NumberDataPoint(time_unix_nano=TS_NS, as_int=1)] * 3))
+    dhist = otlp.Metric(name="lat", histogram=otlp.Histogram(
+        aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_DELTA,
+        data_points=[otlp.HistogramDataPoint(time_unix_nano=TS_NS, count=1)]))
+    conv = to_write_requests([(one_metric_request(delta), ""), (one_metric_request(dhist), "")])
+    assert conv.dropped["delta_temporality"] == 4
+    assert not conv.requests["acme"].timeseries
+
+
+def test_summary_becomes_quantiles_sum_count() -> None:
+    m = otlp.Metric(name="rpc.duration", unit="ms", summary=otlp.Summary(data_points=[otlp.SummaryDataPoint(
+        time_unix_nano=TS_NS, count=10, sum=123.0,
+        quantile_values=[otlp.SummaryDataPoint.ValueAtQuantile(quantile=0.5, value=10.0),
+                         otlp.SummaryDataPoint.ValueAtQuantile(quantile=0.99, value=40.0)])]))
+    req = to_write_requests([(one_metric_request(m), "")]).requests["acme"]
+    q = {labels["quantile"]: ts.samples[0].value for labels, ts in by_name(req, "rpc_duration_milliseconds")}
+    assert q == {"0.5": 10.0, "0.99": 40.0}
+    assert by_name(req, "rpc_duration_milliseconds_sum")[0][1].samples[0].value == 123.0
+    assert by_name(req, "rpc_duration_milliseconds_count")[0][1].samples[0].value == 10.0
+    assert {m.metric_family_name: m.type for m in req.metadata}["rpc_duration_milliseconds"] == \
+        types_pb2.MetricMetadata.SUMMARY
+
+
+def test_histogram_without_buckets_has_only_inf() -> None:
+    m = otlp.Metric(name="h", histogram=otlp.Histogram(
+        aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        data_points=[otlp.HistogramDataPoint(time_unix_nano=TS_NS, count=4, sum=2.0)]))
+    req = to_write_requests([(one_metric_request(m), "")]).requests["acme"]
+    assert [(lb["le"], ts.samples[0].value) for lb, ts in by_name(req, "h_bucket")] == [("+Inf", 4.0)]
+
+
+def test_no_recorded_value_becomes_a_stale_marker() -> None:
+    m = otlp.Metric(name="g", gauge=otlp.Gauge(data_points=[otlp.NumberDataPoint(
+        time_unix_nano=TS_NS, as_double=5.0, flags=otlp.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK)]))
+    req = to_write_requests([(one_metric_request(m), "")]).requests["acme"]
+    value = by_name(req, "g")[0][1].samples[0].value
+    assert struct.pack("<d", value) == struct.pack("<d", STALE_NAN)
+
+
+def test_attribute_collisions_join_values_and_cannot_override_the_tenant() -> None:
+    dp = otlp.NumberDataPoint(time_unix_nano=TS_NS, as_double=1.0, attributes=[
+        KeyValue(key="a.b", value=AnyValue(string_value="1")),
+        KeyValue(key="a-b", value=AnyValue(string_value="2")),
+        KeyValue(key="tenant", value=AnyValue(string_value="evil")),
+        KeyValue(key="flag", value=AnyValue(bool_value=True)),
+        KeyValue(key="n", value=AnyValue(int_value=3)),
+        KeyValue(key="empty", value=AnyValue(string_value="")),
+    ])
+    m = otlp.Metric(name="g", gauge=otlp.Gauge(data_points=[dp]))
+    ((labels, _),) = by_name(to_write_requests([(one_metric_request(m), "")]).requests["acme"], "g")
+    assert labels["a_b"] == "2;1"  # sorted by original key: "a-b" < "a.b"
+    assert labels["tenant"] == "acme"
+    assert labels["flag"] == "true" and labels["n"] == "3"
+    assert "empty" not in labels
+
+
+def test_header_tenant_is_the_fallback_without_resource_tenant() -> None:
+    req = ExportMetricsServiceRequest()
+    sm = req.resource_metrics.add().scope_metrics.add()
+    sm.metrics.append(otlp.Metric(name="g", gauge=otlp.Gauge(data_points=[otlp.NumberDataPoint(
+        time_unix_nano=TS_NS, as_double=1.0)])))
+    assert set(to_write_requests([(req.SerializeToString(), "hdr")]).requests) == {"hdr"}
+    assert set(to_write_requests([(req.SerializeToString(), "")]).requests) == {"default"}
+
+
+def test_native_histogram_shifts_index_and_delta_encodes() -> None:
+    dp = otlp.ExponentialHistogramDataPoint(
+        time_unix_nano=TS_NS, count=10, sum=50.0, scale=3, zero_count=1, zero_threshold=1e-9,
+        positive=otlp.ExponentialHistogramDataPoint.Buckets(offset=-2, bucket_counts=[2, 0, 5]),
+        negative=otlp.ExponentialHistogramDataPoint.Buckets(offset=4, bucket_counts=[2]),
+    )
+    h = native_histogram(dp, TS_MS)
+    assert h is not None
+    assert h.schema == 3 and h.count_int == 10 and h.sum == 50.0
+    assert h.zero_count_int == 1 and h.zero_threshold == 1e-9
+    assert [(s.offset, s.length) for s in h.positive_spans] == [(-1, 3)]
+    assert list(h.positive_deltas) == [2, -2, 5]
+    assert [(s.offset, s.length) for s in h.negative_spans] == [(5, 1)]
+    assert list(h.negative_deltas) == [2]
+    assert h.timestamp == TS_MS
+
+
+def test_native_histogram_downscales_above_schema_8_and_drops_below_minus_4() -> None:
+    dp = otlp.ExponentialHistogramDataPoint(
+        time_unix_nano=TS_NS, count=6, scale=10,
+        positive=otlp.ExponentialHistogramDataPoint.Buckets(offset=3, bucket_counts=[1, 1, 1, 1, 1, 1]))
+    h = native_histogram(dp, TS_MS)
+    assert h is not None and h.schema == 8
+    # indices 3..8 at scale 10 -> 0,1,1,1,1,2 at scale 8 (i >> 2): counts [1, 4, 1] from index 0.
+    assert [(s.offset, s.length) for s in h.positive_spans] == [(1, 3)]
+    assert list(h.positive_deltas) == [1, 3, -3]
+    low = otlp.Metric(name="e", exponential_histogram=otlp.ExponentialHistogram(
+        aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        data_points=[otlp.ExponentialHistogramDataPoint(time_unix_nano=TS_NS, scale=-5, count=1)]))
+    conv = to_write_requests([(one_metric_request(low), "")])
+    assert conv.dropped["unsupported_scale"] == 1
+
+
+def test_encode_is_snappy_block_of_the_protobuf() -> None:
+    req = to_write_requests([(metrics_payload("acme"), "")]).requests["acme"]
+    body = encode(req)
+    assert remote_pb2.WriteRequest.FromString(bytes(cramjam.snappy.decompress_raw(body))) == req
