@@ -78,7 +78,9 @@ class BatchConfig:
 class KafkaConfig:
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = "otlp_"
-    compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "lz4"
+    # zstd (level 3): best ratio and least CPU on OTLP batches of the codecs aiokafka offers;
+    # its lz4 runs at level 9 (HC), several times slower for a worse ratio.
+    compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "zstd"
     partition_by: Literal["tenant", "trace_id"] = "tenant"
     max_message_bytes: int = 1_000_000
     linger_ms: int = 5
