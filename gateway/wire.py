@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from gateway.signals import Signal
 
-__all__ = ["Prepared", "WireError", "encode_attributes", "prepare", "split", "split_spans_by_trace_id"]
+__all__ = ["Prepared", "WireError", "encode_attributes", "encode_varint", "prepare", "split",
+           "split_spans_by_trace_id"]
 
 _LEN = 2  # wire type of length-delimited fields
 _METRIC_DATA_FIELDS = frozenset((5, 7, 9, 10, 11))
@@ -158,7 +159,7 @@ def _count(buf: bytes, pos: int, end: int, want: int) -> int:
 # --- low-level writing ----------------------------------------------------------------------
 
 
-def _enc_varint(v: int) -> bytes:
+def encode_varint(v: int) -> bytes:
     if v < 0x80:
         return bytes((v,))
     out = bytearray()
@@ -170,7 +171,7 @@ def _enc_varint(v: int) -> bytes:
 
 
 def _len_field(num: int, body: bytes) -> bytes:
-    return _enc_varint(num << 3 | _LEN) + _enc_varint(len(body)) + body
+    return encode_varint(num << 3 | _LEN) + encode_varint(len(body)) + body
 
 
 def encode_attributes(attrs: Sequence[tuple[str, str]]) -> bytes:
@@ -273,7 +274,7 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) ->
             rejected += e.items
             errors.append(f"{rx_name}[{index}].{e}")
         else:
-            out.append(b"\x0a" + _enc_varint(len(body)) + body)
+            out.append(b"\x0a" + encode_varint(len(body)) + body)
             items += n
         index += 1
     error = ""
@@ -322,7 +323,7 @@ def _prepare_rx(signal: Signal, buf: bytes, pos: int, end: int, drop_keys: froze
         resource = _resource_body(buf, resources, drop_keys, ours)
     except WireError as e:
         raise _RxError(f"resource: {e}", n) from None
-    rest.insert(0, b"\x0a" + _enc_varint(len(resource)) + resource)
+    rest.insert(0, b"\x0a" + encode_varint(len(resource)) + resource)
     return b"".join(rest), n
 
 
@@ -379,12 +380,12 @@ def _split(buf: bytes, pos: int, end: int, spec: _Spec, limit: int) -> list[byte
             header.append(buf[s:ve])
             continue
         sub = spec[num]
-        tag = _enc_varint(num << 3 | _LEN)
+        tag = encode_varint(num << 3 | _LEN)
         room = limit - head_len - len(tag) - _varint_size(limit)
         if sub is None or ve - s + head_len <= limit or room <= 0:
             children.append(buf[s:ve])
         else:
-            children.extend(tag + _enc_varint(len(b)) + b for b in _split(buf, vs, ve, sub, room))
+            children.extend(tag + encode_varint(len(b)) + b for b in _split(buf, vs, ve, sub, room))
     head = b"".join(header)
     pieces: list[bytes] = []
     current: list[bytes] = []

@@ -1,0 +1,176 @@
+"""Batcher: grouping, flush on bytes and on age, concurrency, failure propagation, close."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from gateway.batcher import Batcher
+from gateway.bus.base import Batch, BusUnavailable
+from gateway.signals import Signal
+from gateway.wire import prepare
+from tests.otlp_payloads import REQUEST_TYPES, item_count, payload
+from tests.waiting import await_for
+
+HOUR = 3600.0
+
+
+class Recorder:
+    """A publish callable that records batches; optionally waits on a gate or fails."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+        self.gate: asyncio.Event | None = None
+        self.fail: Exception | None = None
+        self.running = 0
+        self.max_running = 0
+
+    async def __call__(self, batch: Batch) -> None:
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.fail is not None:
+                raise self.fail
+            self.batches.append(batch)
+        finally:
+            self.running -= 1
+
+
+async def test_flush_on_bytes_groups_by_signal_and_tenant() -> None:
+    rec = Recorder()
+    b = Batcher(rec, max_bytes=10, max_age_s=HOUR)
+    f1 = b.add(Signal.TRACES, "a", b"12345", 1, "c1")
+    f_other_tenant = b.add(Signal.TRACES, "b", b"xxxxx", 1, "c3")
+    f_other_signal = b.add(Signal.LOGS, "a", b"yyyyy", 2, "c4")
+    f2 = b.add(Signal.TRACES, "a", b"67890", 2, "c2")  # reaches 10 bytes: flush
+    await asyncio.wait_for(asyncio.gather(f1, f2), 5)
+    assert [(x.signal, x.tenant, x.payload, x.items, x.correlation_ids) for x in rec.batches] == [
+        (Signal.TRACES, "a", b"1234567890", 3, ["c1", "c2"])]
+    assert not f_other_tenant.done() and not f_other_signal.done()
+    assert b.pending_bytes == 10 and b.pending_items == 3
+    await b.close()
+    assert {(x.signal, x.tenant) for x in rec.batches[1:]} == {(Signal.TRACES, "b"), (Signal.LOGS, "a")}
+    assert b.pending_bytes == 0 and b.pending_items == 0
+
+
+async def test_payload_that_would_overflow_starts_a_new_batch() -> None:
+    rec = Recorder()
+    b = Batcher(rec, max_bytes=10, max_age_s=HOUR)
+    b.add(Signal.TRACES, "a", b"123456", 1, "c1")
+    b.add(Signal.TRACES, "a", b"abcdef", 1, "c2")  # 12 > 10: the first batch goes alone
+    await await_for(_async(lambda: len(rec.batches) == 1), within=5, what="first batch")
+    assert rec.batches[0].payload == b"123456"
+    await b.close()
+    assert [x.payload for x in rec.batches] == [b"123456", b"abcdef"]
+
+
+async def test_oversized_payload_goes_in_a_batch_of_its_own() -> None:
+    rec = Recorder()
+    b = Batcher(rec, max_bytes=10, max_age_s=HOUR)
+    b.add(Signal.TRACES, "a", b"12", 1, "c1")
+    big = b.add(Signal.TRACES, "a", b"x" * 50, 7, "c2")
+    await asyncio.wait_for(big, 5)
+    await b.close()
+    assert [x.payload for x in rec.batches] == [b"12", b"x" * 50]
+
+
+async def test_flush_on_age() -> None:
+    rec = Recorder()
+    b = Batcher(rec, max_bytes=1 << 20, max_age_s=0.02)
+    f1 = b.add(Signal.METRICS, "t", b"ab", 1, "c1")
+    f2 = b.add(Signal.METRICS, "t", b"cd", 1, "c2")
+    await asyncio.wait_for(asyncio.gather(f1, f2), 5)
+    assert [x.payload for x in rec.batches] == [b"abcd"]
+    await b.close()
+
+
+async def test_zero_age_batches_what_arrives_in_the_same_loop_turn() -> None:
+    rec = Recorder()
+    b = Batcher(rec, max_bytes=1 << 20, max_age_s=0)
+    futs = [b.add(Signal.LOGS, "t", bytes([i]), 1, f"c{i}") for i in range(5)]
+    await asyncio.wait_for(asyncio.gather(*futs), 5)
+    assert [x.items for x in rec.batches] == [5]
+    await b.close()
+
+
+async def test_slow_publish_does_not_block_filling_and_concurrency_is_bounded() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    b = Batcher(rec, max_bytes=1, max_age_s=HOUR, max_inflight=3)
+    futs = [b.add(Signal.TRACES, "t", b"x", 1, str(i)) for i in range(10)]  # each fills a batch
+    await await_for(_async(lambda: rec.running == 3), within=5, what="three publishes in flight")
+    assert not any(f.done() for f in futs)
+    assert b.pending_items == 10
+    rec.gate.set()
+    await asyncio.wait_for(asyncio.gather(*futs), 5)
+    assert rec.max_running == 3
+    assert len(rec.batches) == 10
+    await b.close()
+
+
+async def test_publish_failure_reaches_every_future_of_the_batch() -> None:
+    rec = Recorder()
+    rec.fail = BusUnavailable("kafka down")
+    errors: list[tuple[Batch, BaseException]] = []
+    b = Batcher(rec, max_bytes=1 << 20, max_age_s=HOUR, on_error=lambda bt, e: errors.append((bt, e)))
+    futs = [b.add(Signal.TRACES, "t", b"x", 1, str(i)) for i in range(3)]
+    other = b.add(Signal.LOGS, "t", b"y", 1, "l")
+    b.flush_all()
+    for f in [*futs, other]:
+        with pytest.raises(BusUnavailable):
+            await asyncio.wait_for(f, 5)
+    assert len(errors) == 2 and b.pending_bytes == 0
+    rec.fail = None
+    ok = b.add(Signal.TRACES, "t", b"z", 1, "again")
+    await b.close()
+    await asyncio.wait_for(ok, 5)
+
+
+async def test_on_flush_reports_batch_and_duration() -> None:
+    seen: list[tuple[int, float]] = []
+    b = Batcher(Recorder(), max_bytes=4, max_age_s=HOUR, on_flush=lambda bt, s: seen.append((bt.items, s)))
+    await asyncio.wait_for(b.add(Signal.TRACES, "t", b"1234", 9, "c"), 5)
+    assert len(seen) == 1 and seen[0][0] == 9 and seen[0][1] >= 0
+    await b.close()
+
+
+async def test_close_flushes_everything_and_waits_for_publishes() -> None:
+    rec = Recorder()
+    b = Batcher(rec, max_bytes=1 << 20, max_age_s=HOUR)
+    futs = [b.add(Signal(s), f"t{i}", b"x", 1, "c") for i in range(3) for s in ("traces", "logs")]
+    await b.close()
+    assert all(f.done() and f.exception() is None for f in futs)
+    assert len(rec.batches) == 6
+    with pytest.raises(RuntimeError):
+        b.add(Signal.TRACES, "t", b"x", 1, "c")
+
+
+async def test_batch_of_prepared_requests_is_one_valid_request() -> None:
+    rec = Recorder()
+    b = Batcher(rec, max_bytes=1 << 20, max_age_s=HOUR)
+    parts = [prepare(Signal.TRACES, payload(Signal.TRACES, spans_per_request=5, seed=i),
+                     [("tenant.id", "t")]) for i in range(4)]
+    for p in parts:
+        b.add(Signal.TRACES, "t", p.payload, p.items, "c")
+    await b.close()
+    (batch,) = rec.batches
+    assert item_count(Signal.TRACES, batch.payload) == batch.items == 20
+    assert len(REQUEST_TYPES[Signal.TRACES].FromString(batch.payload).resource_spans) == 4
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        Batcher(Recorder(), max_bytes=0, max_age_s=1)
+    with pytest.raises(ValueError):
+        Batcher(Recorder(), max_bytes=1, max_age_s=-1)
+
+
+def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """A sync condition in the shape ``await_for`` polls."""
+    async def probe() -> bool:
+        return check()
+    return probe
