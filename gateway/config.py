@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 
 ENV_PREFIX = "TG_"
+# ``TG_STACK_*`` variables describe the dev/test stack (stack/ports.env), not this process.
+_NOT_CONFIG_PREFIX = "TG_STACK_"
 
 
 class ConfigError(ValueError):
@@ -166,6 +168,8 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
             raise ConfigError(f"{path}: top level must be a mapping")
         raw = loaded
     for key, value in (os.environ if env is None else env).items():
+        if key.startswith(_NOT_CONFIG_PREFIX):
+            continue
         if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
             _set_path(raw, key[len(ENV_PREFIX) :].lower().split("__"), yaml.safe_load(value), key)
     cfg: Config = _build(Config, raw, "")
