@@ -1,0 +1,175 @@
+"""``telemetry-gateway bench``: size replicas and catch regressions with one command.
+
+``run`` measures one system under one load; ``compare`` runs the gateway (1 and 2 workers)
+and the OpenTelemetry Collector side by side, closed loop for throughput and open loop for
+latency vs offered load, and writes JSON, Markdown and a plot to ``bench-results/<timestamp>/``;
+``micro`` runs the pytest-benchmark suites of the hot functions. A missed target or a failed
+loss check makes the command exit 1 and says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import LoadSpec
+from bench.payloads import PayloadShape
+from bench.report import write_all
+from bench.results import RoundResult
+from bench.runner import Environment, RoundPlan, compare_plan, open_plan, run_plans
+from bench.systems import REPO_ROOT, StartError, base_collector_config_path, default_jaeger_bin
+from bench.targets import TARGETS_PATH, TargetsError, evaluate, gaps_to_collector, load_targets
+from gateway.signals import Signal
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", required=True)
+    run = sub.add_parser("run", help="one system under one load")
+    _common(run)
+    run.add_argument("--system", choices=["gateway", "collector"], default="gateway")
+    run.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    run.add_argument("--mode", choices=["closed", "open"], default="closed")
+    run.add_argument("--rate", type=float, default=0.0, help="open loop: offered items per second")
+    cmp_ = sub.add_parser("compare", help="gateway (1 and 2 workers) vs the Collector, same Kafka")
+    _common(cmp_)
+    cmp_.add_argument("--workers", default="1,2", help="gateway worker counts to scale over (default 1,2)")
+    cmp_.add_argument("--loads", default="25,50,75",
+                      help="open-loop offered loads, %% of the gateway's 1-worker max (default 25,50,75)")
+    cmp_.add_argument("--no-collector", action="store_true", help="gateway rounds only")
+    micro = sub.add_parser("micro", help="pytest-benchmark suites of the hot functions")
+    micro.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("load")
+    g.add_argument("--transport", choices=["grpc", "http"], default="grpc")
+    g.add_argument("--signal", choices=[s.value for s in Signal], default=Signal.TRACES.value)
+    g.add_argument("--items", type=int, default=512, help="spans / log records / data points per request")
+    g.add_argument("--attributes", type=int, default=8, help="attributes per item")
+    g.add_argument("--value-bytes", type=int, default=24, help="length of each string attribute value")
+    g.add_argument("--concurrency", type=int, default=8, help="in-flight requests per generator process")
+    g.add_argument("--processes", type=int, default=1, help="load generator processes")
+    g.add_argument("--connections", type=int, default=2, help="connections per generator process")
+    g.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
+    g.add_argument("--duration", type=float, default=8.0, help="measured seconds per round")
+    g.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    g.add_argument("--http-client", choices=["auto", "aiohttp", "raw"], default="auto")
+    s = p.add_argument_group("systems")
+    s.add_argument("--bus", choices=["kafka", "memory"], default="kafka",
+                   help="gateway bus; the Collector always writes to Kafka")
+    s.add_argument("--bootstrap", default=os.environ.get("TG_STACK_KAFKA", "127.0.0.1:9092"))
+    s.add_argument("--jaeger-bin", type=Path, default=None, help="the Collector peer (Jaeger v2 binary)")
+    s.add_argument("--collector-config", type=Path, default=None,
+                   help="base Collector config (default: deploy/collector/otlp-to-kafka.yaml if present, "
+                        "else bench/collector-otlp-kafka.yaml)")
+    s.add_argument("--keep-topics", action="store_true", help="leave each round's Kafka topics in place")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, default=Path("bench-results"), help="results root directory")
+    o.add_argument("--targets", type=Path, default=TARGETS_PATH)
+    o.add_argument("--no-targets", action="store_true", help="report figures, judge nothing")
+    o.add_argument("--quiet", action="store_true", help="no live progress line")
+
+
+def _load_spec(ns: argparse.Namespace) -> LoadSpec:
+    return LoadSpec(
+        grpc_target="", http_url="", transport=ns.transport, signal=Signal(ns.signal),
+        shape=PayloadShape(items=ns.items, attributes=ns.attributes, value_bytes=ns.value_bytes),
+        concurrency=ns.concurrency, warmup_s=ns.warmup, duration_s=ns.duration, processes=ns.processes,
+        connections=ns.connections, timeout_s=ns.timeout, http_client=ns.http_client)
+
+
+def _git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=5, check=False).stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def main(ns: argparse.Namespace) -> int:
+    if ns.bench_command == "micro":
+        return _micro(ns.pytest_args)
+    started = dt.datetime.now(dt.UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    env = Environment(outdir=ns.out / stamp, run_id=stamp.lower(), bus=ns.bus, bootstrap=ns.bootstrap,
+                      jaeger_bin=ns.jaeger_bin or default_jaeger_bin(), collector_config=ns.collector_config,
+                      keep_topics=ns.keep_topics, quiet=ns.quiet)
+    try:
+        targets = {} if ns.no_targets else load_targets(ns.targets)
+    except (OSError, TargetsError) as exc:
+        print(f"bench: cannot read targets: {exc}", file=sys.stderr)
+        return 2
+    base = _load_spec(ns)
+    results: list[RoundResult] = []
+    try:
+        if ns.bench_command == "run":
+            if ns.mode == "open" and ns.rate <= 0:
+                print("bench: --mode open needs --rate (offered items per second)", file=sys.stderr)
+                return 2
+            spec = replace(base, mode=ns.mode, rate=ns.rate)
+            results = run_plans(env, [RoundPlan(ns.system, ns.workers, spec)])
+        else:
+            with_collector = not ns.no_collector
+            if with_collector and ns.bus != "kafka":
+                print("bench: the comparison needs --bus kafka (the Collector writes to Kafka)",
+                      file=sys.stderr)
+                return 2
+            workers = [int(w) for w in ns.workers.split(",") if w.strip()]
+            results = run_plans(env, compare_plan(base, workers, with_collector=with_collector))
+            gw1 = next((r for r in results if r.system == "gateway" and r.workers == workers[0]), None)
+            loads = [int(x) for x in ns.loads.split(",") if x.strip()]
+            if gw1 is not None and gw1.items_per_s > 0 and loads:
+                plans = open_plan(base, gw1.items_per_s, loads, with_collector=with_collector)
+                results += run_plans(env, plans, first_index=len(results))
+    except StartError as exc:
+        print(f"\nbench: {exc}", file=sys.stderr)
+        return 2
+    return _finish(ns, env, started, results, targets, base)
+
+
+def _finish(ns: argparse.Namespace, env: Environment, started: dt.datetime, results: list[RoundResult],
+            targets: dict[str, Any], base: LoadSpec) -> int:
+    verdicts = evaluate(targets, results)
+    gaps = gaps_to_collector(targets, results)
+    meta = {
+        "started": started.isoformat(timespec="seconds"), "command": ns.bench_command, "cpus": os.cpu_count(),
+        "git": _git_rev(), "bus": env.bus,
+        "generator": f"{base.processes} process(es) x {base.concurrency} in flight, {base.transport}, "
+                     f"{base.shape.items} {base.signal.value} items/request, warm-up {base.warmup_s:g}s, "
+                     f"measured {base.duration_s:g}s",
+        "collector_config": str((env.collector_config or base_collector_config_path()).relative_to(REPO_ROOT))
+        if (env.collector_config or base_collector_config_path()).is_relative_to(REPO_ROOT) else
+        str(env.collector_config),
+    }
+    paths = write_all(env.outdir, results, verdicts, meta, gaps)
+    print((env.outdir / "report.md").read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    failed = False
+    for r in results:
+        if not r.loss_ok:
+            failed = True
+            print(f"LOSS CHECK FAILED: {r.scenario} ({r.system}): acknowledged {r.acked_items:,} items, "
+                  f"Kafka holds {r.delivered_items:,}", file=sys.stderr)
+        if r.acked_items == 0:
+            failed = True
+            print(f"NO DATA: {r.scenario} ({r.system}) acknowledged nothing; errors {r.errors}",
+                  file=sys.stderr)
+    for v in verdicts:
+        if not v.ok:
+            failed = True
+            print(f"TARGET MISSED: {v.describe()}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _micro(extra: list[str]) -> int:
+    """The hot functions' pytest-benchmark suites, through the same entry point as the load runs."""
+    args = [sys.executable, "-m", "pytest", "tests", "-k", "bench and not bench_harness and not bench_smoke",
+            "--benchmark-enable", "--benchmark-only", *extra]
+    return subprocess.call(args, cwd=REPO_ROOT)

@@ -1,0 +1,166 @@
+"""One benchmark round, and the side-by-side plan that alternates gateway and Collector rounds.
+
+Every round starts its system fresh, on its own topic prefix, so peak RSS and the loss check
+belong to that round alone; rounds of the two systems alternate so a drift of the machine
+(page cache, broker compaction, thermal) hits both alike rather than one block of rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from bench.kafka_count import count_delivered, create_topics, delete_topics, topics_for
+from bench.loadgen import LoadSpec, Tick, WorkerTotals, run_load
+from bench.procstat import TreeMonitor
+from bench.progress import ProgressLine
+from bench.results import RoundResult, scenario_name
+from bench.systems import CollectorSystem, GatewaySystem
+from gateway.signals import Signal
+
+MIB = 1024.0
+
+
+@dataclass
+class RoundPlan:
+    """One round: which system, how many gateway workers, what load (offered load if open loop)."""
+
+    system: Literal["gateway", "collector"]
+    workers: int
+    load: LoadSpec
+    load_pct: int | None = None  # open loop, as a share of the gateway's closed-loop max
+
+
+@dataclass
+class Environment:
+    """What every round shares: where Kafka and the Collector binary are, where to write."""
+
+    outdir: Path
+    run_id: str
+    bus: str = "kafka"
+    bootstrap: str = "127.0.0.1:9092"
+    jaeger_bin: Path = field(default_factory=Path)
+    collector_config: Path | None = None
+    partitions: int = 6
+    keep_topics: bool = False
+    gateway_env: dict[str, str] = field(default_factory=dict)
+    quiet: bool = False
+
+
+def run_round(env: Environment, plan: RoundPlan, index: int) -> RoundResult:
+    spec = plan.load
+    tag = "gw" if plan.system == "gateway" else "col"
+    prefix = f"bench.{env.run_id}.r{index:02d}.{tag}." if env.bus == "kafka" else "otlp_"
+    workdir = env.outdir / "rounds" / f"{index:02d}-{plan.system}-w{plan.workers}"
+    label = f"{plan.system}{f' w{plan.workers}' if plan.system == 'gateway' else ''} " \
+            f"{spec.signal.value}/{spec.transport} {spec.mode}" + \
+            (f" {spec.rate:,.0f}/s" if spec.mode == "open" else "")
+    line = ProgressLine(label)
+    topics = topics_for(prefix, [spec.signal])
+    if env.bus == "kafka":
+        asyncio.run(create_topics(env.bootstrap, topics, env.partitions))
+    system: GatewaySystem | CollectorSystem
+    if plan.system == "gateway":
+        system = GatewaySystem(workdir, workers=plan.workers, bus=env.bus, bootstrap=env.bootstrap,
+                               topic_prefix=prefix, env=env.gateway_env)
+    else:
+        system = CollectorSystem(workdir, binary=env.jaeger_bin, bootstrap=env.bootstrap, topic_prefix=prefix,
+                                 base_config=env.collector_config)
+    if not env.quiet:
+        line.note("starting")
+    system.start()
+    try:
+        monitor = TreeMonitor(system.pid)
+        monitor.sample()
+        load = replace(spec, grpc_target=system.grpc_target, http_url=system.http_url)
+
+        def tick(t: Tick) -> None:
+            monitor.sample()
+            if not env.quiet:
+                line.update(t)
+
+        totals = run_load(load, on_tick=tick, on_window=monitor.window)
+        if not env.quiet:
+            line.note(f"loss check: waiting for {totals.acked_items:,} items")
+        delivered = _delivered(env, system, topics, totals)
+        monitor.sample()
+    finally:
+        system.stop()
+        if env.bus == "kafka" and not env.keep_topics:
+            asyncio.run(delete_topics(env.bootstrap, topics))
+    result = _result(plan, env, load, totals, monitor, delivered, prefix)
+    if not env.quiet:
+        line.finish(f"{result.items_per_s:,.0f} items/s  p99 {result.p99_ms:.1f} ms  "
+                    f"cpu {result.cpu_s:.1f}s  rss {result.peak_rss_mib:.0f} MiB  "
+                    f"errors {sum(result.errors.values())}  "
+                    f"delivered {result.delivered_items:,}/{result.acked_items:,} "
+                    f"{'ok' if result.loss_ok else 'LOSS'}")
+    return result
+
+
+def _delivered(env: Environment, system: GatewaySystem | CollectorSystem, topics: dict[str, Signal],
+               totals: WorkerTotals) -> int:
+    if env.bus == "kafka":
+        return asyncio.run(count_delivered(env.bootstrap, topics, expect=totals.acked_items)).items
+    assert isinstance(system, GatewaySystem)
+    signals = list(topics.values())
+    deadline = time.monotonic() + 30.0
+    seen = system.sink_items(signals)
+    while seen < totals.acked_items and time.monotonic() < deadline:
+        time.sleep(0.2)
+        seen = system.sink_items(signals)
+    return seen
+
+
+def _result(plan: RoundPlan, env: Environment, load: LoadSpec, totals: WorkerTotals, monitor: TreeMonitor,
+            delivered: int, prefix: str) -> RoundResult:
+    dur = load.duration_s
+    return RoundResult(
+        scenario=scenario_name(signal=load.signal.value, transport=load.transport, bus=env.bus,
+                               mode=load.mode, workers=plan.workers, load_pct=plan.load_pct),
+        system=plan.system, workers=plan.workers, signal=load.signal.value, transport=load.transport,
+        bus=env.bus, mode=load.mode, offered_items_per_s=load.rate if load.mode == "open" else 0.0,
+        duration_s=dur, items_per_s=totals.measured_items / dur, bytes_per_s=totals.measured_bytes / dur,
+        latency_ms=totals.hist.summary_ms(), cpu_s=round(monitor.cpu_s, 3),
+        peak_rss_mib=round(monitor.peak_rss_kib / MIB, 1), hwm_mib=round(monitor.peak_hwm_kib / MIB, 1),
+        sent_items=totals.sent_items, acked_items=totals.acked_items, delivered_items=delivered,
+        errors=dict(totals.errors), late_sends=totals.late_sends, topic_prefix=prefix,
+    )
+
+
+def compare_plan(base: LoadSpec, workers: list[int], *, with_collector: bool) -> list[RoundPlan]:
+    """Closed-loop rounds, alternating: gateway w1, collector, gateway w2, collector, ..."""
+    plans: list[RoundPlan] = []
+    for w in workers:
+        plans.append(RoundPlan("gateway", w, replace(base, mode="closed")))
+        if with_collector:
+            plans.append(RoundPlan("collector", 1, replace(base, mode="closed")))
+    return plans
+
+
+def open_plan(base: LoadSpec, max_items_per_s: float, load_pcts: list[int], *,
+              with_collector: bool) -> list[RoundPlan]:
+    """Open-loop rounds at shares of the gateway's (1 worker) max, same offered load for both systems."""
+    plans: list[RoundPlan] = []
+    for pct in load_pcts:
+        rate = max(1.0, max_items_per_s * pct / 100.0)
+        spec = replace(base, mode="open", rate=rate, concurrency=max(base.concurrency * 8, 64))
+        plans.append(RoundPlan("gateway", 1, spec, load_pct=pct))
+        if with_collector:
+            plans.append(RoundPlan("collector", 1, spec, load_pct=pct))
+    return plans
+
+
+def run_plans(env: Environment, plans: list[RoundPlan], first_index: int = 0,
+              on_result: Callable[[RoundResult], None] | None = None) -> list[RoundResult]:
+    out = []
+    for i, plan in enumerate(plans):
+        r = run_round(env, plan, first_index + i)
+        out.append(r)
+        if on_result is not None:
+            on_result(r)
+    return out

@@ -1,0 +1,256 @@
+"""Start and stop the systems under test: the gateway and the OpenTelemetry Collector peer.
+
+Both are real subprocesses on free loopback ports, in their own session (so the whole tree
+is measured and stopped together), each publishing to its own topic prefix on the same Kafka.
+The gateway is configured through ``TG_*`` environment overrides, as in production; the
+Collector gets a config file rewritten for the run's ports, brokers and topics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.signals import Signal
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_COLLECTOR_CONFIG = Path(__file__).resolve().parent / "collector-otlp-kafka.yaml"
+DEPLOY_COLLECTOR_CONFIG = REPO_ROOT / "deploy" / "collector" / "otlp-to-kafka.yaml"
+
+
+def stack_cache() -> Path:
+    """Where ``stack/`` installs services (same rule as ``tests/stackenv.py``)."""
+    env = os.environ.get("TG_STACK_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "telemetry-gateway" / "stack"
+
+
+def default_jaeger_bin() -> Path:
+    return Path(os.environ.get("TG_STACK_JAEGER_BIN") or stack_cache() / "bin" / "jaeger")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class StartError(RuntimeError):
+    """A system under test did not come up; the message carries the tail of its log."""
+
+
+class _Subprocess:
+    name = "system"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.log_path = workdir / f"{self.name}.log"
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _spawn(self, args: list[str], env: Mapping[str, str]) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(args, env=dict(env), cwd=REPO_ROOT, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _ready(self) -> bool:
+        return _listening(self.grpc_port) and _listening(self.http_port)
+
+    def start(self, within_s: float = 60.0) -> None:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                rc = self.proc.returncode
+                raise StartError(f"{self.name} exited with {rc} during start:\n{self.log()}")
+            if self._ready():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise StartError(f"{self.name} not ready within {within_s:.0f}s:\n{self.log()}")
+
+    def stop(self, within_s: float = 20.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=within_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+
+    def log(self, tail: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except FileNotFoundError:
+            return "(no log)"
+
+
+class GatewaySystem(_Subprocess):
+    """``telemetry-gateway run --workers N`` on free ports; ready when ``/readyz`` says 200."""
+
+    name = "gateway"
+
+    def __init__(self, workdir: Path, *, workers: int = 1, bus: str = "kafka",
+                 bootstrap: str = "127.0.0.1:9092", topic_prefix: str = "otlp_",
+                 env: Mapping[str, str] | None = None) -> None:
+        super().__init__(workdir)
+        self.workers = workers
+        self.bus = bus
+        self.topic_prefix = topic_prefix
+        self.admin_port = free_port()
+        self.data_dir = workdir / "data"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("TG_") or k.startswith("TG_STACK")}
+        base.update({
+            "TG_SERVER__HOST": "127.0.0.1",
+            "TG_SERVER__GRPC_PORT": str(self.grpc_port),
+            "TG_SERVER__HTTP_PORT": str(self.http_port),
+            "TG_ADMIN__HOST": "127.0.0.1",
+            "TG_ADMIN__PORT": str(self.admin_port),
+            "TG_BUS__KIND": bus,
+            "TG_BUS__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "TG_BUS__KAFKA__TOPIC_PREFIX": topic_prefix,
+            "TG_PIPELINES__FILE__DATA_DIR": str(self.data_dir),
+            "TG_ACK": "durable",
+            "TG_LOG_LEVEL": "WARNING",
+        })
+        base.update(env or {})
+        self.env = base
+
+    def start(self, within_s: float = 60.0) -> None:
+        self._spawn([sys.executable, "-m", "gateway.cli", "run", "--workers", str(self.workers)], self.env)
+        super().start(within_s)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=1.0) as r:
+                return bool(r.status == 200) and super()._ready()
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def sink_items(self, signals: list[Signal]) -> int:
+        """Items the embedded file sink wrote (memory bus): the delivery point without Kafka."""
+        total = 0
+        for sig in signals:
+            for path in sorted(self.data_dir.glob(f"*/{sig.value}*.jsonl")):
+                with path.open() as f:
+                    for line in f:
+                        if line.endswith("\n"):  # a line being written is not delivered yet
+                            total += count_json_items(sig, json.loads(line))
+        return total
+
+
+def count_json_items(signal: Signal, doc: Mapping[str, Any]) -> int:
+    """Items in one OTLP/JSON request (camelCase field names, as the OTLP JSON mapping has)."""
+    if signal is Signal.TRACES:
+        return sum(len(ss.get("spans", [])) for rs in doc.get("resourceSpans", [])
+                   for ss in rs.get("scopeSpans", []))
+    if signal is Signal.LOGS:
+        return sum(len(sl.get("logRecords", [])) for rl in doc.get("resourceLogs", [])
+                   for sl in rl.get("scopeLogs", []))
+    total = 0
+    for rm in doc.get("resourceMetrics", []):
+        for sm in rm.get("scopeMetrics", []):
+            for metric in sm.get("metrics", []):
+                for kind in ("gauge", "sum", "histogram", "exponentialHistogram", "summary"):
+                    if kind in metric:
+                        total += len(metric[kind].get("dataPoints", []))
+    return total
+
+
+def collector_config(base: Mapping[str, Any], *, grpc_port: int, http_port: int, bootstrap: str,
+                     topic_prefix: str) -> dict[str, Any]:
+    """The base Collector config with this run's endpoints, brokers and topics.
+
+    Works on whichever otlp receiver and kafka exporter the base names (``otlp``,
+    ``kafka/...``), so the deploy config can be benchmarked as written.
+    """
+    cfg: dict[str, Any] = json.loads(json.dumps(base))  # deep copy of plain data
+    for name, rcv in (cfg.get("receivers") or {}).items():
+        if name.split("/")[0] == "otlp":
+            protocols = rcv.setdefault("protocols", {})
+            protocols.setdefault("grpc", {})["endpoint"] = f"127.0.0.1:{grpc_port}"
+            protocols.setdefault("http", {})["endpoint"] = f"127.0.0.1:{http_port}"
+    for name, exp in (cfg.get("exporters") or {}).items():
+        if name.split("/")[0] == "kafka":
+            exp["brokers"] = bootstrap.split(",")
+            exp.pop("topic", None)
+            for sig in Signal:
+                section = exp.setdefault(_COLLECTOR_SIGNAL[sig], {})
+                section["topic"] = sig.topic(topic_prefix)
+                section.setdefault("encoding", "otlp_proto")
+    telemetry = cfg.setdefault("service", {}).setdefault("telemetry", {})
+    telemetry["metrics"] = {"level": "none"}  # no :8888 listener to clash with anything
+    return cfg
+
+
+_COLLECTOR_SIGNAL = {Signal.TRACES: "traces", Signal.LOGS: "logs", Signal.METRICS: "metrics"}
+
+
+def base_collector_config_path() -> Path:
+    return DEPLOY_COLLECTOR_CONFIG if DEPLOY_COLLECTOR_CONFIG.is_file() else BENCH_COLLECTOR_CONFIG
+
+
+class CollectorSystem(_Subprocess):
+    """The Jaeger v2 binary running a Collector config: otlp -> batch -> kafka."""
+
+    name = "collector"
+
+    def __init__(self, workdir: Path, *, binary: Path, bootstrap: str = "127.0.0.1:9092",
+                 topic_prefix: str = "otlp_", base_config: Path | None = None) -> None:
+        super().__init__(workdir)
+        self.binary = binary
+        self.topic_prefix = topic_prefix
+        self.base_config = base_config or base_collector_config_path()
+        self.config_path = workdir / "collector.yaml"
+        base = yaml.safe_load(self.base_config.read_text())
+        cfg = collector_config(base, grpc_port=self.grpc_port, http_port=self.http_port, bootstrap=bootstrap,
+                               topic_prefix=topic_prefix)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    def start(self, within_s: float = 60.0) -> None:
+        if not self.binary.is_file():
+            raise StartError(f"the Collector peer (jaeger binary) is not built at {self.binary}; "
+                             "run `bash stack/up`")
+        env = dict(os.environ)
+        env.setdefault("GOMAXPROCS", str(os.cpu_count() or 1))
+        self._spawn([str(self.binary), "--config", str(self.config_path)], env)
+        super().start(within_s)
