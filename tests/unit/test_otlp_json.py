@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -245,3 +246,74 @@ def test_response_json(signal: Signal, field: str) -> None:
 def test_helpers_build_resources_and_scopes() -> None:
     assert resource().attributes[0].key == "service.name"
     assert scope().name
+
+
+# --- the direct encoder against json_format on tricky values ---------------------------------
+
+TRICKY_METRICS = {"resourceMetrics": [{
+    "resource": {},
+    "scopeMetrics": [{"metrics": [
+        {"name": "h", "histogram": {"aggregationTemporality": "AGGREGATION_TEMPORALITY_DELTA", "dataPoints": [
+            {"sum": 0, "min": -0.0, "max": "Infinity", "count": 0,
+             "explicitBounds": ["NaN", "-Infinity", 1e300],
+             "bucketCounts": [], "flags": 0, "exemplars": [{"asInt": "-9223372036854775808",
+                                                           "filteredAttributes": []}]}]}},
+        {"name": "g", "description": None, "gauge": {"dataPoints": [{"asDouble": 0}, {"asInt": -1}, {}]}},
+        {"name": "e", "exponentialHistogram": {"dataPoints": [
+            {"scale": -10, "negative": {"offset": -3, "bucketCounts": ["18446744073709551615"]}}]}},
+    ]}],
+}]}
+
+TRICKY_LOGS = {"resource_logs": [{"scope_logs": [{"log_records": [
+    {"body": {"stringValue": ""}, "severityNumber": 0, "severityText": "",
+     "attributes": [{"key": "", "value": {}}, {"key": "b", "value": {"bytesValue": "-_8"}},
+                    {"key": "i", "value": {"intValue": "-5"}}, {"key": "f", "value": {"boolValue": False}},
+                    {"key": "d", "value": {"doubleValue": "1.25"}}],
+     "droppedAttributesCount": 4294967295, "futureField": [1, 2, 3], "eventName": "checkout"}]}]}]}
+
+
+def _reference(signal: Signal, doc: dict[str, object]) -> bytes:
+    """json_format's reading of a document without hex ids."""
+    msg = REQUEST_TYPES[signal]()
+    json_format.ParseDict(doc, msg, ignore_unknown_fields=True)
+    data: bytes = msg.SerializeToString()
+    return data
+
+
+@pytest.mark.parametrize(("signal", "doc"), [(Signal.METRICS, TRICKY_METRICS), (Signal.LOGS, TRICKY_LOGS)])
+def test_direct_encoding_matches_json_format_byte_for_byte(signal: Signal, doc: dict[str, object]) -> None:
+    assert json_to_proto(signal, orjson.dumps(doc)) == \
+        _reference(signal, doc)
+
+
+def test_optional_fields_keep_explicit_zero() -> None:
+    data = json_to_proto(Signal.METRICS, orjson.dumps(TRICKY_METRICS))
+    dp = ExportMetricsServiceRequest.FromString(data).resource_metrics[0].scope_metrics[0].metrics[0] \
+        .histogram.data_points[0]
+    assert dp.HasField("sum") and dp.sum == 0 and dp.HasField("min")
+    assert ExportMetricsServiceRequest.FromString(data).resource_metrics[0].HasField("resource")
+
+
+@pytest.mark.parametrize(("doc", "needle"), [
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"flags": -1}]}]}]},
+     "resourceLogs[0].scopeLogs[0].logRecords[0].flags: -1 is out of range"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"severityNumber": "LOUD"}]}]}]}, "not a value of"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"boolValue": "yes"}}]}]}]},
+     "body.boolValue: 'yes' is not true or false"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"bytesValue": "***"}}]}]}]}, "not base64"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"attributes": [{"key": 1}]}]}]}]},
+     "attributes[0].key: 1 is not a string"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"attributes": {"key": "a"}}]}]}]},
+     "attributes: expected a JSON array"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": ["x"]}]}]}, "logRecords[0]: expected a JSON object"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"timeUnixNano": 1.5}]}]}]}, "is not an integer"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"timeUnixNano": "18446744073709551616"}]}]}]},
+     "out of range"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"doubleValue": "fast"}}]}]}]},
+     "not a number"),
+])
+def test_direct_encoding_errors_name_the_field(doc: dict[str, object], needle: str) -> None:
+    with pytest.raises(WireError) as err:
+        json_to_proto(Signal.LOGS, orjson.dumps(doc))
+    assert needle in str(err.value)
+    assert str(err.value).startswith("invalid OTLP/JSON logs request: ")
