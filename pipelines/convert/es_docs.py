@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -232,11 +232,14 @@ def bulk_items(record: BusRecord) -> list[BulkItem]:
     ]
 
 
-def bulk_body(items: list[BulkItem]) -> bytes:
-    """NDJSON for ``POST /_bulk``: an ``index`` action (overwrite by id) and the source each."""
+def bulk_body(items: Sequence[BulkItem], op: str = "index") -> bytes:
+    """NDJSON for ``POST /_bulk``: an action line (``index`` overwrites by id) and the source each.
+
+    ``create`` is the action data streams accept; a repeated id then answers 409 instead.
+    """
     parts: list[bytes] = []
     for it in items:
-        parts.append(orjson.dumps({"index": {"_index": it.index, "_id": it.doc_id}}))
+        parts.append(orjson.dumps({op: {"_index": it.index, "_id": it.doc_id}}))
         parts.append(it.source)
     parts.append(b"")
     return b"\n".join(parts)

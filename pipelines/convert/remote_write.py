@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import cramjam
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
@@ -97,6 +98,8 @@ class Conversion:
     requests: dict[str, remote_pb2.WriteRequest]
     samples: dict[str, int]
     dropped: Counter[str]
+    # Positions (in the input) of payloads that are not valid OTLP; the rest still converts.
+    malformed: list[int] = field(default_factory=list)
 
 
 def _attr_labels(kvs: Sequence[KeyValue]) -> dict[str, str]:
@@ -280,8 +283,13 @@ def to_write_requests(payloads: Iterable[tuple[bytes, str]]) -> Conversion:
     """Convert (serialized ExportMetricsServiceRequest, record tenant) pairs, grouped per tenant."""
     by_tenant: dict[str, _TenantSeries] = {}
     dropped: Counter[str] = Counter()
-    for payload, record_tenant in payloads:
-        req = ExportMetricsServiceRequest.FromString(payload)
+    malformed: list[int] = []
+    for pos, (payload, record_tenant) in enumerate(payloads):
+        try:
+            req = ExportMetricsServiceRequest.FromString(payload)
+        except DecodeError:
+            malformed.append(pos)
+            continue
         for rm in req.resource_metrics:
             tenant = resource_tenant(rm.resource.attributes, record_tenant)
             out = by_tenant.setdefault(tenant, _TenantSeries())
@@ -297,7 +305,21 @@ def to_write_requests(payloads: Iterable[tuple[bytes, str]]) -> Conversion:
                     type=types_pb2.MetricMetadata.GAUGE, metric_family_name="target_info",
                     help="Target metadata"))
     return Conversion({t: s.request() for t, s in by_tenant.items()},
-                      {t: s.added for t, s in by_tenant.items()}, dropped)
+                      {t: s.added for t, s in by_tenant.items()}, dropped, malformed)
+
+
+def split(req: remote_pb2.WriteRequest, max_series: int) -> list[remote_pb2.WriteRequest]:
+    """Requests of at most ``max_series`` series each; metadata rides with the first."""
+    if len(req.timeseries) <= max_series:
+        return [req]
+    parts = []
+    for start in range(0, len(req.timeseries), max_series):
+        part = remote_pb2.WriteRequest()
+        part.timeseries.extend(req.timeseries[start:start + max_series])
+        if start == 0:
+            part.metadata.extend(req.metadata)
+        parts.append(part)
+    return parts
 
 
 def encode(req: remote_pb2.WriteRequest) -> bytes:

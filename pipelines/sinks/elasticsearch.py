@@ -1,0 +1,305 @@
+"""Elasticsearch sink: spans and logs as OTel-native documents, bulk-indexed idempotently.
+
+Where documents go. Per tenant, ``traces-otel-<tenant>`` and ``logs-otel-<tenant>`` (tenant
+lower-cased and sanitised, see ``pipelines.convert.es_docs``). At start the sink installs one
+composable index template per signal (``traces-otel-*``, ``logs-otel-*``; PUT is idempotent).
+If the node offers data streams (the default distribution does), the templates declare them and
+documents are written with ``create``: a redelivered document answers 409, which is success.
+Without data streams the names are plain indices written with ``index`` (overwrite by ``_id``).
+
+Verified against the integ-test distribution (9.x, the one ``stack/`` runs): it has NO
+data-streams module (``GET _data_stream`` answers 400 "no handler"), so plain indices are used;
+``passthrough`` objects (typed, queryable ``attributes.<dotted key>``) and ``flattened``
+(``body.structured``, event and link attributes) are in the server and work; ``match_only_text``
+(mapper-extras module) is absent, so ``body.text`` is ``text``. The attribute mapping falls back
+to ``flattened`` if a node refuses ``passthrough``.
+
+Errors. Per-item 429/5xx and connection failures raise ``TransientSinkError``; the retry skips
+records already fully written (ids make a full rewrite harmless anyway). Other per-item 4xx
+(mapping conflicts) reject that record for good (``PermanentSinkError`` -> dead letters); the
+``ignore_malformed`` and dynamic-field-limit settings keep one odd attribute from rejecting a
+whole document in the common cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from elastic_transport import ConnectionError as EsConnectionError
+from elastic_transport import ConnectionTimeout
+from elasticsearch import ApiError, AsyncElasticsearch
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter
+
+from gateway.bus.base import BusRecord
+from gateway.config import Config, ElasticsearchSinkConfig
+from gateway.signals import Signal
+from pipelines.convert.es_docs import LOGS_PREFIX, TRACES_PREFIX, BulkItem, bulk_body, bulk_items
+from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
+
+log = logging.getLogger(__name__)
+
+DOCUMENTS = Counter(
+    "pipeline_es_documents", "Documents sent to Elasticsearch by outcome (written, rejected, retried).",
+    ["signal", "outcome"],
+)
+
+Coords = tuple[str, int, int]
+
+_KEYWORD = {"type": "keyword", "ignore_above": 1024}
+_DATE = {"type": "date_nanos"}
+
+
+def _attrs_mapping(kind: str, priority: int) -> dict[str, Any]:
+    if kind == "passthrough":
+        return {"type": "passthrough", "dynamic": True, "priority": priority}
+    return {"type": "flattened"}
+
+
+def _common_mappings(attrs: str) -> dict[str, Any]:
+    return {
+        "@timestamp": _DATE,
+        "data_stream": {"properties": {"type": {"type": "keyword"}, "dataset": {"type": "keyword"},
+                                       "namespace": {"type": "keyword"}}},
+        "trace_id": {"type": "keyword"},
+        "span_id": {"type": "keyword"},
+        "attributes": _attrs_mapping(attrs, 10),
+        "dropped_attributes_count": {"type": "long"},
+        "resource": {"properties": {
+            "attributes": _attrs_mapping(attrs, 40),
+            "dropped_attributes_count": {"type": "long"},
+            "schema_url": {"type": "keyword"},
+        }},
+        "scope": {"properties": {
+            "name": {"type": "keyword"}, "version": {"type": "keyword"},
+            "attributes": _attrs_mapping(attrs, 30),
+            "dropped_attributes_count": {"type": "long"},
+            "schema_url": {"type": "keyword"},
+        }},
+    }
+
+
+def index_template(signal: Signal, attrs: str, data_streams: bool) -> dict[str, Any]:
+    """The composable template body for one signal's ``<prefix>*`` family."""
+    props = _common_mappings(attrs)
+    if signal is Signal.TRACES:
+        props.update({
+            "parent_span_id": {"type": "keyword"},
+            "trace_state": {"type": "keyword"},
+            "name": {"type": "keyword", "ignore_above": 1024},
+            "kind": {"type": "keyword"},
+            "duration": {"type": "long"},
+            "status": {"properties": {"code": {"type": "keyword"}, "message": {"type": "text"}}},
+            "dropped_events_count": {"type": "long"},
+            "dropped_links_count": {"type": "long"},
+            "events": {"properties": {"name": {"type": "keyword"}, "timestamp": _DATE,
+                                      "attributes": {"type": "flattened"}}},
+            "links": {"properties": {"trace_id": {"type": "keyword"}, "span_id": {"type": "keyword"},
+                                     "trace_state": {"type": "keyword"},
+                                     "attributes": {"type": "flattened"}}},
+        })
+    else:
+        props.update({
+            "observed_timestamp": _DATE,
+            "severity_text": {"type": "keyword"},
+            "severity_number": {"type": "byte"},
+            "event_name": {"type": "keyword"},
+            "body": {"properties": {"text": {"type": "text"}, "structured": {"type": "flattened"}}},
+        })
+    template: dict[str, Any] = {
+        "index_patterns": [(TRACES_PREFIX if signal is Signal.TRACES else LOGS_PREFIX) + "*"],
+        # Above the built-in traces-*-* / logs-*-* templates (priority 100) where those exist.
+        "priority": 250,
+        "template": {
+            "settings": {
+                "index.number_of_shards": 1,
+                "index.auto_expand_replicas": "0-1",
+                "index.mapping.ignore_malformed": True,
+                "index.mapping.total_fields.limit": 2000,
+                "index.mapping.total_fields.ignore_dynamic_beyond_limit": True,
+            },
+            "mappings": {
+                "dynamic_templates": [
+                    {"strings_as_keyword": {"match_mapping_type": "string", "mapping": _KEYWORD}},
+                ],
+                "properties": props,
+            },
+        },
+        "_meta": {"managed_by": "telemetry-gateway"},
+    }
+    if data_streams:
+        template["data_stream"] = {}
+    return template
+
+
+class ElasticsearchSink:
+    """Bulk-indexes spans and logs; idempotent by ``_id`` derived from Kafka coordinates."""
+
+    name = "elasticsearch"
+    signals = frozenset({Signal.TRACES, Signal.LOGS})
+
+    def __init__(self, cfg: ElasticsearchSinkConfig, client: AsyncElasticsearch | None = None) -> None:
+        self.cfg = cfg
+        self._client = client
+        self._ready = False
+        self.data_streams = False
+        self.attributes_type = "passthrough"
+        # Records fully handled by a failed attempt; the pipeline's retry skips them.
+        self._done: set[Coords] = set()
+        self._rejected: dict[Coords, Rejection] = {}
+        self._sem = asyncio.Semaphore(max(cfg.concurrency, 1))
+
+    @property
+    def client(self) -> AsyncElasticsearch:
+        if self._client is None:
+            hosts = [h.strip() for h in self.cfg.hosts.split(",") if h.strip()]
+            self._client = AsyncElasticsearch(hosts, request_timeout=30, max_retries=0,
+                                              retry_on_timeout=False)
+        return self._client
+
+    async def start(self) -> None:
+        """Install the templates; if Elasticsearch is not up yet, the first write does it."""
+        try:
+            await self._ensure_ready()
+        except TransientSinkError as exc:
+            log.warning("elasticsearch not ready at start (%s); templates go in on first write", exc)
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def _ensure_ready(self) -> None:
+        if self._ready:
+            return
+        try:
+            self.data_streams = await self._has_data_streams()
+            for signal in (Signal.TRACES, Signal.LOGS):
+                await self._put_template(signal)
+        except (EsConnectionError, ConnectionTimeout) as exc:
+            raise TransientSinkError(f"elasticsearch unreachable: {exc}") from exc
+        except ApiError as exc:
+            raise TransientSinkError(f"installing index templates failed: {exc}") from exc
+        self._ready = True
+        log.info("elasticsearch: templates installed (data streams: %s, attributes: %s)",
+                 self.data_streams, self.attributes_type)
+
+    async def _has_data_streams(self) -> bool:
+        try:
+            await self.client.indices.get_data_stream(name="*")
+            return True
+        except ApiError as exc:
+            if exc.meta.status in (400, 404, 405):  # no handler: the module is not installed
+                return False
+            raise
+
+    async def _put_template(self, signal: Signal) -> None:
+        name = f"{signal.value}-otel-telemetry-gateway"
+        try:
+            await self.client.indices.put_index_template(
+                name=name, **index_template(signal, self.attributes_type, self.data_streams))
+        except ApiError as exc:
+            if exc.meta.status != 400 or self.attributes_type != "passthrough":
+                raise
+            log.warning("elasticsearch refused passthrough attributes (%s); using flattened", exc)
+            self.attributes_type = "flattened"
+            await self.client.indices.put_index_template(
+                name=name, **index_template(signal, self.attributes_type, self.data_streams))
+
+    async def write(self, records: Sequence[BusRecord]) -> None:
+        await self._ensure_ready()
+        owners: list[int] = []  # item -> index of its record in ``records``
+        items: list[BulkItem] = []
+        rejected: dict[int, Rejection] = {}
+        for i, rec in enumerate(records):
+            coords = (rec.topic, rec.partition, rec.offset)
+            if coords in self._done:
+                continue
+            if coords in self._rejected:
+                rejected[i] = self._rejected[coords]
+                continue
+            try:
+                rec_items = bulk_items(rec)
+            except DecodeError as exc:
+                rejected[i] = Rejection(rec, f"malformed OTLP: {exc}")
+                continue
+            items.extend(rec_items)
+            owners.extend([i] * len(rec_items))
+
+        transient: set[int] = set()
+        chunks = self._chunks(items)
+        results = await asyncio.gather(*(self._send(items[a:b]) for a, b in chunks))
+        for (a, _), statuses in zip(chunks, results, strict=True):
+            for j, (status, reason) in enumerate(statuses):
+                idx = owners[a + j]
+                signal = records[idx].signal.value
+                if status < 300 or (status == 409 and self.data_streams):
+                    DOCUMENTS.labels(signal, "written").inc()
+                elif status == 429 or status >= 500:
+                    DOCUMENTS.labels(signal, "retried").inc()
+                    transient.add(idx)
+                else:
+                    DOCUMENTS.labels(signal, "rejected").inc()
+                    rejected.setdefault(idx, Rejection(records[idx], f"elasticsearch {status}: {reason}"))
+
+        if transient:
+            for i, rec in enumerate(records):
+                coords = (rec.topic, rec.partition, rec.offset)
+                if i in rejected:
+                    self._rejected[coords] = rejected[i]
+                elif i not in transient:
+                    self._done.add(coords)
+            raise TransientSinkError(f"elasticsearch: {len(transient)} record(s) hit 429/5xx; retrying")
+        self._done.clear()
+        self._rejected.clear()
+        if rejected:
+            raise PermanentSinkError(list(rejected.values()))
+
+    def _chunks(self, items: Sequence[BulkItem]) -> list[tuple[int, int]]:
+        """[start, end) ranges of at most ``bulk_max_docs`` items and about ``bulk_max_bytes``."""
+        max_docs, max_bytes = self.cfg.bulk_max_docs, self.cfg.bulk_max_bytes
+        out: list[tuple[int, int]] = []
+        start, size = 0, 0
+        for i, it in enumerate(items):
+            item_bytes = len(it.source) + len(it.index) + len(it.doc_id) + 40  # + the action line
+            if i > start and (i - start >= max_docs or size + item_bytes > max_bytes):
+                out.append((start, i))
+                start, size = i, 0
+            size += item_bytes
+        if start < len(items):
+            out.append((start, len(items)))
+        return out
+
+    async def _send(self, items: list[BulkItem]) -> list[tuple[int, str]]:
+        """Bulk one chunk; (status, reason) per item. A failed request fails every item in it."""
+        op = "create" if self.data_streams else "index"
+        async with self._sem:
+            try:
+                resp = await self.client.bulk(
+                    operations=bulk_body(items, op),  # type: ignore[arg-type]  # NDJSON bytes pass as-is
+                    filter_path="errors,items.*.status,items.*.error.type,items.*.error.reason",
+                )
+            except (EsConnectionError, ConnectionTimeout) as exc:
+                raise TransientSinkError(f"elasticsearch unreachable: {exc}") from exc
+            except ApiError as exc:
+                status = exc.meta.status
+                if status == 429 or status >= 500:
+                    raise TransientSinkError(f"elasticsearch bulk {status}: {exc}") from exc
+                return [(status, str(exc))] * len(items)
+        body = resp.body
+        if not body.get("errors"):
+            return [(200, "")] * len(items)
+        out = []
+        for entry in body["items"]:
+            result = next(iter(entry.values()))
+            err = result.get("error") or {}
+            out.append((int(result.get("status", 500)), f"{err.get('type', '')}: {err.get('reason', '')}"))
+        return out
+
+
+def make_sink(cfg: Config) -> ElasticsearchSink:
+    """Entry point for ``telemetry-gateway pipelines --sink elasticsearch``."""
+    return ElasticsearchSink(cfg.pipelines.elasticsearch)

@@ -1,0 +1,157 @@
+"""Jaeger sink: the consumed OTLP bytes go to Jaeger's OTLP/gRPC receiver untouched.
+
+A Kafka message value already is a serialized ``ExportTraceServiceRequest`` (DESIGN.md
+principle 2), and concatenated requests are a valid request, so this sink never decodes spans:
+it joins records up to ``max_request_bytes`` and calls ``TraceService/Export`` with an identity
+serializer. The tenant travels inside, as the ``tenant.id`` resource attribute the gateway set
+(Jaeger shows it as a process tag).
+
+Status codes: ``INVALID_ARGUMENT`` means the data is bad, so a joined call that gets it is
+split into one call per record to find the bad ones, which are rejected for good. Every other
+failure (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED``, and configuration
+problems such as ``UNIMPLEMENTED``) says nothing against the data, so it is transient: the
+pipeline retries with backoff and the data waits in Kafka. A retry skips records an earlier
+attempt already delivered, since Jaeger does not deduplicate spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from prometheus_client import Counter
+
+from gateway.bus.base import BusRecord
+from gateway.config import Config
+from gateway.signals import Signal
+from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
+
+log = logging.getLogger(__name__)
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+REQUESTS = Counter("pipeline_jaeger_requests", "Export calls to Jaeger by gRPC status code.", ["code"])
+REJECTED_SPANS = Counter("pipeline_jaeger_rejected_spans",
+                         "Spans Jaeger reported as rejected in a partial-success answer.")
+
+Coords = tuple[str, int, int]
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+def join_records(records: Sequence[BusRecord], max_bytes: int) -> list[list[BusRecord]]:
+    """Consecutive records in groups whose joined values stay under ``max_bytes`` (one may exceed)."""
+    groups: list[list[BusRecord]] = []
+    size = 0
+    for rec in records:
+        if groups and size + len(rec.value) <= max_bytes:
+            groups[-1].append(rec)
+            size += len(rec.value)
+        else:
+            groups.append([rec])
+            size = len(rec.value)
+    return groups
+
+
+class JaegerSink:
+    """Forwards OTLP trace bytes to Jaeger over gRPC."""
+
+    name = "jaeger"
+    signals = frozenset({Signal.TRACES})
+
+    def __init__(self, endpoint: str, *, timeout_s: float = 10.0, concurrency: int = 4,
+                 max_request_bytes: int = 3 * 1024 * 1024) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        # Below the 4 MiB a gRPC server takes by default.
+        self.max_request_bytes = max_request_bytes
+        self._sem = asyncio.Semaphore(concurrency)
+        self._channel: grpc.aio.Channel | None = None
+        self._export: grpc.aio.UnaryUnaryMultiCallable | None = None
+        # What a failed attempt already settled; its retry does not send these again.
+        self._done: set[Coords] = set()
+        self._rejected: dict[Coords, Rejection] = {}
+
+    async def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.endpoint, options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.enable_retries", 0),
+        ])
+        self._export = self._channel.unary_unary(
+            EXPORT_METHOD, request_serializer=_identity, response_deserializer=_identity)
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def _call(self, payload: bytes) -> grpc.StatusCode:
+        assert self._export is not None, "start() first"
+        async with self._sem:
+            try:
+                raw = await self._export(payload, timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                REQUESTS.labels(exc.code().name).inc()
+                if exc.code() is not grpc.StatusCode.INVALID_ARGUMENT:
+                    log.warning("jaeger export: %s %s", exc.code().name, exc.details())
+                return exc.code()
+        REQUESTS.labels("OK").inc()
+        resp = ExportTraceServiceResponse.FromString(raw)
+        if resp.partial_success.rejected_spans:
+            REJECTED_SPANS.inc(resp.partial_success.rejected_spans)
+            log.warning("jaeger rejected %d span(s): %s", resp.partial_success.rejected_spans,
+                        resp.partial_success.error_message)
+        return grpc.StatusCode.OK
+
+    async def _deliver(self, group: list[BusRecord]) -> tuple[list[BusRecord], list[Rejection], bool]:
+        """(delivered, rejected, transient failure seen) for one joined group."""
+        code = await self._call(b"".join(r.value for r in group))
+        if code is grpc.StatusCode.OK:
+            return group, [], False
+        if code is not grpc.StatusCode.INVALID_ARGUMENT:
+            return [], [], True
+        if len(group) == 1:
+            return [], [Rejection(group[0], "jaeger: INVALID_ARGUMENT")], False
+        delivered: list[BusRecord] = []
+        rejected: list[Rejection] = []
+        transient = False
+        for part in await asyncio.gather(*(self._deliver([r]) for r in group)):
+            delivered += part[0]
+            rejected += part[1]
+            transient |= part[2]
+        return delivered, rejected, transient
+
+    async def write(self, records: Sequence[BusRecord]) -> None:
+        todo = [r for r in records if (r.topic, r.partition, r.offset) not in self._done]
+        groups = join_records(todo, self.max_request_bytes)
+        delivered: list[BusRecord] = []
+        rejected = [self._rejected[c] for c in ((r.topic, r.partition, r.offset) for r in records)
+                    if c in self._rejected]
+        transient = False
+        for part in await asyncio.gather(*(self._deliver(g) for g in groups)):
+            delivered += part[0]
+            rejected += part[1]
+            transient |= part[2]
+        if transient:
+            # Rejected records are settled too (a retry would only be rejected again); they are
+            # reported once the whole batch is through.
+            self._done.update((r.topic, r.partition, r.offset) for r in delivered)
+            for j in rejected:
+                coords = (j.record.topic, j.record.partition, j.record.offset)
+                self._done.add(coords)
+                self._rejected[coords] = j
+            raise TransientSinkError(f"jaeger at {self.endpoint} unavailable; retrying")
+        self._done.clear()
+        self._rejected.clear()
+        if rejected:
+            raise PermanentSinkError(rejected)
+
+
+def make_sink(cfg: Config) -> JaegerSink:
+    """Entry point for ``telemetry-gateway pipelines --sink jaeger``."""
+    return JaegerSink(cfg.pipelines.jaeger.endpoint)

@@ -1,0 +1,120 @@
+"""Prometheus remote-write sink: OTLP metrics as remote-write 1.0 requests, one per tenant.
+
+Each consumed batch is converted (``pipelines.convert.remote_write``) into one ``WriteRequest``
+per tenant, split at ``max_series`` series, snappy block-compressed and POSTed with the
+remote-write 1.0 headers and ``X-Scope-OrgID: <tenant>``, so a multi-tenant store (Mimir,
+Cortex, Thanos receive) files it under the tenant; plain Prometheus ignores the header and
+relies on the ``tenant`` label every series carries.
+
+Answers: 2xx is done; 429 and 5xx are transient (the pipeline retries; a resent sample with the
+same timestamp and value is accepted again without harm). Any other 4xx is a drop, counted in
+``pipeline_remote_write_dropped_samples_total{reason}``: the classic case is a 400 for
+out-of-order or duplicate samples, which no retry can fix. Conversion drops (delta temporality,
+unsupported scale) are counted under the same metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import aiohttp
+from prometheus_client import Counter
+
+from gateway.bus.base import BusRecord
+from gateway.config import Config, PrometheusSinkConfig
+from gateway.signals import TENANT_HEADER, Signal
+from pipelines.convert.remote_write import encode, split, to_write_requests
+from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
+from protos import remote_pb2
+
+log = logging.getLogger(__name__)
+
+SENT_SAMPLES = Counter("pipeline_remote_write_samples",
+                       "Samples (and native histogram samples) accepted by remote write.")
+DROPPED_SAMPLES = Counter("pipeline_remote_write_dropped_samples",
+                          "Samples not written, by reason (conversion or a 4xx answer).", ["reason"])
+REQUESTS = Counter("pipeline_remote_write_requests", "Remote-write requests by HTTP status.", ["status"])
+
+HEADERS = {
+    "Content-Encoding": "snappy",
+    "Content-Type": "application/x-protobuf",
+    "X-Prometheus-Remote-Write-Version": "0.1.0",
+    "User-Agent": "telemetry-gateway",
+}
+
+
+def drop_reason(status: int, text: str) -> str:
+    """A short, bounded label for why a 4xx answer dropped samples."""
+    low = text.lower()
+    for needle, reason in (("out of order", "out_of_order"), ("out-of-order", "out_of_order"),
+                           ("duplicate", "duplicate"), ("too old", "too_old"),
+                           ("out of bounds", "out_of_bounds")):
+        if needle in low:
+            return reason
+    return f"http_{status}"
+
+
+def _samples(req: remote_pb2.WriteRequest) -> int:
+    return sum(len(ts.samples) + len(ts.histograms) for ts in req.timeseries)
+
+
+class PrometheusSink:
+    """Writes metrics to a remote-write endpoint (Prometheus, Mimir, Cortex, ...)."""
+
+    name = "prometheus"
+    signals = frozenset({Signal.METRICS})
+
+    def __init__(self, cfg: PrometheusSinkConfig, *, max_series: int = 2000) -> None:
+        self.cfg = cfg
+        self.max_series = max_series
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _post(self, tenant: str, req: remote_pb2.WriteRequest) -> None:
+        assert self._session is not None, "start() first"
+        n = _samples(req)
+        try:
+            async with self._session.post(self.cfg.url, data=encode(req),
+                                          headers={**HEADERS, TENANT_HEADER: tenant}) as resp:
+                REQUESTS.labels(str(resp.status)).inc()
+                if resp.status < 300:
+                    SENT_SAMPLES.inc(n)
+                    return
+                text = (await resp.text())[:500]
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            REQUESTS.labels("error").inc()
+            raise TransientSinkError(f"remote write to {self.cfg.url} failed: {exc!r}") from exc
+        if resp.status == 429 or resp.status >= 500:
+            raise TransientSinkError(f"remote write {resp.status}: {text}")
+        reason = drop_reason(resp.status, text)
+        DROPPED_SAMPLES.labels(reason).inc(n)
+        log.warning("remote write dropped %d sample(s) of tenant %s: %d %s", n, tenant, resp.status, text)
+
+    async def _post_tenant(self, tenant: str, req: remote_pb2.WriteRequest) -> None:
+        for part in split(req, self.max_series):  # in order: a series' samples stay time-ordered
+            await self._post(tenant, part)
+
+    async def write(self, records: Sequence[BusRecord]) -> None:
+        conv = to_write_requests((r.value, r.tenant) for r in records)
+        await asyncio.gather(*(self._post_tenant(tenant, req) for tenant, req in conv.requests.items()
+                               if req.timeseries))
+        # Counted only once the batch went through, so a retried batch does not count twice.
+        for reason, n in conv.dropped.items():
+            DROPPED_SAMPLES.labels(reason).inc(n)
+        if conv.malformed:
+            raise PermanentSinkError([Rejection(records[i], "malformed OTLP metrics")
+                                      for i in conv.malformed])
+
+
+def make_sink(cfg: Config) -> PrometheusSink:
+    """Entry point for ``telemetry-gateway pipelines --sink prometheus``."""
+    return PrometheusSink(cfg.pipelines.prometheus)
