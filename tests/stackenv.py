@@ -18,6 +18,10 @@ STACK_CACHE = Path(
 )
 
 KAFKA_BOOTSTRAP = os.environ.get("TG_STACK_KAFKA", "127.0.0.1:9092")
+# The replicated layout, up only after `bash stack/up --kafka-brokers 3` (fault tests).
+KAFKA_CLUSTER_BOOTSTRAP = os.environ.get(
+    "TG_STACK_KAFKA_CLUSTER", "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
+)
 ES_URL = os.environ.get("TG_STACK_ES", "http://127.0.0.1:9200")
 JAEGER_OTLP_GRPC = os.environ.get("TG_STACK_JAEGER_OTLP_GRPC", "127.0.0.1:14317")
 JAEGER_OTLP_HTTP = os.environ.get("TG_STACK_JAEGER_OTLP_HTTP", "127.0.0.1:14318")
@@ -28,6 +32,7 @@ TELEMETRYGEN_BIN = Path(os.environ.get("TG_STACK_TELEMETRYGEN_BIN") or STACK_CAC
 
 _ADDRS = {
     "kafka": KAFKA_BOOTSTRAP.split(",")[0],
+    "kafka-cluster": KAFKA_CLUSTER_BOOTSTRAP,
     "elasticsearch": ES_URL.split("//", 1)[-1],
     "jaeger": JAEGER_OTLP_GRPC,
     "jaeger-query": JAEGER_QUERY_URL.split("//", 1)[-1],
@@ -35,27 +40,36 @@ _ADDRS = {
 }
 
 
-def _listening(addr: str) -> bool:
-    host, _, port = addr.rstrip("/").rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1.0):
-            return True
-    except OSError:
-        return False
+def _listening(addrs: str) -> bool:
+    """Every ``host:port`` in the comma-separated ``addrs`` accepts a connection."""
+    for addr in addrs.split(","):
+        host, _, port = addr.rstrip("/").rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                pass
+        except OSError:
+            return False
+    return True
 
 
 def require(*services: str) -> None:
-    """Fail (never skip) when a stack service is not listening."""
+    """Fail (never skip) when a stack service is not listening.
+
+    Services: kafka, kafka-cluster (the three-broker layout), elasticsearch, jaeger,
+    jaeger-query, prometheus.
+    """
     missing = [s for s in services if not _listening(_ADDRS[s])]
     if missing:
+        how = "bash stack/up --kafka-brokers 3" if "kafka-cluster" in missing else "bash stack/up"
         pytest.fail(
             f"stack service(s) not running: {', '.join(missing)} "
-            f"({', '.join(_ADDRS[m] for m in missing)}); start them with `bash stack/up`",
+            f"({'; '.join(_ADDRS[m] for m in missing)}); start them with `{how}`",
             pytrace=False,
         )
 
 
 def require_binary(path: Path) -> Path:
+    """The built tool at ``path`` (JAEGER_BIN, TELEMETRYGEN_BIN), or a failed test saying how."""
     if not path.is_file():
         pytest.fail(f"{path.name} is not built at {path}; run `bash stack/up`", pytrace=False)
     return path

@@ -1,0 +1,153 @@
+"""Kafka in KRaft mode from Maven Central jars: one node, or a replicated three-node cluster.
+
+Each layout has its own data directory (cluster ids differ), so switching between
+``--kafka-brokers 1`` and ``3`` never needs a wipe. Every node is broker and controller.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from . import maven, probes
+from .procs import Unit, run_logged, running_pid
+from .service import Health, Service
+from .settings import Settings
+
+_LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+def java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    exe = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not exe:
+        raise RuntimeError("no java on PATH (Kafka needs Java 17+)")
+    return exe
+
+
+class Kafka(Service):
+    name = "kafka"
+
+    def __init__(self, settings: Settings, brokers: int | None = None) -> None:
+        super().__init__(settings)
+        self.brokers = brokers if brokers is not None else self.running_layout()
+        if self.brokers not in (1, 3):
+            raise SystemExit("stack: --kafka-brokers must be 1 or 3")
+
+    @property
+    def home(self) -> Path:
+        return self.s.cache / "kafka" / self.s.kafka_version
+
+    def _ports(self, brokers: int) -> list[int]:
+        return [self.s.kafka_port] if brokers == 1 else list(self.s.kafka_cluster_ports)
+
+    def _layout_dir(self, brokers: int) -> Path:
+        return self.s.cache / "kafka" / f"layout-{brokers}"
+
+    def _unit_name(self, brokers: int, node: int) -> str:
+        return "kafka" if brokers == 1 else f"kafka-{node}"
+
+    def _units(self, brokers: int) -> list[Unit]:
+        units = []
+        for node, _ in enumerate(self._ports(brokers), start=1):
+            props = self._layout_dir(brokers) / f"node-{node}" / "server.properties"
+            argv = [java(), f"-Xms{self.s.kafka_heap[0]}", f"-Xmx{self.s.kafka_heap[1]}", "-XX:+UseG1GC",
+                    "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+                    f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+                    "-cp", f"{self.home / 'libs'}/*", "kafka.Kafka", str(props)]
+            units.append(self.unit(self._unit_name(brokers, node), argv))
+        return units
+
+    def units(self) -> list[Unit]:
+        return self._units(self.brokers)
+
+    def all_units(self) -> list[Unit]:
+        return self._units(1) + self._units(3)
+
+    def running_layout(self) -> int:
+        return 3 if any(running_pid(u) for u in self._units(3)) else 1
+
+    def ports(self) -> list[int]:
+        return [p + off for p in self._ports(self.brokers) for off in (0, 1)]
+
+    def endpoints(self) -> str:
+        return ",".join(f"{self.s.host}:{p}" for p in self._ports(self.brokers))
+
+    def install(self) -> None:
+        maven.copy_dependencies(self.s, f"kafka-{self.s.kafka_version}", [
+            f"org.apache.kafka:kafka_2.13:{self.s.kafka_version}",
+            # Kafka logs through slf4j 1.x; without a binding the broker would be silent.
+            "org.apache.logging.log4j:log4j-slf4j-impl:2.25.5",
+        ], self.home / "libs")
+
+    def _properties(self, node: int, port: int, data: Path) -> str:
+        n = self.brokers
+        voters = ",".join(f"{i}@{self.s.host}:{p + 1}" for i, p in enumerate(self._ports(n), start=1))
+        isr = 2 if n == 3 else 1
+        return "\n".join([
+            "process.roles=broker,controller",
+            f"node.id={node}",
+            f"controller.quorum.voters={voters}",
+            f"listeners=PLAINTEXT://{self.s.host}:{port},CONTROLLER://{self.s.host}:{port + 1}",
+            f"advertised.listeners=PLAINTEXT://{self.s.host}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={data}",
+            "num.partitions=3",
+            f"default.replication.factor={n}",
+            f"min.insync.replicas={isr}",
+            f"offsets.topic.replication.factor={n}",
+            f"transaction.state.log.replication.factor={n}",
+            f"transaction.state.log.min.isr={isr}",
+            f"share.coordinator.state.topic.replication.factor={n}",
+            f"share.coordinator.state.topic.min.isr={isr}",
+            "auto.create.topics.enable=true",
+            "group.initial.rebalance.delay.ms=0",
+            "log.retention.hours=24",
+            "",
+        ])
+
+    def prepare(self) -> None:
+        (self.home / "log4j2.properties").write_text(_LOG4J2)
+        layout = self._layout_dir(self.brokers)
+        id_file = layout / "cluster.id"
+        layout.mkdir(parents=True, exist_ok=True)
+        if not id_file.exists():
+            # What `kafka-storage random-uuid` prints: a url-safe base64 UUID without padding.
+            id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+        cluster_id = id_file.read_text().strip()
+        for node, port in enumerate(self._ports(self.brokers), start=1):
+            node_dir = layout / f"node-{node}"
+            data = node_dir / "data"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            props = node_dir / "server.properties"
+            props.write_text(self._properties(node, port, data))
+            if (data / "meta.properties").exists():
+                continue
+            run_logged([java(), f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}", "-cp",
+                        f"{self.home / 'libs'}/*", "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                        "-c", str(props)],
+                       self.s.log_dir / "install-kafka-format.log", f"formatting kafka node {node} storage")
+
+    def health(self) -> Health:
+        want = len(self._ports(self.brokers))
+        try:
+            brokers, controller = probes.kafka_cluster(self.s.host, self._ports(self.brokers)[0])
+        except OSError as exc:
+            return Health(False, f"metadata request failed: {exc}")
+        if brokers < want or controller < 0:
+            return Health(False, f"{brokers}/{want} brokers live, controller {controller}")
+        return Health(True, f"{brokers} broker{'s' * (brokers > 1)}, controller {controller}")
