@@ -125,34 +125,42 @@ def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int, in
 def _count(buf: bytes, pos: int, end: int, want: int) -> int:
     """Number of length-delimited fields numbered ``want`` in a message, checking its framing.
 
-    This is the per-item loop of the ingest path (one turn per span), hence inlined varints.
+    This is the per-item loop of the ingest path (one turn per span), so the common case (a
+    one-byte tag, a length of one or two bytes) is read inline without a call.
     """
     n = 0
+    want_tag = want << 3 | _LEN
     while pos < end:
         tag = buf[pos]
+        if tag == want_tag and pos + 2 < end:
+            ln = buf[pos + 1]
+            if ln < 0x80:
+                pos += 2 + ln
+            else:
+                b2 = buf[pos + 2]
+                if b2 < 0x80:
+                    ln = (ln & 0x7F) | b2 << 7
+                    pos += 3 + ln
+                else:
+                    ln, pos = _varint(buf, pos + 1, end)
+                    pos += ln
+            if pos > end:
+                raise WireError(f"field {want}: length {ln} past the end of the message")
+            n += 1
+            continue
         if tag < 0x80:
             pos += 1
         else:
             tag, pos = _varint(buf, pos, end)
         wt = tag & 7
-        if wt == _LEN:
-            ln = buf[pos] if pos < end else 0x80
-            if ln < 0x80:
-                pos += 1
-            else:
-                ln, pos = _varint(buf, pos, end)
-            pos += ln
-            if pos > end:
-                raise WireError(f"field {tag >> 3}: length {ln} past the end of the message")
-            if tag >> 3 == want:
-                n += 1
-        else:
-            if tag >> 3 == 0:
-                raise WireError("field number 0")
-            try:
-                pos = _skip(buf, pos, end, wt)
-            except WireError as e:
-                raise WireError(f"field {tag >> 3}: {e}") from None
+        if tag >> 3 == 0:
+            raise WireError("field number 0")
+        try:
+            pos = _skip(buf, pos, end, wt)
+        except WireError as e:
+            raise WireError(f"field {tag >> 3}: {e}") from None
+        if wt == _LEN and tag >> 3 == want:
+            n += 1
     return n
 
 
@@ -250,6 +258,7 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) ->
     bad resource does not cost a client the rest of its batch.
     """
     buf = bytes(payload)
+    view = memoryview(buf)  # slices of it are copied once, by the final join
     drop_keys = frozenset(k.encode() for k, _ in attrs)
     ours = encode_attributes(attrs)
     rx_name = _RX_NAMES[signal]
@@ -257,24 +266,25 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) ->
         top = _fields(buf, 0, len(buf))
     except WireError as e:
         raise WireError(f"{_request_name(signal)}: {e}") from None
-    out: list[bytes] = []
+    out: list[bytes | memoryview] = []
     items = 0
     rejected = 0
     errors: list[str] = []
     index = 0
     for num, wt, s, vs, ve in top:
         if num != 1:
-            out.append(buf[s:ve])  # unknown top-level field: keep it
+            out.append(view[s:ve])  # unknown top-level field: keep it
             continue
         if wt != _LEN:
             raise WireError(f"{_request_name(signal)}: {rx_name} has wire type {wt}, expected 2")
         try:
-            body, n = _prepare_rx(signal, buf, vs, ve, drop_keys, ours)
+            body, size, n = _prepare_rx(signal, buf, view, vs, ve, drop_keys, ours)
         except _RxError as e:
             rejected += e.items
             errors.append(f"{rx_name}[{index}].{e}")
         else:
-            out.append(b"\x0a" + encode_varint(len(body)) + body)
+            out.append(b"\x0a" + encode_varint(size))
+            out.extend(body)
             items += n
         index += 1
     error = ""
@@ -293,8 +303,9 @@ class _RxError(WireError):
         self.items = items
 
 
-def _prepare_rx(signal: Signal, buf: bytes, pos: int, end: int, drop_keys: frozenset[bytes],
-                ours: bytes) -> tuple[bytes, int]:
+def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int,
+                drop_keys: frozenset[bytes], ours: bytes) -> tuple[list[bytes | memoryview], int, int]:
+    """The enriched ResourceX body as parts, its size, and its item count."""
     n = 0
     sx_name = _SX_NAMES[signal]
     try:
@@ -302,7 +313,8 @@ def _prepare_rx(signal: Signal, buf: bytes, pos: int, end: int, drop_keys: froze
     except WireError as e:
         raise _RxError(str(e), 0) from None
     resources: list[tuple[int, int]] = []
-    rest: list[bytes] = []
+    rest: list[bytes | memoryview] = [b""]
+    size = 0
     scope_index = 0
     for num, wt, s, vs, ve in fields:
         if num == 1:
@@ -318,13 +330,14 @@ def _prepare_rx(signal: Signal, buf: bytes, pos: int, end: int, drop_keys: froze
             except WireError as e:
                 raise _RxError(f"{sx_name}[{scope_index}].{_ITEM_NAMES[signal]}: {e}", n) from None
             scope_index += 1
-        rest.append(buf[s:ve])
+        rest.append(view[s:ve])
+        size += ve - s
     try:
         resource = _resource_body(buf, resources, drop_keys, ours)
     except WireError as e:
         raise _RxError(f"resource: {e}", n) from None
-    rest.insert(0, b"\x0a" + encode_varint(len(resource)) + resource)
-    return b"".join(rest), n
+    rest[0] = b"\x0a" + encode_varint(len(resource)) + resource
+    return rest, size + len(rest[0]), n
 
 
 def _request_name(signal: Signal) -> str:
@@ -358,7 +371,7 @@ def split(signal: Signal, payload: bytes, max_bytes: int) -> list[bytes]:
     if len(buf) <= max_bytes:
         return [buf] if buf else []
     try:
-        return _split(buf, 0, len(buf), _SPECS[signal], max_bytes)
+        return _split(buf, memoryview(buf), 0, len(buf), _SPECS[signal], max_bytes)
     except WireError as e:
         raise WireError(f"{_request_name(signal)}: {e}") from None
 
@@ -367,12 +380,12 @@ def _varint_size(v: int) -> int:
     return max(1, (v.bit_length() + 6) // 7)
 
 
-def _split(buf: bytes, pos: int, end: int, spec: _Spec, limit: int) -> list[bytes]:
+def _split(buf: bytes, view: memoryview, pos: int, end: int, spec: _Spec, limit: int) -> list[bytes]:
     """Bodies of copies of the message at buf[pos:end], each at most ``limit`` bytes if possible."""
     if end - pos <= limit:
         return [buf[pos:end]]
     header: list[bytes] = []
-    children: list[bytes] = []
+    children: list[bytes | memoryview] = []
     fields = _fields(buf, pos, end)
     head_len = sum(ve - s for num, wt, s, _vs, ve in fields if not (num in spec and wt == _LEN))
     for num, wt, s, vs, ve in fields:
@@ -383,26 +396,35 @@ def _split(buf: bytes, pos: int, end: int, spec: _Spec, limit: int) -> list[byte
         tag = encode_varint(num << 3 | _LEN)
         room = limit - head_len - len(tag) - _varint_size(limit)
         if sub is None or ve - s + head_len <= limit or room <= 0:
-            children.append(buf[s:ve])
+            children.append(view[s:ve])
         else:
-            children.extend(tag + encode_varint(len(b)) + b for b in _split(buf, vs, ve, sub, room))
+            children.extend(tag + encode_varint(len(b)) + b for b in _split(buf, view, vs, ve, sub, room))
     head = b"".join(header)
     pieces: list[bytes] = []
-    current: list[bytes] = []
+    current: list[bytes | memoryview] = [head]
     size = len(head)
     for child in children:
-        if current and size + len(child) > limit:
-            pieces.append(head + b"".join(current))
-            current = []
+        if len(current) > 1 and size + len(child) > limit:
+            pieces.append(b"".join(current))
+            current = [head]
             size = len(head)
         current.append(child)
         size += len(child)
-    if current or not pieces:
-        pieces.append(head + b"".join(current))
+    if len(current) > 1 or not pieces:
+        pieces.append(b"".join(current))
     return pieces
 
 
 # --- split by trace id ----------------------------------------------------------------------
+
+
+def _trace_id(buf: bytes, pos: int, end: int) -> bytes:
+    """A Span's trace_id (field 1) wherever it is; the last occurrence wins."""
+    trace_id = b""
+    for num, wt, _s, vs, ve in _fields(buf, pos, end):
+        if num == 1 and wt == _LEN:
+            trace_id = buf[vs:ve]
+    return trace_id
 
 
 def split_spans_by_trace_id(payload: bytes) -> dict[bytes, bytes]:
@@ -412,8 +434,9 @@ def split_spans_by_trace_id(payload: bytes) -> dict[bytes, bytes]:
     consumer of one Kafka partition sees whole, valid requests.
     """
     buf = bytes(payload)
-    # trace -> list of (resource header, [(scope header, [span fields])])
-    traces: dict[bytes, dict[int, tuple[bytes, dict[int, tuple[bytes, list[bytes]]]]]] = {}
+    view = memoryview(buf)
+    # trace -> resource index -> (resource header, scope index -> (scope header, [span fields]))
+    traces: dict[bytes, dict[int, tuple[bytes, dict[int, tuple[bytes, list[memoryview]]]]]] = {}
     try:
         top = _fields(buf, 0, len(buf))
         for ri, (num, wt, _s, vs, ve) in enumerate(top):
@@ -429,13 +452,22 @@ def split_spans_by_trace_id(payload: bytes) -> dict[bytes, bytes]:
                 for n2, w2, s, spvs, spve in sfields:
                     if n2 != 2 or w2 != _LEN:
                         continue
-                    trace_id = b""
-                    for fn, fw, _fs, fvs, fve in _fields(buf, spvs, spve):
-                        if fn == 1 and fw == _LEN:
-                            trace_id = buf[fvs:fve]
-                    per_rx = traces.setdefault(trace_id, {})
-                    _rh, scopes = per_rx.setdefault(ri, (rhead, {}))
-                    scopes.setdefault(si, (shead, []))[1].append(buf[s:spve])
+                    if spve - spvs >= 18 and buf[spvs] == 0x0A and buf[spvs + 1] == 16:
+                        # SDKs write trace_id first; a repeated one later only moves the span
+                        # to another partition, it cannot corrupt it
+                        trace_id = buf[spvs + 2:spvs + 18]
+                    else:
+                        trace_id = _trace_id(buf, spvs, spve)
+                    per_rx = traces.get(trace_id)
+                    if per_rx is None:
+                        per_rx = traces[trace_id] = {}
+                    rx = per_rx.get(ri)
+                    if rx is None:
+                        rx = per_rx[ri] = (rhead, {})
+                    scope = rx[1].get(si)
+                    if scope is None:
+                        scope = rx[1][si] = (shead, [])
+                    scope[1].append(view[s:spve])
     except WireError as e:
         raise WireError(f"ExportTraceServiceRequest: {e}") from None
     out: dict[bytes, bytes] = {}
