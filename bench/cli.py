@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="open-loop offered loads, %% of the gateway's 1-worker max (default 25,50,75)")
     cmp_.add_argument("--no-collector", action="store_true", help="gateway rounds only")
     micro = sub.add_parser("micro", help="pytest-benchmark suites of the hot functions")
-    micro.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
+    micro.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                       help="extra pytest arguments, after `--` (e.g. `bench micro -- -q`)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -94,7 +95,7 @@ def _git_rev() -> str:
 
 def main(ns: argparse.Namespace) -> int:
     if ns.bench_command == "micro":
-        return _micro(ns.pytest_args)
+        return _micro([a for a in ns.pytest_args if a != "--"])
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     env = Environment(outdir=ns.out / stamp, run_id=stamp.lower(), bus=ns.bus, bootstrap=ns.bootstrap,

@@ -66,11 +66,12 @@ class WorkerTotals:
     measured_items: int = 0
     measured_bytes: int = 0
     late_sends: int = 0  # open loop: sends that left > 10 ms after their intended time
+    cpu_s: float = 0.0  # the generator's own CPU over the whole run: it shares the cores with the target
     hist: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def add(self, other: WorkerTotals) -> None:
         for name in ("sent_requests", "sent_items", "acked_items", "rejected_items", "measured_requests",
-                     "measured_items", "measured_bytes", "late_sends"):
+                     "measured_items", "measured_bytes", "late_sends", "cpu_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.update(other.errors)
         self.hist.merge(other.hist)
@@ -89,6 +90,11 @@ class WorkerTotals:
         return t
 
 
+def _connections(spec: LoadSpec) -> int:
+    """HTTP/1.1 carries one request per connection at a time; gRPC multiplexes over a few."""
+    return spec.connections if spec.transport == "grpc" else max(spec.connections, spec.concurrency)
+
+
 class _Worker:
     def __init__(self, spec: LoadSpec, index: int, out: Any) -> None:
         self.spec = spec
@@ -99,8 +105,9 @@ class _Worker:
         self.interval = LatencyHistogram()  # for the live line; reset at each progress report
         self.payloads = build_ring(spec.signal, spec.shape, spec.ring, seed=index + 1)
         self.sender = make_sender(spec.transport, grpc_target=spec.grpc_target, http_url=spec.http_url,
-                                  signal=spec.signal, connections=spec.connections, timeout_s=spec.timeout_s,
-                                  http_client=spec.http_client, headers=dict(spec.headers))
+                                  signal=spec.signal, connections=_connections(spec),
+                                  timeout_s=spec.timeout_s, http_client=spec.http_client,
+                                  headers=dict(spec.headers))
         self._n = 0
 
     def _next_payload(self) -> tuple[bytes, int]:
@@ -212,7 +219,9 @@ def _worker_main(spec: LoadSpec, index: int, start_value: Any, go: Any, out: Any
         w = _Worker(spec, index, out)  # payloads are built before the clock starts
         out.put(("built", index, None))
         await asyncio.get_running_loop().run_in_executor(None, go.wait)
+        cpu0 = time.process_time()
         await w.run(start_value.value)
+        w.totals.cpu_s = time.process_time() - cpu0
         out.put(("done", index, w.totals.to_dict()))
 
     try:

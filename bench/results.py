@@ -30,6 +30,7 @@ class RoundResult:
     delivered_items: int
     errors: dict[str, int] = field(default_factory=dict)
     late_sends: int = 0
+    generator_cores: float = 0.0  # CPU the load generator used, in cores, over its whole run
     topic_prefix: str = ""
     notes: list[str] = field(default_factory=list)
 

@@ -95,7 +95,8 @@ def run_round(env: Environment, plan: RoundPlan, index: int) -> RoundResult:
     result = _result(plan, env, load, totals, monitor, delivered, prefix)
     if not env.quiet:
         line.finish(f"{result.items_per_s:,.0f} items/s  p99 {result.p99_ms:.1f} ms  "
-                    f"cpu {result.cpu_s:.1f}s  rss {result.peak_rss_mib:.0f} MiB  "
+                    f"cpu {result.cpu_s:.1f}s (generator {result.generator_cores:.2f} cores)  "
+                    f"rss {result.peak_rss_mib:.0f} MiB  "
                     f"errors {sum(result.errors.values())}  "
                     f"delivered {result.delivered_items:,}/{result.acked_items:,} "
                     f"{'ok' if result.loss_ok else 'LOSS'}")
@@ -129,6 +130,7 @@ def _result(plan: RoundPlan, env: Environment, load: LoadSpec, totals: WorkerTot
         peak_rss_mib=round(monitor.peak_rss_kib / MIB, 1), hwm_mib=round(monitor.peak_hwm_kib / MIB, 1),
         sent_items=totals.sent_items, acked_items=totals.acked_items, delivered_items=delivered,
         errors=dict(totals.errors), late_sends=totals.late_sends, topic_prefix=prefix,
+        generator_cores=round(totals.cpu_s / (load.warmup_s + dur), 2),
     )
 
 
