@@ -1,9 +1,13 @@
 """A minimal HTTP/1.1 server: ``asyncio.Protocol`` + the httptools (llhttp) parser.
 
-Chosen over aiohttp by measurement (see the commit that introduced it): OTLP/HTTP needs only
-POST with a body and a small response, so a request object, routing tables and middleware are
-cost without use. Limits are enforced while reading: a declared ``Content-Length`` over
-``max_body`` is refused before the body arrives, and a chunked body is cut off when it passes it.
+Chosen over aiohttp by measurement: OTLP/HTTP needs only POST with a body and a small response,
+so a request object, routing tables and middleware are cost without use. Same 76 KB, 512-span
+protobuf request, one uvloop process pinned to one core, wrk on the other, 32 connections:
+server CPU per request 63-81 us here vs 124-128 us with aiohttp 3.14 for HTTP alone, and
+266-409 us vs 345-545 us with the whole ingest path behind it (the commit message has the runs).
+
+Limits are enforced while reading: a declared ``Content-Length`` over ``max_body`` is refused
+before the body arrives, and a chunked body is cut off when it passes it.
 
 Requests on one connection are answered in order: reading pauses while a request is handled,
 which also gives per-connection back-pressure.
