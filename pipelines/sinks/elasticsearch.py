@@ -7,12 +7,14 @@ If the node offers data streams (the default distribution does), the templates d
 documents are written with ``create``: a redelivered document answers 409, which is success.
 Without data streams the names are plain indices written with ``index`` (overwrite by ``_id``).
 
-Verified against the integ-test distribution (9.x, the one ``stack/`` runs): it has NO
-data-streams module (``GET _data_stream`` answers 400 "no handler"), so plain indices are used;
-``passthrough`` objects (typed, queryable ``attributes.<dotted key>``) and ``flattened``
-(``body.structured``, event and link attributes) are in the server and work; ``match_only_text``
-(mapper-extras module) is absent, so ``body.text`` is ``text``. The attribute mapping falls back
-to ``flattened`` if a node refuses ``passthrough``.
+Verified against the integ-test distribution 9.5 that ``stack/`` runs (modules: transport,
+x-pack core/security, apm): it has NO data streams (``GET _data_stream`` answers 400, the path
+taken for an index name), so plain per-tenant indices are used and the data-stream branch is
+not exercised by the tests here. ``passthrough`` objects (typed ``attributes.<dotted key>``
+fields, queryable as such) and ``flattened`` (``body.structured``, event and link attributes)
+are in the server and work; ``match_only_text`` (mapper-extras module) is refused, so
+``body.text`` is ``text``. Should a node refuse ``passthrough``, attributes fall back to
+``flattened``.
 
 Errors. Per-item 429/5xx and connection failures raise ``TransientSinkError``; the retry skips
 records already fully written (ids make a full rewrite harmless anyway). Other per-item 4xx

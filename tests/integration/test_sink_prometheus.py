@@ -1,0 +1,132 @@
+"""Prometheus remote-write sink against a real Prometheus: every SDK instrument kind by PromQL."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from prometheus_client import REGISTRY
+
+from gateway.config import PrometheusSinkConfig
+from gateway.signals import Signal
+from pipelines.sinks.base import TransientSinkError
+from pipelines.sinks.prometheus import PrometheusSink
+from tests import stackenv
+from tests.sdk_otlp import DURATION_VALUES, PAYLOAD_VALUES, bus_record, metrics_payload
+from tests.waiting import await_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[PrometheusSink]:
+    stackenv.require("prometheus")
+    s = PrometheusSink(PrometheusSinkConfig(url=stackenv.PROMETHEUS_URL + "/api/v1/write"))
+    await s.start()
+    yield s
+    await s.stop()
+
+
+async def query(promql: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, \
+            http.get(stackenv.PROMETHEUS_URL + "/api/v1/query", params={"query": promql}) as resp:
+        body = await resp.json()
+    assert body["status"] == "success", body
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+async def one(promql: str) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        result = await query(promql)
+        return result[0] if len(result) == 1 else None
+    return await await_for(check, within=20, interval=0.2, what=f"one series for {promql}")
+
+
+def value(series: dict[str, Any]) -> float:
+    return float(series["value"][1])
+
+
+async def test_every_instrument_kind_is_queryable_under_its_spec_name(sink: PrometheusSink) -> None:
+    tenant = f"it-{uuid.uuid4().hex[:8]}"
+    await sink.write([bus_record(Signal.METRICS, metrics_payload(tenant), tenant, offset=1)])
+    sel = f'tenant="{tenant}"'
+
+    card = await one(f'orders_total{{{sel},payment_method="card"}}')
+    assert value(card) == 5.0
+    labels = card["metric"]
+    assert labels["job"] == "shop/checkout" and labels["instance"] == "pod-1"
+    assert labels["otel_scope_name"] == "sink-tests" and labels["otel_scope_version"] == "1.2.3"
+    assert value(await one(f'sum(orders_total{{{sel}}})')) == 7.0
+    assert value(await one(f"queue_depth{{{sel}}}")) == 7.0
+    cpu = await one(f"cpu_utilization_ratio{{{sel}}}")
+    assert value(cpu) == 0.25 and cpu["metric"]["cpu"] == "0"
+
+    assert value(await one(f"http_server_request_duration_seconds_count{{{sel}}}")) == len(DURATION_VALUES)
+    total = value(await one(f"http_server_request_duration_seconds_sum{{{sel}}}"))
+    assert math.isclose(total, sum(DURATION_VALUES))
+    inf = await one(f'http_server_request_duration_seconds_bucket{{{sel},le="+Inf"}}')
+    assert value(inf) == len(DURATION_VALUES)
+    # Values 0.003, 0.02, 0.02, 0.2, 0.7, 3.0: the median falls in the (0.01, 0.025] bucket.
+    p50 = value(await one(
+        f"histogram_quantile(0.5, sum by (le) (http_server_request_duration_seconds_bucket{{{sel}}}))"))
+    assert 0.01 < p50 <= 0.025
+    p99 = value(await one(
+        f"histogram_quantile(0.99, sum by (le) (http_server_request_duration_seconds_bucket{{{sel}}}))"))
+    assert 2.5 < p99 <= 5.0
+
+    # The exponential histogram arrives as a native histogram.
+    assert value(await one(f"histogram_count(payload_size_bytes{{{sel}}})")) == len(PAYLOAD_VALUES)
+    assert value(await one(f"histogram_sum(payload_size_bytes{{{sel}}})")) == sum(PAYLOAD_VALUES)
+    median = value(await one(f"histogram_quantile(0.5, payload_size_bytes{{{sel}}})"))
+    assert 200 <= median <= 800
+
+    info = await one(f"target_info{{{sel}}}")
+    assert info["metric"]["deployment_environment"] == "test"
+    assert "correlation_id" not in info["metric"]
+
+
+async def test_tenants_get_their_own_series_and_requests(sink: PrometheusSink) -> None:
+    a, b = f"it-a-{uuid.uuid4().hex[:8]}", f"it-b-{uuid.uuid4().hex[:8]}"
+    await sink.write([bus_record(Signal.METRICS, metrics_payload(a), a, offset=1),
+                      bus_record(Signal.METRICS, metrics_payload(b, scale=3), b, offset=2)])
+    assert value(await one(f'sum(orders_total{{tenant="{a}"}})')) == 7.0
+    assert value(await one(f'sum(orders_total{{tenant="{b}"}})')) == 21.0
+
+
+async def test_out_of_order_samples_are_dropped_and_counted_not_retried(sink: PrometheusSink) -> None:
+    tenant = f"it-ooo-{uuid.uuid4().hex[:8]}"
+    fresh = metrics_payload(tenant)
+    await sink.write([bus_record(Signal.METRICS, fresh, tenant, offset=1)])
+    await one(f'queue_depth{{tenant="{tenant}"}}')
+
+    # The same series a minute earlier: Prometheus answers 400 (out of order).
+    older = ExportMetricsServiceRequest.FromString(fresh)
+    for rm in older.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for dp in getattr(m, m.WhichOneof("data")).data_points:
+                    dp.time_unix_nano -= 60 * 1_000_000_000
+    name = "pipeline_remote_write_dropped_samples_total"
+    before = sum(REGISTRY.get_sample_value(name, {"reason": r}) or 0.0
+                 for r in ("out_of_order", "too_old", "duplicate", "out_of_bounds", "http_400"))
+    await sink.write([bus_record(Signal.METRICS, older.SerializeToString(), tenant, offset=2)])  # no raise
+    after = sum(REGISTRY.get_sample_value(name, {"reason": r}) or 0.0
+                for r in ("out_of_order", "too_old", "duplicate", "out_of_bounds", "http_400"))
+    assert after > before
+    assert value(await one(f'queue_depth{{tenant="{tenant}"}}')) == 7.0
+
+
+async def test_unreachable_endpoint_is_transient() -> None:
+    s = PrometheusSink(PrometheusSinkConfig(url="http://127.0.0.1:1/api/v1/write", timeout_s=2))
+    await s.start()
+    try:
+        with pytest.raises(TransientSinkError):
+            await s.write([bus_record(Signal.METRICS, metrics_payload("acme"), "acme", offset=1)])
+    finally:
+        await s.stop()
