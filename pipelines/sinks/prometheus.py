@@ -10,8 +10,8 @@ Answers: 2xx is done; 429 and 5xx are transient (the pipeline retries; a resent 
 same timestamp and value is accepted again without harm). Any other 4xx is a drop, counted in
 ``pipeline_remote_write_dropped_samples_total{reason}``: the classic case is a 400 for
 out-of-order or duplicate samples, which no retry can fix. The answer does not say which
-samples of the request were kept, so all of the request's samples are counted. Conversion drops (delta temporality,
-unsupported scale) are counted under the same metric.
+samples of the request were kept, so all of the request's samples are counted. Conversion
+drops (delta temporality, unsupported scale) are counted under the same metric.
 """
 
 from __future__ import annotations
