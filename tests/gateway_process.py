@@ -199,3 +199,31 @@ def running_gateway(env: Mapping[str, str] | None = None, *, workers: int = 1,
             assert rc == 0, f"gateway exited {rc} after SIGTERM:\n{gw.log()}"
     finally:
         gw.cleanup()
+
+
+_OTLP_JSON_KEYS = {
+    "traces": ("resourceSpans", "scopeSpans", "spans"),
+    "logs": ("resourceLogs", "scopeLogs", "logRecords"),
+    "metrics": ("resourceMetrics", "scopeMetrics", "metrics"),
+}
+
+
+def resource_attrs(resource: dict[str, Any]) -> dict[str, Any]:
+    """An OTLP/JSON resource's attributes as {key: plain value} (string/int/bool/double)."""
+    out: dict[str, Any] = {}
+    for kv in resource.get("attributes", []):
+        value = kv.get("value", {})
+        out[kv["key"]] = next(iter(value.values()), None) if value else None
+    return out
+
+
+def sink_items(lines: list[dict[str, Any]], signal_name: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(resource attributes, item) for every span / log record / metric in file-sink lines."""
+    rx_key, sx_key, item_key = _OTLP_JSON_KEYS[signal_name]
+    out = []
+    for line in lines:
+        for rx in line.get(rx_key, []):
+            attrs = resource_attrs(rx.get("resource", {}))
+            for sx in rx.get(sx_key, []):
+                out.extend((attrs, item) for item in sx.get(item_key, []))
+    return out
