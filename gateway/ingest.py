@@ -113,7 +113,7 @@ class Ingest:
                     await asyncio.shield(fut)
                 except BusUnavailable as exc:
                     return self.refuse(signal, transport, "bus_unavailable", f"bus unavailable: {exc}", cid,
-                                       items=prepared.items, retry_after_s=1.0)
+                                       items=prepared.items, retry_after_s=exc.retry_after_s)
             else:
                 fut.add_done_callback(functools.partial(_count_lost, signal, prepared.items))
             metrics.received_items.labels(signal.value, transport, tenant).inc(prepared.items)

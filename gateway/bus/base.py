@@ -14,7 +14,15 @@ from gateway.signals import HEADER_CORRELATION, HEADER_SIGNAL, HEADER_TENANT, Si
 
 
 class BusUnavailable(Exception):
-    """The bus cannot take data now; the client should retry (HTTP 503 / gRPC UNAVAILABLE)."""
+    """The bus cannot take data now; the client should retry (HTTP 503 / gRPC UNAVAILABLE).
+
+    ``retry_after_s`` is the hint sent to the client (Retry-After / RetryInfo). SDK exporters
+    retry only a few times, honouring the hint, so it bounds how long an outage they ride out.
+    """
+
+    def __init__(self, message: str = "", retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(slots=True)

@@ -72,6 +72,7 @@ class KafkaBus:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._timeout_s = cfg.publish_timeout_ms / 1000
+        self._retry_after_s = cfg.unavailable_retry_after_ms / 1000
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -156,7 +157,7 @@ class KafkaBus:
         producer = self._producer
         if producer is None:
             PRODUCE_ERRORS.labels(topic, "not_connected").inc()
-            raise BusUnavailable(self._reason)
+            raise BusUnavailable(self._reason, self._retry_after_s)
         headers = batch.headers()
         pieces = message_pieces(batch, self._cfg.partition_by, self._cfg.max_message_bytes, headers)
         started = time.perf_counter()
@@ -182,7 +183,7 @@ class KafkaBus:
             why = f"publish to {topic} failed within {self._timeout_s:.1f}s: {_describe(exc)}"
             if _breaks_producer(exc):
                 self._mark_broken(why)
-            raise BusUnavailable(f"kafka: {why}") from exc
+            raise BusUnavailable(f"kafka: {why}", self._retry_after_s) from exc
         PRODUCE_SECONDS.observe(time.perf_counter() - started)
         produced = PRODUCED_BYTES.labels(topic)
         for _, value in pieces:
