@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from gateway.signals import Signal
 
-__all__ = ["Prepared", "WireError", "encode_attributes", "encode_varint", "prepare", "split",
+__all__ = ["Prepared", "WireError", "encode_attributes", "encode_varint", "prepare", "read_varint", "split",
            "split_spans_by_trace_id"]
 
 _LEN = 2  # wire type of length-delimited fields
@@ -49,7 +49,7 @@ class Prepared:
 # --- low-level reading ----------------------------------------------------------------------
 
 
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     """Read a base-128 varint at ``pos``; return (value, position after it)."""
     result = 0
     shift = 0
@@ -68,10 +68,10 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
 def _skip(buf: bytes, pos: int, end: int, wt: int) -> int:
     """Position after a value of wire type ``wt`` that starts at ``pos``."""
     if wt == 0:
-        _, pos = _varint(buf, pos, end)
+        _, pos = read_varint(buf, pos, end)
         return pos
     if wt == _LEN:
-        ln, pos = _varint(buf, pos, end)
+        ln, pos = read_varint(buf, pos, end)
         pos += ln
     elif wt == 1:
         pos += 8
@@ -97,7 +97,7 @@ def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int, in
         if tag < 0x80:
             pos += 1
         else:
-            tag, pos = _varint(buf, pos, end)
+            tag, pos = read_varint(buf, pos, end)
         num = tag >> 3
         wt = tag & 7
         if num == 0:
@@ -107,7 +107,7 @@ def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int, in
             if ln < 0x80:
                 pos += 1
             else:
-                ln, pos = _varint(buf, pos, end)
+                ln, pos = read_varint(buf, pos, end)
             vstart = pos
             pos += ln
             if pos > end:
@@ -142,7 +142,7 @@ def _count(buf: bytes, pos: int, end: int, want: int) -> int:
                     ln = (ln & 0x7F) | b2 << 7
                     pos += 3 + ln
                 else:
-                    ln, pos = _varint(buf, pos + 1, end)
+                    ln, pos = read_varint(buf, pos + 1, end)
                     pos += ln
             if pos > end:
                 raise WireError(f"field {want}: length {ln} past the end of the message")
@@ -151,7 +151,7 @@ def _count(buf: bytes, pos: int, end: int, want: int) -> int:
         if tag < 0x80:
             pos += 1
         else:
-            tag, pos = _varint(buf, pos, end)
+            tag, pos = read_varint(buf, pos, end)
         wt = tag & 7
         if tag >> 3 == 0:
             raise WireError("field number 0")

@@ -23,7 +23,7 @@ from gateway.config import AuthConfig, LimitsConfig, RateLimit
 from gateway.otlp_json import json_to_proto, proto_to_json
 from gateway.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
 from gateway.tenancy import Authenticator, RateLimiter
-from gateway.wire import prepare, split
+from gateway.wire import prepare, split, split_spans_by_trace_id
 from tests.otlp_payloads import payload
 
 SPANS = 512
@@ -72,6 +72,15 @@ def test_bench_upb_decode_edit_encode_512_spans(benchmark: BenchmarkFixture) -> 
 
 def test_bench_json_to_proto_512_spans(benchmark: BenchmarkFixture) -> None:
     assert benchmark(json_to_proto, Signal.TRACES, TRACES_512_JSON) == TRACES_512
+
+
+def test_bench_proto_to_json_512_spans(benchmark: BenchmarkFixture) -> None:
+    """What the file sink pays per record."""
+    assert benchmark(proto_to_json, Signal.TRACES, TRACES_512) == TRACES_512_JSON
+
+
+def test_bench_split_spans_by_trace_id_512_spans(benchmark: BenchmarkFixture) -> None:
+    assert len(benchmark(split_spans_by_trace_id, TRACES_512)) == 16
 
 
 def test_bench_split_512_spans_into_64k(benchmark: BenchmarkFixture) -> None:

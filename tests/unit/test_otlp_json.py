@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import random
+
 import orjson
 import pytest
 from google.protobuf import json_format
@@ -15,7 +19,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from gateway.otlp_json import json_to_proto, proto_to_json, response_json
 from gateway.signals import Signal
-from gateway.wire import WireError
+from gateway.wire import WireError, encode_varint
 from tests.otlp_payloads import REQUEST_TYPES, kv, payload, resource, scope
 
 TRACE_HEX = "5B8EFFF798038103D269B633813FC60C"
@@ -317,3 +321,75 @@ def test_direct_encoding_errors_name_the_field(doc: dict[str, object], needle: s
         json_to_proto(Signal.LOGS, orjson.dumps(doc))
     assert needle in str(err.value)
     assert str(err.value).startswith("invalid OTLP/JSON logs request: ")
+
+
+# --- the direct decoder against json_format.MessageToDict -------------------------------------
+
+
+def _hex_ids(node: object) -> object:
+    """json_format's output with base64 ids turned into OTLP's hex ids."""
+    if isinstance(node, list):
+        return [_hex_ids(x) for x in node]
+    if isinstance(node, dict):
+        return {k: base64.b64decode(v).hex() if k in ("traceId", "spanId", "parentSpanId") else _hex_ids(v)
+                for k, v in node.items()}
+    return node
+
+
+def _reference_json(signal: Signal, data: bytes) -> object:
+    msg = REQUEST_TYPES[signal].FromString(data)
+    return _hex_ids(json_format.MessageToDict(msg, use_integers_for_enums=True))
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_proto_to_json_matches_json_format(signal: Signal) -> None:
+    data = payload(signal, resources=2)
+    assert orjson.loads(proto_to_json(signal, data)) == _reference_json(signal, data)
+
+
+@pytest.mark.parametrize(("signal", "doc"), [(Signal.METRICS, TRICKY_METRICS), (Signal.LOGS, TRICKY_LOGS)])
+def test_proto_to_json_matches_json_format_on_tricky_values(signal: Signal, doc: dict[str, object]) -> None:
+    data = _reference(signal, doc)
+    assert orjson.loads(proto_to_json(signal, data)) == _reference_json(signal, data)
+
+
+def _field(num: int, body: bytes) -> bytes:
+    return encode_varint(num << 3 | 2) + encode_varint(len(body)) + body
+
+
+def test_proto_to_json_merges_repeated_message_fields_and_oneofs_like_a_parser() -> None:
+    # A LogRecord whose `body` comes twice (string, then int: the oneof's last member wins)
+    # and a ResourceLogs with two `resource` fields (merged: attributes concatenate).
+    rec = _field(5, AnyValue(string_value="first").SerializeToString()) + \
+        _field(5, AnyValue(int_value=7).SerializeToString())
+    rl = _field(1, resource("a").SerializeToString()) + _field(2, _field(2, rec)) + \
+        _field(1, resource("b").SerializeToString())
+    data = _field(1, rl)
+    doc = orjson.loads(proto_to_json(Signal.LOGS, data))
+    assert doc == _reference_json(Signal.LOGS, data)
+    assert doc["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]["body"] == {"intValue": "7"}
+    assert len(doc["resourceLogs"][0]["resource"]["attributes"]) == 2 * len(resource().attributes)
+
+
+def test_proto_to_json_keeps_explicit_zero_of_optional_and_oneof_fields() -> None:
+    req = ExportMetricsServiceRequest()
+    m = req.resource_metrics.add().scope_metrics.add().metrics.add(name="z")
+    m.histogram.data_points.add(sum=0.0, count=0)
+    m2 = req.resource_metrics[0].scope_metrics[0].metrics.add(name="g")
+    m2.gauge.data_points.add(as_int=0)
+    doc = orjson.loads(proto_to_json(Signal.METRICS, req.SerializeToString()))
+    metrics = doc["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+    assert metrics[0]["histogram"]["dataPoints"] == [{"sum": 0.0}]
+    assert metrics[1]["gauge"]["dataPoints"] == [{"asInt": "0"}]
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_proto_to_json_on_corrupt_bytes_raises_only_wire_error(signal: Signal) -> None:
+    data = payload(signal, **({"points": 2} if signal is Signal.METRICS else {}))
+    rng = random.Random(11)
+    for _ in range(200):
+        corrupt = bytearray(data[:2000] if signal is not Signal.METRICS else data)
+        for _ in range(rng.randrange(1, 4)):
+            corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
+        with contextlib.suppress(WireError):
+            orjson.loads(proto_to_json(signal, bytes(corrupt)))
