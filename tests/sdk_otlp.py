@@ -14,17 +14,17 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.metrics.view import (
     ExplicitBucketHistogramAggregation,
     ExponentialBucketHistogramAggregation,
     View,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -57,11 +57,23 @@ def resource(tenant: str, service: str = "checkout", extra: Mapping[str, str] | 
     })
 
 
+def client_resource(service: str = "checkout") -> Resource:
+    """What a client sends: service attributes only; the gateway adds tenant and correlation."""
+    return Resource.create({"service.name": service, "service.namespace": "shop",
+                            "service.instance.id": "pod-1", "deployment.environment": "test"})
+
+
 def spans_payload(tenant: str, traces: int = 2, children: int = 2,
                   service: str = "checkout") -> tuple[bytes, list[str]]:
     """(ExportTraceServiceRequest bytes, hex trace ids): per trace a root span and children."""
+    spans, trace_ids = finished_spans(resource(tenant, service), traces, children)
+    return encode_spans(spans).SerializeToString(), trace_ids
+
+
+def finished_spans(res: Resource, traces: int = 2, children: int = 2) -> tuple[list[ReadableSpan], list[str]]:
+    """SDK spans: per trace a SERVER root with an event, CLIENT children (one linked, one failed)."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=resource(tenant, service))
+    provider = TracerProvider(resource=res)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("sink-tests", "1.2.3")
     trace_ids = []
@@ -77,13 +89,18 @@ def spans_payload(tenant: str, traces: int = 2, children: int = 2,
                     if c == children - 1:
                         child.set_status(Status(StatusCode.ERROR, "timeout"))
     provider.shutdown()
-    return encode_spans(exporter.get_finished_spans()).SerializeToString(), trace_ids
+    return list(exporter.get_finished_spans()), trace_ids
 
 
 def logs_payload(tenant: str, n: int = 3, service: str = "checkout") -> bytes:
     """ExportLogsServiceRequest bytes: string bodies, plus one structured (map) body."""
+    return encode_logs(finished_logs(resource(tenant, service), n)).SerializeToString()
+
+
+def finished_logs(res: Resource, n: int = 3) -> list[ReadableLogRecord]:
+    """SDK log records: ``n`` string bodies ("order <i> placed") and one map body."""
     exporter = InMemoryLogRecordExporter()
-    provider = LoggerProvider(resource=resource(tenant, service))
+    provider = LoggerProvider(resource=res)
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
     logger = provider.get_logger("sink-tests", "1.2.3")
     for i in range(n):
@@ -92,11 +109,16 @@ def logs_payload(tenant: str, n: int = 3, service: str = "checkout") -> bytes:
     logger.emit(body={"event": "refund", "amount": 12.5}, severity_number=SeverityNumber.WARN,
                 severity_text="WARN", attributes={"order.id": n})
     provider.shutdown()
-    return encode_logs(exporter.get_finished_logs()).SerializeToString()
+    return list(exporter.get_finished_logs())
 
 
 def metrics_payload(tenant: str, service: str = "checkout", scale: float = 1.0) -> bytes:
-    """ExportMetricsServiceRequest bytes with every SDK instrument kind, cumulative.
+    """ExportMetricsServiceRequest bytes of ``metrics_data`` for a gateway-stamped resource."""
+    return encode_metrics(metrics_data(resource(tenant, service), scale)).SerializeToString()
+
+
+def metrics_data(res: Resource, scale: float = 1.0) -> MetricsData:
+    """SDK metrics with every instrument kind, cumulative.
 
     counter ``orders`` {order} -> ``orders_total``; up-down counter ``queue.depth`` {item};
     gauge ``cpu.utilization`` 1 -> ``..._ratio``; histogram ``http.server.request.duration`` s;
@@ -105,7 +127,7 @@ def metrics_payload(tenant: str, service: str = "checkout", scale: float = 1.0) 
     """
     reader = InMemoryMetricReader()
     provider = MeterProvider(
-        resource=resource(tenant, service),
+        resource=res,
         metric_readers=[reader],
         views=[
             View(instrument_name="payload.size",
@@ -132,7 +154,7 @@ def metrics_payload(tenant: str, service: str = "checkout", scale: float = 1.0) 
     data = reader.get_metrics_data()
     provider.shutdown()
     assert data is not None
-    return encode_metrics(data).SerializeToString()
+    return data
 
 
 def bus_record(signal: Signal, value: bytes, tenant: str, offset: int, partition: int = 0,

@@ -232,10 +232,11 @@ def bulk_items(record: BusRecord) -> list[BulkItem]:
     ]
 
 
-def bulk_body(items: Sequence[BulkItem], op: str = "index") -> bytes:
-    """NDJSON for ``POST /_bulk``: an action line (``index`` overwrites by id) and the source each.
+def bulk_body(items: Sequence[BulkItem], op: str = "create") -> bytes:
+    """NDJSON for ``POST /_bulk``: an action line and the source per document.
 
-    ``create`` is the action data streams accept; a repeated id then answers 409 instead.
+    ``create`` is the action data streams accept; a repeated ``_id`` answers 409 (already
+    written), which is what makes redelivery harmless.
     """
     parts: list[bytes] = []
     for it in items:

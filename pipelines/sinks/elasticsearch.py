@@ -1,20 +1,23 @@
-"""Elasticsearch sink: spans and logs as OTel-native documents, bulk-indexed idempotently.
+"""Elasticsearch sink: spans and logs as OTel-native documents, bulk-written idempotently.
 
-Where documents go. Per tenant, ``traces-otel-<tenant>`` and ``logs-otel-<tenant>`` (tenant
-lower-cased and sanitised, see ``pipelines.convert.es_docs``). At start the sink installs one
-composable index template per signal (``traces-otel-*``, ``logs-otel-*``; PUT is idempotent).
-If the node offers data streams (the default distribution does), the templates declare them and
-documents are written with ``create``: a redelivered document answers 409, which is success.
-Without data streams the names are plain indices written with ``index`` (overwrite by ``_id``).
+Where documents go: data streams ``traces-otel-<tenant>`` and ``logs-otel-<tenant>`` (the
+``type-dataset-namespace`` scheme with the tenant, lower-cased and sanitised, as namespace; see
+``pipelines.convert.es_docs``). At start the sink installs one composable index template per
+signal (``traces-otel-*``, ``logs-otel-*``, declaring ``data_stream``; PUT is idempotent), and
+the first write to a tenant's name creates its data stream. Every document is written with the
+``create`` action and an ``_id`` from its Kafka coordinates, so a redelivered document answers
+409, which counts as written: redelivery never duplicates.
 
 Verified against the integ-test distribution 9.5 that ``stack/`` runs (modules: transport,
-x-pack core/security, apm): it has NO data streams (``GET _data_stream`` answers 400, the path
-taken for an index name), so plain per-tenant indices are used and the data-stream branch is
-not exercised by the tests here. ``passthrough`` objects (typed ``attributes.<dotted key>``
+x-pack core/security, apm). It lacks the data-streams *module*, i.e. the ``_data_stream`` REST
+API (``GET _data_stream`` answers 400, the path taken for an index name), but data streams
+themselves live in the server: a template with ``data_stream`` is accepted, writes auto-create
+the stream with ``.ds-`` backing indices, and ``_resolve/index`` lists it. So data streams are
+used; if a node refuses a data-stream template, plain indices of the same names are used
+instead (same ``create`` semantics). ``passthrough`` objects (typed ``attributes.<dotted key>``
 fields, queryable as such) and ``flattened`` (``body.structured``, event and link attributes)
 are in the server and work; ``match_only_text`` (mapper-extras module) is refused, so
-``body.text`` is ``text``. Should a node refuse ``passthrough``, attributes fall back to
-``flattened``.
+``body.text`` is ``text``. Should a node refuse ``passthrough``, attributes become ``flattened``.
 
 Errors. Per-item 429/5xx and connection failures raise ``TransientSinkError``; the retry skips
 records already fully written (ids make a full rewrite harmless anyway). Other per-item 4xx
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter as TallyCounter
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,7 +151,8 @@ class ElasticsearchSink:
         self.cfg = cfg
         self._client = client
         self._ready = False
-        self.data_streams = False
+        # What the node accepts, settled by _install_templates.
+        self.data_streams = True
         self.attributes_type = "passthrough"
         # Records fully handled by a failed attempt; the pipeline's retry skips them.
         self._done: set[Coords] = set()
@@ -178,7 +183,6 @@ class ElasticsearchSink:
         if self._ready:
             return
         try:
-            self.data_streams = await self._has_data_streams()
             for signal in (Signal.TRACES, Signal.LOGS):
                 await self._put_template(signal)
         except (EsConnectionError, ConnectionTimeout) as exc:
@@ -189,27 +193,26 @@ class ElasticsearchSink:
         log.info("elasticsearch: templates installed (data streams: %s, attributes: %s)",
                  self.data_streams, self.attributes_type)
 
-    async def _has_data_streams(self) -> bool:
-        try:
-            await self.client.indices.get_data_stream(name="*")
-            return True
-        except ApiError as exc:
-            if exc.meta.status in (400, 404, 405):  # no handler: the module is not installed
-                return False
-            raise
-
     async def _put_template(self, signal: Signal) -> None:
-        name = f"{signal.value}-otel-telemetry-gateway"
-        try:
-            await self.client.indices.put_index_template(
-                name=name, **index_template(signal, self.attributes_type, self.data_streams))
-        except ApiError as exc:
-            if exc.meta.status != 400 or self.attributes_type != "passthrough":
-                raise
-            log.warning("elasticsearch refused passthrough attributes (%s); using flattened", exc)
-            self.attributes_type = "flattened"
-            await self.client.indices.put_index_template(
-                name=name, **index_template(signal, self.attributes_type, self.data_streams))
+        """PUT the template, stepping down (flattened attributes, plain indices) on a 400 about them."""
+        while True:
+            try:
+                await self.client.indices.put_index_template(
+                    name=f"{signal.value}-otel-telemetry-gateway",
+                    **index_template(signal, self.attributes_type, self.data_streams))
+                return
+            except ApiError as exc:
+                if exc.meta.status != 400:
+                    raise
+                msg = str(exc).lower()
+                if self.attributes_type == "passthrough" and "passthrough" in msg:
+                    log.warning("elasticsearch refused passthrough attributes (%s); using flattened", exc)
+                    self.attributes_type = "flattened"
+                elif self.data_streams and "data stream" in msg.replace("_", " "):
+                    log.warning("elasticsearch refused a data-stream template (%s); using indices", exc)
+                    self.data_streams = False
+                else:
+                    raise
 
     async def write(self, records: Sequence[BusRecord]) -> None:
         await self._ensure_ready()
@@ -232,20 +235,23 @@ class ElasticsearchSink:
             owners.extend([i] * len(rec_items))
 
         transient: set[int] = set()
+        outcomes: TallyCounter[tuple[str, str]] = TallyCounter()
         chunks = self._chunks(items)
         results = await asyncio.gather(*(self._send(items[a:b]) for a, b in chunks))
         for (a, _), statuses in zip(chunks, results, strict=True):
             for j, (status, reason) in enumerate(statuses):
                 idx = owners[a + j]
                 signal = records[idx].signal.value
-                if status < 300 or (status == 409 and self.data_streams):
-                    DOCUMENTS.labels(signal, "written").inc()
+                if status < 300 or status == 409:  # 409: this _id is already there
+                    outcomes[signal, "written"] += 1
                 elif status == 429 or status >= 500:
-                    DOCUMENTS.labels(signal, "retried").inc()
+                    outcomes[signal, "retried"] += 1
                     transient.add(idx)
                 else:
-                    DOCUMENTS.labels(signal, "rejected").inc()
+                    outcomes[signal, "rejected"] += 1
                     rejected.setdefault(idx, Rejection(records[idx], f"elasticsearch {status}: {reason}"))
+        for (signal, outcome), n in outcomes.items():
+            DOCUMENTS.labels(signal, outcome).inc(n)
 
         if transient:
             for i, rec in enumerate(records):
@@ -277,11 +283,10 @@ class ElasticsearchSink:
 
     async def _send(self, items: list[BulkItem]) -> list[tuple[int, str]]:
         """Bulk one chunk; (status, reason) per item. A failed request fails every item in it."""
-        op = "create" if self.data_streams else "index"
         async with self._sem:
             try:
                 resp = await self.client.bulk(
-                    operations=bulk_body(items, op),  # type: ignore[arg-type]  # NDJSON bytes pass as-is
+                    operations=bulk_body(items, "create"),  # type: ignore[arg-type]  # NDJSON bytes pass as-is
                     filter_path="errors,items.*.status,items.*.error.type,items.*.error.reason",
                 )
             except (EsConnectionError, ConnectionTimeout) as exc:

@@ -133,11 +133,11 @@ def test_concatenated_requests_are_all_converted() -> None:
     assert len({it.doc_id for it in items}) == 5
 
 
-def test_bulk_body_is_ndjson_index_actions() -> None:
+def test_bulk_body_is_ndjson_create_actions() -> None:
     rec = bus_record(Signal.LOGS, logs_payload("acme", n=1), "acme", offset=5)
     items = bulk_items(rec)
     lines = bulk_body(items).split(b"\n")
     assert lines[-1] == b""
-    assert orjson.loads(lines[0]) == {"index": {"_index": "logs-otel-acme", "_id": "otlp_logs-0-5-0"}}
+    assert orjson.loads(lines[0]) == {"create": {"_index": "logs-otel-acme", "_id": "otlp_logs-0-5-0"}}
     assert orjson.loads(lines[1])["body"] == {"text": "order 0 placed"}
     assert len(lines) == 2 * len(items) + 1
