@@ -7,7 +7,11 @@ serializer. The tenant travels inside, as the ``tenant.id`` resource attribute t
 (Jaeger shows it as a process tag).
 
 Status codes: ``INVALID_ARGUMENT`` means the data is bad, so a joined call that gets it is
-split into one call per record to find the bad ones, which are rejected for good. Every other
+split into one call per record to find the bad ones, which are rejected for good. Bytes that
+are not a protobuf at all never reach the receiver's code: Jaeger's gRPC server (grpc-go)
+answers ``INTERNAL "grpc: error unmarshalling request: ..."``, verified against Jaeger 2.13, so
+that answer is taken as bad data too; otherwise one garbage record would block the partition
+forever. Every other
 failure (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED``, and configuration
 problems such as ``UNIMPLEMENTED``) says nothing against the data, so it is transient: the
 pipeline retries with backoff and the data waits in Kafka. A retry skips records an earlier
@@ -32,6 +36,8 @@ from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkErr
 log = logging.getLogger(__name__)
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+# What grpc-go answers (as INTERNAL) when the request bytes do not decode.
+UNMARSHAL_ERROR = "grpc: error unmarshalling request"
 
 REQUESTS = Counter("pipeline_jaeger_requests", "Export calls to Jaeger by gRPC status code.", ["code"])
 REJECTED_SPANS = Counter("pipeline_jaeger_rejected_spans",
@@ -91,15 +97,19 @@ class JaegerSink:
             self._channel = None
 
     async def _call(self, payload: bytes) -> grpc.StatusCode:
+        """Export once; the status, with an undecodable request reported as INVALID_ARGUMENT."""
         assert self._export is not None, "start() first"
         async with self._sem:
             try:
                 raw = await self._export(payload, timeout=self.timeout_s)
             except grpc.aio.AioRpcError as exc:
-                REQUESTS.labels(exc.code().name).inc()
-                if exc.code() is not grpc.StatusCode.INVALID_ARGUMENT:
-                    log.warning("jaeger export: %s %s", exc.code().name, exc.details())
-                return exc.code()
+                code = exc.code()
+                REQUESTS.labels(code.name).inc()
+                if code is grpc.StatusCode.INTERNAL and (exc.details() or "").startswith(UNMARSHAL_ERROR):
+                    return grpc.StatusCode.INVALID_ARGUMENT
+                if code is not grpc.StatusCode.INVALID_ARGUMENT:
+                    log.warning("jaeger export: %s %s", code.name, exc.details())
+                return code
         REQUESTS.labels("OK").inc()
         resp = ExportTraceServiceResponse.FromString(raw)
         if resp.partial_success.rejected_spans:
