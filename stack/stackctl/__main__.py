@@ -15,10 +15,11 @@ from .settings import Settings
 
 # Install/start order: Kafka first (others wait on it), the slow Go build of Jaeger last so the
 # JVMs boot while it compiles.
-ORDER = ["kafka"]
+ORDER = ["kafka", "elasticsearch", "prometheus", "jaeger"]
 
 
-_CLASSES = {"kafka": "kafka.Kafka"}
+_CLASSES = {"kafka": "kafka.Kafka", "elasticsearch": "elasticsearch.Elasticsearch",
+            "prometheus": "prometheus.Prometheus", "jaeger": "jaeger.Jaeger"}
 
 
 def _make(name: str, settings: Settings, brokers: int | None) -> Service:
