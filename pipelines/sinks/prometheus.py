@@ -7,7 +7,9 @@ Cortex, Thanos receive) files it under the tenant; plain Prometheus ignores the 
 relies on the ``tenant`` label every series carries.
 
 Answers: 2xx is done; 429 and 5xx are transient (the pipeline retries; a resent sample with the
-same timestamp and value is accepted again without harm). Any other 4xx is a drop, counted in
+same timestamp and value is accepted again without harm), and so are 401/403/404/405, which say
+the endpoint or its credentials are wrong, not the data: dropping on them would turn a typo in
+the URL into silent loss. Any other 4xx is a drop, counted in
 ``pipeline_remote_write_dropped_samples_total{reason}``: the classic case is a 400 for
 out-of-order or duplicate samples, which no retry can fix. The answer does not say which
 samples of the request were kept, so all of the request's samples are counted. Conversion
@@ -37,6 +39,9 @@ SENT_SAMPLES = Counter("pipeline_remote_write_samples",
 DROPPED_SAMPLES = Counter("pipeline_remote_write_dropped_samples",
                           "Samples not written, by reason (conversion or a 4xx answer).", ["reason"])
 REQUESTS = Counter("pipeline_remote_write_requests", "Remote-write requests by HTTP status.", ["status"])
+
+# Not the data's fault: wait (in Kafka) until the store or its configuration is fixed.
+TRANSIENT_STATUS = frozenset({401, 403, 404, 405, 429})
 
 HEADERS = {
     "Content-Encoding": "snappy",
@@ -94,7 +99,7 @@ class PrometheusSink:
         except (aiohttp.ClientError, TimeoutError) as exc:
             REQUESTS.labels("error").inc()
             raise TransientSinkError(f"remote write to {self.cfg.url} failed: {exc!r}") from exc
-        if resp.status == 429 or resp.status >= 500:
+        if resp.status in TRANSIENT_STATUS or resp.status >= 500:
             raise TransientSinkError(f"remote write {resp.status}: {text}")
         reason = drop_reason(resp.status, text)
         DROPPED_SAMPLES.labels(reason).inc(n)

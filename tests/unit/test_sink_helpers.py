@@ -1,0 +1,52 @@
+"""The pure parts of the sinks: request grouping, template bodies, drop reasons."""
+
+from __future__ import annotations
+
+from gateway.config import ElasticsearchSinkConfig
+from gateway.signals import Signal
+from pipelines.convert.es_docs import BulkItem
+from pipelines.sinks.elasticsearch import ElasticsearchSink, index_template
+from pipelines.sinks.jaeger import join_records
+from pipelines.sinks.prometheus import drop_reason
+from tests.sdk_otlp import bus_record
+
+
+def test_jaeger_joins_consecutive_records_under_the_byte_limit() -> None:
+    sizes = [40, 50, 20, 200, 10]
+    recs = [bus_record(Signal.TRACES, b"x" * n, "acme", offset=i) for i, n in enumerate(sizes)]
+    groups = join_records(recs, max_bytes=100)
+    assert [[r.offset for r in g] for g in groups] == [[0, 1], [2], [3], [4]]
+    assert join_records([], 100) == []
+
+
+def test_remote_write_drop_reasons_are_bounded() -> None:
+    assert drop_reason(400, "out of order sample") == "out_of_order"
+    assert drop_reason(400, "duplicate sample for timestamp") == "duplicate"
+    assert drop_reason(400, "too old sample") == "too_old"
+    assert drop_reason(400, "out of bounds") == "out_of_bounds"
+    assert drop_reason(413, "whatever the body says") == "http_413"
+
+
+def test_es_templates_declare_data_streams_and_otel_mappings() -> None:
+    t = index_template(Signal.TRACES, "passthrough", data_streams=True)
+    assert t["index_patterns"] == ["traces-otel-*"] and t["data_stream"] == {}
+    props = t["template"]["mappings"]["properties"]
+    assert props["@timestamp"] == {"type": "date_nanos"}
+    assert props["attributes"]["type"] == "passthrough"
+    assert props["resource"]["properties"]["attributes"]["type"] == "passthrough"
+    assert props["events"]["properties"]["attributes"] == {"type": "flattened"}
+    logs = index_template(Signal.LOGS, "flattened", data_streams=False)
+    assert "data_stream" not in logs and logs["index_patterns"] == ["logs-otel-*"]
+    lprops = logs["template"]["mappings"]["properties"]
+    assert lprops["attributes"] == {"type": "flattened"}
+    assert lprops["body"]["properties"]["structured"] == {"type": "flattened"}
+    assert lprops["observed_timestamp"] == {"type": "date_nanos"}
+
+
+def test_es_bulk_chunks_respect_count_and_bytes() -> None:
+    sink = ElasticsearchSink(ElasticsearchSinkConfig(bulk_max_docs=3, bulk_max_bytes=1000))
+    items = [BulkItem("i", str(n), b"x" * 100) for n in range(7)]
+    assert sink._chunks(items) == [(0, 3), (3, 6), (6, 7)]
+    big = [BulkItem("i", str(n), b"x" * 600) for n in range(3)]
+    assert sink._chunks(big) == [(0, 1), (1, 2), (2, 3)]  # one oversized item still goes alone
+    assert sink._chunks([]) == []
