@@ -314,6 +314,8 @@ def json_to_proto(signal: Signal, body: bytes) -> bytes:
         return _json_encoder(_REQUESTS[signal].DESCRIPTOR).encode(doc)
     except _PathError as e:
         raise WireError(f"invalid OTLP/JSON {signal.value} request: {e.where()}: {e.message}") from None
+    except RecursionError:  # AnyValue nests without bound; a hostile body must not cost more
+        raise WireError(f"invalid OTLP/JSON {signal.value} request: values nested too deeply") from None
 
 
 def proto_to_json(signal: Signal, payload: bytes) -> bytes:
@@ -323,6 +325,8 @@ def proto_to_json(signal: Signal, payload: bytes) -> bytes:
         doc = _json_decoder(_REQUESTS[signal].DESCRIPTOR).decode(buf, 0, len(buf))
     except WireError as e:
         raise WireError(f"invalid {signal.value} request: {e}") from None
+    except RecursionError:
+        raise WireError(f"invalid {signal.value} request: messages nested too deeply") from None
     return orjson.dumps(doc)
 
 

@@ -393,3 +393,17 @@ def test_proto_to_json_on_corrupt_bytes_raises_only_wire_error(signal: Signal) -
             corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
         with contextlib.suppress(WireError):
             orjson.loads(proto_to_json(signal, bytes(corrupt)))
+
+
+def test_deep_nesting_is_refused_not_crashed() -> None:
+    depth = 300  # 900 JSON levels: within what orjson reads, beyond Python's recursion limit
+    value = '{"arrayValue": {"values": [' * depth + '{"stringValue": "leaf"}' + "]}}" * depth
+    body = ('{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": ' + value + "}]}]}]}").encode()
+    with pytest.raises(WireError, match="nested too deeply"):
+        json_to_proto(Signal.LOGS, body)
+    inner = AnyValue(string_value="leaf").SerializeToString()
+    for _ in range(2000):
+        inner = _field(5, _field(1, inner))  # AnyValue.array_value -> ArrayValue.values
+    data = _field(1, _field(2, _field(2, _field(5, inner))))
+    with pytest.raises(WireError, match="nested too deeply"):
+        proto_to_json(Signal.LOGS, data)
