@@ -23,6 +23,8 @@ class BadGzip(ValueError):
 
 def gunzip(data: bytes, limit: int) -> bytes:
     """Inflate gzip ``data``; raise TooLarge as soon as the output passes ``limit`` bytes."""
+    if not data:
+        return b""  # an empty body is an empty Export request, whatever its declared encoding
     out = bytearray()
     pending = data
     while True:

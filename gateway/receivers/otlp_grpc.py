@@ -9,38 +9,27 @@ so a handler receives the request's raw protobuf bytes and passes them to ``Inge
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from gateway.config import ServerConfig
 from gateway.ingest import Ingest
-from gateway.receivers.status import GRPC_CODE, rpc_status
+from gateway.receivers.status import GRPC_CODE, RESPONSES, export_response, rpc_status
 from gateway.signals import CORRELATION_HEADER, Signal
 
 TRANSPORT = "grpc"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
-_SERVICES: dict[Signal, tuple[str, Any]] = {
-    Signal.TRACES: ("opentelemetry.proto.collector.trace.v1.TraceService",
-                    trace_service_pb2.ExportTraceServiceResponse),
-    Signal.LOGS: ("opentelemetry.proto.collector.logs.v1.LogsService",
-                  logs_service_pb2.ExportLogsServiceResponse),
-    Signal.METRICS: ("opentelemetry.proto.collector.metrics.v1.MetricsService",
-                     metrics_service_pb2.ExportMetricsServiceResponse),
+_SERVICES = {
+    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
+    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
+    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
 }
-_REJECTED_FIELD = {Signal.TRACES: "rejected_spans", Signal.LOGS: "rejected_log_records",
-                   Signal.METRICS: "rejected_data_points"}
 
 Export = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[object]]
 
 
-def _export(ingest: Ingest, signal: Signal, response_cls: Any) -> Export:
-    rejected_field = _REJECTED_FIELD[signal]
-
+def _export(ingest: Ingest, signal: Signal) -> Export:
     async def export(request: bytes, context: grpc.aio.ServicerContext) -> object:
         headers = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         cid = ingest.correlation_id(headers)
@@ -50,11 +39,7 @@ def _export(ingest: Ingest, signal: Signal, response_cls: Any) -> Export:
             st = rpc_status(outcome.refused, outcome.message, outcome.retry_after_s)
             await context.abort(GRPC_CODE[outcome.refused], outcome.message,
                                 ((_STATUS_DETAILS_KEY, st.SerializeToString()),))
-        resp = response_cls()
-        if outcome.rejected_items or outcome.message:
-            setattr(resp.partial_success, rejected_field, outcome.rejected_items)
-            resp.partial_success.error_message = outcome.message
-        return resp
+        return export_response(signal, outcome)
 
     return export
 
@@ -62,11 +47,11 @@ def _export(ingest: Ingest, signal: Signal, response_cls: Any) -> Export:
 def handlers(ingest: Ingest) -> list[grpc.GenericRpcHandler]:
     """One generic handler per OTLP service, each with its ``Export`` method."""
     out = []
-    for signal, (service, response_cls) in _SERVICES.items():
+    for signal, service in _SERVICES.items():
         method = grpc.unary_unary_rpc_method_handler(
-            _export(ingest, signal, response_cls),
+            _export(ingest, signal),
             request_deserializer=None,  # raw bytes in
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=RESPONSES[signal].SerializeToString,
         )
         out.append(grpc.method_handlers_generic_handler(service, {"Export": method}))
     return out

@@ -15,7 +15,7 @@ from gateway.config import ServerConfig
 from gateway.ingest import Ingest, Outcome, Reason
 from gateway.receivers.gunzip import BadGzip, TooLarge, gunzip
 from gateway.receivers.httpserver import Request, Response
-from gateway.receivers.status import HTTP_STATUS, rpc_status
+from gateway.receivers.status import HTTP_STATUS, export_response, rpc_status
 from gateway.signals import CORRELATION_HEADER, Signal
 from gateway.wire import WireError
 
@@ -96,27 +96,5 @@ def _render(signal: Signal, outcome: Outcome, as_json: bool) -> Response:
     if as_json:
         return Response(200, otlp_json.response_json(outcome.rejected_items, outcome.message, signal),
                         ctype, headers)
-    return Response(200, _response_proto(outcome), ctype, headers)
+    return Response(200, export_response(signal, outcome).SerializeToString(), ctype, headers)
 
-
-def _response_proto(outcome: Outcome) -> bytes:
-    """Export*ServiceResponse bytes. ``partial_success`` is field 1 of all three responses, and
-    rejected count / message are fields 1 / 2 of all three PartialSuccess messages."""
-    if not outcome.rejected_items and not outcome.message:
-        return b""
-    inner = b""
-    if outcome.rejected_items:
-        inner += b"\x08" + _varint(outcome.rejected_items)
-    if outcome.message:
-        msg = outcome.message.encode()
-        inner += b"\x12" + _varint(len(msg)) + msg
-    return b"\x0a" + _varint(len(inner)) + inner
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)

@@ -6,11 +6,17 @@ One table so OTLP/HTTP and OTLP/gRPC refuse the same thing the same way: retryab
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from gateway.ingest import Reason
+from gateway.ingest import Outcome, Reason
+from gateway.signals import Signal
 
 HTTP_STATUS: dict[Reason, int] = {
     "malformed": 400,
@@ -48,3 +54,21 @@ def rpc_status(reason: Reason, message: str, retry_after_s: float | None = None)
         delay = duration_pb2.Duration(seconds=secs, nanos=int((retry_after_s - secs) * 1e9))
         st.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return st
+
+
+RESPONSES: dict[Signal, Any] = {
+    Signal.TRACES: ExportTraceServiceResponse,
+    Signal.LOGS: ExportLogsServiceResponse,
+    Signal.METRICS: ExportMetricsServiceResponse,
+}
+_REJECTED_FIELD = {Signal.TRACES: "rejected_spans", Signal.LOGS: "rejected_log_records",
+                   Signal.METRICS: "rejected_data_points"}
+
+
+def export_response(signal: Signal, outcome: Outcome) -> Any:
+    """The Export*ServiceResponse for an accepted request; ``partial_success`` only when needed."""
+    resp = RESPONSES[signal]()
+    if outcome.rejected_items or outcome.message:
+        setattr(resp.partial_success, _REJECTED_FIELD[signal], outcome.rejected_items)
+        resp.partial_success.error_message = outcome.message
+    return resp

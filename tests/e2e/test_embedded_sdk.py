@@ -53,28 +53,23 @@ def _resource(service: str) -> Resource:
     return Resource.create({"service.name": service, "tenant.id": "forged"})
 
 
-def _span_exporter(gw: GatewayProcess, transport: str) -> Any:
+# signal -> (gRPC exporter class, HTTP exporter class)
+_EXPORTERS: dict[str, tuple[Any, Any]] = {
+    "traces": (GrpcSpanExporter, HttpSpanExporter),
+    "logs": (GrpcLogExporter, HttpLogExporter),
+    "metrics": (GrpcMetricExporter, HttpMetricExporter),
+}
+
+
+def _exporter(gw: GatewayProcess, signal: str, transport: str) -> Any:
+    """The SDK's own OTLP exporter for ``signal`` over ``transport`` (``grpc``/``http``[``-gzip``])."""
+    grpc_cls, http_cls = _EXPORTERS[signal]
+    gz = transport.endswith("gzip")
     if transport.startswith("grpc"):
-        comp = GrpcCompression.Gzip if transport.endswith("gzip") else GrpcCompression.NoCompression
-        return GrpcSpanExporter(endpoint=gw.grpc_target, insecure=True, compression=comp, timeout=10)
-    comp_h = HttpCompression.Gzip if transport.endswith("gzip") else HttpCompression.NoCompression
-    return HttpSpanExporter(endpoint=gw.http_url + "/v1/traces", compression=comp_h, timeout=10)
-
-
-def _log_exporter(gw: GatewayProcess, transport: str) -> Any:
-    if transport.startswith("grpc"):
-        comp = GrpcCompression.Gzip if transport.endswith("gzip") else GrpcCompression.NoCompression
-        return GrpcLogExporter(endpoint=gw.grpc_target, insecure=True, compression=comp, timeout=10)
-    comp_h = HttpCompression.Gzip if transport.endswith("gzip") else HttpCompression.NoCompression
-    return HttpLogExporter(endpoint=gw.http_url + "/v1/logs", compression=comp_h, timeout=10)
-
-
-def _metric_exporter(gw: GatewayProcess, transport: str) -> Any:
-    if transport.startswith("grpc"):
-        comp = GrpcCompression.Gzip if transport.endswith("gzip") else GrpcCompression.NoCompression
-        return GrpcMetricExporter(endpoint=gw.grpc_target, insecure=True, compression=comp, timeout=10)
-    comp_h = HttpCompression.Gzip if transport.endswith("gzip") else HttpCompression.NoCompression
-    return HttpMetricExporter(endpoint=gw.http_url + "/v1/metrics", compression=comp_h, timeout=10)
+        comp = GrpcCompression.Gzip if gz else GrpcCompression.NoCompression
+        return grpc_cls(endpoint=gw.grpc_target, insecure=True, compression=comp, timeout=10)
+    comp_h = HttpCompression.Gzip if gz else HttpCompression.NoCompression
+    return http_cls(endpoint=f"{gw.http_url}/v1/{signal}", compression=comp_h, timeout=10)
 
 
 def _landed(gw: GatewayProcess, signal: str, service: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -98,7 +93,7 @@ def export_spans(gw: GatewayProcess, transport: str, service: str, n: int) -> No
         with tracer.start_as_current_span(f"op-{i}", attributes={"i": i}):
             pass
     provider.shutdown()
-    exporter = _span_exporter(gw, transport)
+    exporter = _exporter(gw, "traces", transport)
     try:
         assert exporter.export(memory.get_finished_spans()) == SpanExportResult.SUCCESS
     finally:
@@ -126,7 +121,7 @@ def test_logs_land_in_file_sink(gateway: GatewayProcess, transport: str) -> None
     for i in range(7):
         logger.emit(body=f"line {i}", severity_number=SeverityNumber.INFO, attributes={"i": i})
     provider.shutdown()
-    exporter = _log_exporter(gateway, transport)
+    exporter = _exporter(gateway, "logs", transport)
     try:
         assert exporter.export(memory.get_finished_logs()) == LogRecordExportResult.SUCCESS
     finally:
@@ -149,7 +144,7 @@ def test_metrics_land_in_file_sink(gateway: GatewayProcess, transport: str) -> N
     data = reader.get_metrics_data()
     provider.shutdown()
     assert data is not None
-    exporter = _metric_exporter(gateway, transport)
+    exporter = _exporter(gateway, "metrics", transport)
     try:
         assert exporter.export(data) == MetricExportResult.SUCCESS
     finally:

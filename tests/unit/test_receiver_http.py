@@ -1,0 +1,167 @@
+"""OTLP/HTTP handling without sockets: the real Ingest, Batcher and MemoryBus behind it.
+
+The protocol class is fed bytes through a recording transport, so framing, early 413 and
+keep-alive are checked without a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from gateway import config
+from gateway.batcher import Batcher
+from gateway.bus.memory import MemoryBus
+from gateway.ingest import Ingest
+from gateway.receivers.httpserver import HttpProtocol, Request
+from gateway.receivers.otlp_http import OtlpHttp
+from gateway.tenancy import Authenticator, RateLimiter
+from tests.waiting import await_for
+
+PB = {"content-type": "application/x-protobuf"}
+
+
+def spans(n: int) -> bytes:
+    req = ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    for i in range(n):
+        scope.spans.add(name=f"s{i}", trace_id=b"\1" * 16, span_id=b"\2" * 8)
+    return req.SerializeToString()
+
+
+@pytest.fixture
+async def handler() -> AsyncIterator[tuple[OtlpHttp, MemoryBus]]:
+    cfg = config.load(None, env={"TG_SERVER__MAX_REQUEST_BYTES": "4096",
+                                 "TG_SERVER__MAX_DECOMPRESSED_BYTES": "8192",
+                                 "TG_BATCH__MAX_AGE_MS": "0"})
+    bus = MemoryBus()
+    batcher = Batcher(bus.publish, cfg.batch.max_bytes, 0.0)
+    ingest = Ingest(cfg, batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits))
+    yield OtlpHttp(ingest, cfg.server), bus
+    await batcher.close()
+
+
+async def test_protobuf_ok_is_published(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, bus = handler
+    resp = await h(Request("POST", "/v1/traces", dict(PB), spans(3)))
+    assert (resp.status, resp.body, resp.content_type) == (200, b"", "application/x-protobuf")
+    assert dict(resp.headers)["x-correlation-id"]
+    assert bus.end_offset == 1
+
+
+async def test_gzip_body(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, bus = handler
+    resp = await h(Request("POST", "/v1/traces", {**PB, "content-encoding": "gzip"}, gzip.compress(spans(2))))
+    assert resp.status == 200
+    assert bus.end_offset == 1
+
+
+async def test_inflated_size_cap(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, bus = handler
+    body = gzip.compress(b"\0" * 9000)
+    resp = await h(Request("POST", "/v1/traces", {**PB, "content-encoding": "gzip"}, body))
+    assert resp.status == 413
+    assert bus.end_offset == 0
+
+
+async def test_partial_success_is_reported(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, _bus = handler
+    bad_resource = b"\x0a\x02\x10\x01"  # a ResourceSpans whose scope_spans is a varint
+    resp = await h(Request("POST", "/v1/traces", dict(PB), spans(2) + bad_resource))
+    assert resp.status == 200
+    out = ExportTraceServiceResponse()
+    out.ParseFromString(resp.body)
+    assert out.partial_success.error_message
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "status"), [
+    ("POST", "/v1/traces", {"content-type": "text/plain"}, 415),
+    ("POST", "/v1/traces", {**PB, "content-encoding": "zstd"}, 415),
+    ("POST", "/v1/nope", dict(PB), 404),
+    ("PUT", "/v1/logs", dict(PB), 405),
+    ("POST", "/v1/metrics", dict(PB), 400),
+    ("POST", "/v1/metrics", {"content-type": "application/json"}, 400),
+])
+async def test_refusals(handler: tuple[OtlpHttp, MemoryBus], method: str, path: str,
+                        headers: dict[str, str], status: int) -> None:
+    h, bus = handler
+    resp = await h(Request(method, path, headers, b"\xff\xff not a request"))
+    assert resp.status == status
+    if resp.content_type == "application/x-protobuf":
+        st = status_pb2.Status()
+        st.ParseFromString(resp.body)
+        assert st.message
+    assert bus.end_offset == 0
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: Any) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+async def _settle(transport: RecordingTransport, marker: bytes, count: int = 1) -> None:
+    async def seen() -> bool:
+        return transport.out.count(marker) >= count
+
+    await await_for(seen, within=5, interval=0.005, what=f"{count} x {marker!r} written")
+
+
+async def test_protocol_keep_alive_and_pipelining(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, _bus = handler
+    proto = HttpProtocol(h, 4096, h.too_large)
+    t = RecordingTransport()
+    proto.connection_made(t)
+    body = spans(1)
+    req = (b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    proto.data_received(req + req)  # two pipelined requests in one read
+    await _settle(t, b"HTTP/1.1 200 OK", 2)
+    assert not t.closed and not t.paused
+
+
+async def test_protocol_refuses_declared_oversize_early(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, _bus = handler
+    proto = HttpProtocol(h, 4096, h.too_large)
+    t = RecordingTransport()
+    proto.connection_made(t)
+    proto.data_received(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\n"
+                        b"Content-Length: 999999\r\n\r\n")
+    assert t.out.startswith(b"HTTP/1.1 413 ")
+    assert t.closed
+
+
+async def test_protocol_bad_http_is_400(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, _bus = handler
+    proto = HttpProtocol(h, 4096, h.too_large)
+    t = RecordingTransport()
+    proto.connection_made(t)
+    proto.data_received(b"NOT HTTP AT ALL\r\n\r\n")
+    assert t.out.startswith(b"HTTP/1.1 400 ")
+    assert t.closed
