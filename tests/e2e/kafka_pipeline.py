@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway_process import REPO_ROOT, GatewayProcess, free_port
 from tests.waiting import wait_for
@@ -131,6 +133,13 @@ class PipelineProcess:
         self.kill()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """The worker's /metrics as {(sample name, labels): value}."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
 
     def read(self, signal_name: str) -> list[dict[str, Any]]:
         """Every line the file sink wrote for ``signal_name`` (all tenants, all files)."""

@@ -51,6 +51,13 @@ def test_every_acknowledged_item_arrives_with_tenant_and_correlation_id() -> Non
         assert sum(got["traces"].values()) == len(clients.sent.spans)
         assert sum(got["logs"].values()) == len(clients.sent.logs)
         assert sum(got["metrics"].values()) == len(clients.sent.points)
+        # The worker's own metrics: acked records and a lag of 0 on every partition it owns.
+        metrics = pipeline.metrics()
+        acked = sum(v for (name, labels), v in metrics.items()
+                    if name == "pipeline_sink_acked_records_total" and ("sink", "file") in labels)
+        assert acked == ROUNDS * 6, "one record per export: 4 rounds x 3 signals x 2 transports"
+        lags = [v for (name, _), v in metrics.items() if name == "pipeline_consumer_lag"]
+        assert lags and all(v == 0 for v in lags), lags
 
 
 def test_nothing_lost_when_the_worker_is_killed_mid_stream() -> None:
