@@ -40,6 +40,7 @@ _REJECTED_FIELD = {
     Signal.LOGS: "rejectedLogRecords",
     Signal.METRICS: "rejectedDataPoints",
 }
+
 # --- JSON -> protobuf bytes, driven by the message descriptors ---------------------------------
 #
 # json_format.ParseDict builds upb messages field by field in Python (~200 ms for a 512-span
@@ -48,7 +49,8 @@ _REJECTED_FIELD = {
 # upb's serializer (fields in number order, proto3 defaults omitted, packed repeated scalars).
 
 _KV_DESC = KeyValue.DESCRIPTOR
-_HEX_ID_FIELDS = frozenset(("trace_id", "span_id", "parent_span_id"))
+# Id fields written as hex in OTLP/JSON, with their length in bytes (empty is allowed too).
+_HEX_ID_FIELDS = {"trace_id": 16, "span_id": 8, "parent_span_id": 8}
 _MASK64 = (1 << 64) - 1
 _INT_RANGES = {
     FD.TYPE_INT32: (-(1 << 31), (1 << 31) - 1), FD.TYPE_SINT32: (-(1 << 31), (1 << 31) - 1),
@@ -109,10 +111,12 @@ def _to_float(v: Any) -> float:
     raise _PathError(f"{v!r} is not a number")
 
 
-def _to_bytes(v: Any, hex_id: bool) -> bytes:
+def _to_bytes(v: Any, id_size: int) -> bytes:
     if not isinstance(v, str):
         raise _PathError(f"{v!r} is not a string")
-    if hex_id:
+    if id_size:
+        if v and len(v) != 2 * id_size:
+            raise _PathError(f"{v[:40]!r} is not a hex-encoded id of {id_size} bytes")
         try:
             return bytes.fromhex(v)
         except ValueError:
@@ -211,8 +215,8 @@ def _scalar(f: Any) -> tuple[Callable[[Any], Any], Callable[[Any], bytes], int]:
             return v.encode()
         return to_str, lambda b: encode_varint(len(b)) + b, 2
     if t == FD.TYPE_BYTES:
-        hex_id = f.name in _HEX_ID_FIELDS
-        return (lambda v: _to_bytes(v, hex_id)), lambda b: encode_varint(len(b)) + b, 2
+        id_size = _HEX_ID_FIELDS.get(f.name, 0)
+        return (lambda v: _to_bytes(v, id_size)), lambda b: encode_varint(len(b)) + b, 2
     raise TypeError(f"{f.full_name}: unsupported field type {t}")
 
 

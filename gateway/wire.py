@@ -167,15 +167,26 @@ def _count(buf: bytes, pos: int, end: int, want: int) -> int:
 # --- low-level writing ----------------------------------------------------------------------
 
 
-def encode_varint(v: int) -> bytes:
-    if v < 0x80:
-        return bytes((v,))
+def _encode_varint(v: int) -> bytes:
+    if v < 0:
+        raise ValueError("varints here are unsigned; mask negative int64 values to 64 bits first")
     out = bytearray()
     while v >= 0x80:
         out.append((v & 0x7F) | 0x80)
         v >>= 7
     out.append(v)
     return bytes(out)
+
+
+# Lengths and small numbers, which are nearly all varints written, come from a table.
+_SMALL_VARINTS = tuple(_encode_varint(i) for i in range(4096))
+
+
+def encode_varint(v: int) -> bytes:
+    """Base-128 varint of a non-negative integer."""
+    if 0 <= v < 4096:
+        return _SMALL_VARINTS[v]
+    return _encode_varint(v)
 
 
 def _len_field(num: int, body: bytes) -> bytes:
