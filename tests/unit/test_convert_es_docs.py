@@ -141,3 +141,14 @@ def test_bulk_body_is_ndjson_create_actions() -> None:
     assert orjson.loads(lines[0]) == {"create": {"_index": "logs-otel-acme", "_id": "otlp_logs-0-5-0"}}
     assert orjson.loads(lines[1])["body"] == {"text": "order 0 placed"}
     assert len(lines) == 2 * len(items) + 1
+
+
+def test_bulk_item_json_is_the_whole_document() -> None:
+    """The spliced JSON (own fields + shared parts serialized once per scope) is the document."""
+    a, _ = spans_payload("acme", traces=1, children=2)
+    b = logs_payload("beta", n=2)
+    for rec, docs in ((bus_record(Signal.TRACES, a + a, "acme", offset=1), span_documents(a + a)),
+                      (bus_record(Signal.LOGS, b, "beta", offset=2), log_documents(b))):
+        items = bulk_items(rec)
+        expected = [doc for _, doc in docs]
+        assert [orjson.loads(it.source) for it in items] == expected
