@@ -112,6 +112,9 @@ class KafkaBus:
                 await asyncio.wait_for(producer.start(), self._cfg.request_timeout_ms / 1000)
                 if self._cfg.create_topics:
                     await ensure_topics(self._cfg, [s.topic(self._prefix) for s in Signal])
+            except asyncio.CancelledError:
+                await _close(producer, 1.0)  # stop() while connecting: leave no client behind
+                raise
             except (KafkaError, OSError, TimeoutError) as exc:
                 self._reason = f"kafka: cannot connect to {self._cfg.bootstrap_servers}: {_describe(exc)}"
                 log.warning("%s; retrying in %.1fs", self._reason, backoff)

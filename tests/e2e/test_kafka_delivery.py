@@ -11,6 +11,8 @@ worker died (``pipelines.max_inflight_records`` records of each signal), never m
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from tests import stackenv
@@ -69,14 +71,15 @@ def test_nothing_lost_when_the_worker_is_killed_mid_stream() -> None:
         with running_gateway(env) as gw:
             pipeline.start()
             clients = Clients(gw)
-            for _ in range(ROUNDS):
-                clients.round()
-            # Kill it once it has written some of the data, while the rest is still in Kafka.
-            wait_for(lambda: sum(sum(c.values()) for c in received(pipeline).values()) > 0, within=60,
-                     what="the worker to write something before it is killed")
-            pipeline.kill()
-            for _ in range(ROUNDS):  # the gateway keeps accepting while no worker runs
-                clients.round()
+            # Traffic keeps flowing in a thread while the worker is killed and restarted.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                sending = pool.submit(lambda: [clients.round() for _ in range(2 * ROUNDS)])
+                wait_for(lambda: sum(sum(c.values()) for c in received(pipeline).values()) > 0,
+                         within=60, what="the worker to write something before it is killed")
+                pipeline.kill()
+                killed_at = len(clients.sent.spans)
+                sending.result(timeout=120)
+            assert killed_at < len(clients.sent.spans), "the kill must land mid-stream"
             assert clients.sent.refused_exports == 0
             pipeline.start()
             wait_for(lambda: missing(clients.sent, received(pipeline)) == 0, within=90,
