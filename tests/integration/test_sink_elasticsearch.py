@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from elasticsearch import AsyncElasticsearch
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from gateway.config import ElasticsearchSinkConfig
 from gateway.signals import Signal
 from pipelines.convert.es_docs import index_name
-from pipelines.sinks.base import TransientSinkError
+from pipelines.sinks.base import PermanentSinkError, TransientSinkError
 from pipelines.sinks.elasticsearch import ElasticsearchSink
 from tests import stackenv
 from tests.sdk_otlp import bus_record, logs_payload, spans_payload
@@ -148,3 +149,31 @@ async def test_unreachable_node_is_transient() -> None:
             await s.write([bus_record(Signal.TRACES, payload, "acme", offset=1)])
     finally:
         await s.stop()
+
+
+def _deep_body_log(tenant: str, depth: int) -> bytes:
+    """A log whose map body nests ``depth`` levels: beyond ``flattened``'s depth limit of 20."""
+    req = ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    rl.resource.attributes.add(key="tenant.id").value.string_value = tenant
+    lr = rl.scope_logs.add().log_records.add()
+    lr.time_unix_nano = 1_700_000_000_000_000_000
+    node = lr.body
+    for i in range(depth):
+        node = node.kvlist_value.values.add(key=f"k{i}").value
+    node.string_value = "leaf"
+    return req.SerializeToString()
+
+
+async def test_a_document_the_mapping_refuses_rejects_only_its_record(sink: ElasticsearchSink,
+                                                                      es: AsyncElasticsearch) -> None:
+    acme, _ = _tenants()
+    good = bus_record(Signal.LOGS, logs_payload(acme, n=2), acme, offset=1)
+    bad = bus_record(Signal.LOGS, _deep_body_log(acme, 30), acme, offset=2)
+    garbage = bus_record(Signal.LOGS, b"\x0a\xff\xff\xff\xff\x0f", acme, offset=3)
+    with pytest.raises(PermanentSinkError) as err:
+        await sink.write([good, bad, garbage])
+    reasons = {r.record.offset: r.reason for r in err.value.rejected}
+    assert set(reasons) == {2, 3}
+    assert "elasticsearch 400" in reasons[2] and "malformed OTLP" in reasons[3]
+    assert await _count(es, index_name(Signal.LOGS, acme)) == 3
