@@ -430,11 +430,18 @@ def _split(buf: bytes, view: memoryview, pos: int, end: int, spec: _Spec, limit:
 
 
 def _trace_id(buf: bytes, pos: int, end: int) -> bytes:
-    """A Span's trace_id (field 1) wherever it is; the last occurrence wins."""
+    """A Span's trace_id (field 1) wherever it is; the last occurrence wins.
+
+    ``prepare`` checks the framing of spans but not their insides, so a span that cannot be
+    walked gets the empty trace id rather than failing the batch it shares with others.
+    """
     trace_id = b""
-    for num, wt, _s, vs, ve in _fields(buf, pos, end):
-        if num == 1 and wt == _LEN:
-            trace_id = buf[vs:ve]
+    try:
+        for num, wt, _s, vs, ve in _fields(buf, pos, end):
+            if num == 1 and wt == _LEN:
+                trace_id = buf[vs:ve]
+    except WireError:
+        return b""
     return trace_id
 
 

@@ -50,6 +50,16 @@ def test_bench_prepare_512_spans(benchmark: BenchmarkFixture) -> None:
     assert prepared.items == SPANS
 
 
+@pytest.mark.parametrize(("signal", "shape", "items"), [
+    (Signal.LOGS, {"records": 512}, 512),
+    (Signal.METRICS, {"points": 100}, 500),
+])
+def test_bench_prepare_logs_and_metrics(benchmark: BenchmarkFixture, signal: Signal, shape: dict[str, int],
+                                        items: int) -> None:
+    data = payload(signal, **shape)
+    assert benchmark(prepare, signal, data, ATTRS).items == items
+
+
 def test_bench_upb_decode_edit_encode_512_spans(benchmark: BenchmarkFixture) -> None:
     """The alternative to ``prepare``: full upb decode, count, edit the resource, encode."""
     keys = {k for k, _ in ATTRS}

@@ -182,18 +182,32 @@ def test_dropped_resource_counts_items_seen_before_the_fault() -> None:
     assert prepared.error
 
 
-def test_random_corruption_never_escapes_as_another_exception() -> None:
-    data = payload(Signal.METRICS, points=2)
+@pytest.mark.parametrize("signal", list(Signal))
+def test_random_corruption_never_escapes_as_another_exception(signal: Signal) -> None:
+    small: dict[str, Any] = {Signal.TRACES: {"spans_per_request": 8}, Signal.LOGS: {"records": 8},
+                             Signal.METRICS: {"points": 2}}[signal]
+    data = payload(signal, resources=2, **small)
     rng = random.Random(7)
-    for _ in range(300):
+    outcomes = {"refused": 0, "partial": 0, "accepted": 0}
+    for _ in range(400):
         corrupt = bytearray(data)
         for _ in range(rng.randrange(1, 4)):
             corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            del corrupt[rng.randrange(len(corrupt)):]
         try:
-            prepared = prepare(Signal.METRICS, bytes(corrupt), ATTRS)
+            prepared = prepare(signal, bytes(corrupt), ATTRS)
         except WireError:
+            outcomes["refused"] += 1
             continue
-        assert prepared.items + prepared.rejected_items >= 0
+        outcomes["partial" if prepared.error else "accepted"] += 1
+        assert prepared.items + prepared.rejected_items <= item_count(signal, data) * 2
+        # what prepare lets through is framed well enough for the Kafka bus to split it
+        pieces = split(signal, prepared.payload, 300)
+        assert sum(len(p) for p in pieces) >= len(prepared.payload)
+        if signal is Signal.TRACES:
+            split_spans_by_trace_id(prepared.payload)
+    assert all(outcomes.values()), outcomes
 
 
 # --- split ----------------------------------------------------------------------------------
@@ -285,3 +299,19 @@ def test_kv_helper_types() -> None:
     assert kv("a", True).value.bool_value is True
     assert kv("a", 3).value.int_value == 3
     assert isinstance(kv("a", "s"), KeyValue)
+
+
+def test_split_by_trace_id_tolerates_a_span_it_cannot_walk() -> None:
+    good = payload(Signal.TRACES, spans_per_request=3, traces=1)
+    garbage_span = b"\x12\x03\x0a\x7f\x01"  # span whose first field claims 127 bytes
+    ss = _wrap(1, b"") + garbage_span
+    data = _wrap(1, _wrap(2, ss))
+    prepared = prepare(Signal.TRACES, good + data, ATTRS)
+    assert prepared.items == 4 and not prepared.error  # span insides are not validated
+    by_trace = split_spans_by_trace_id(prepared.payload)
+    assert sorted(len(k) for k in by_trace) == [0, 16]
+    assert garbage_span in by_trace[b""]
+
+
+def _wrap(num: int, body: bytes) -> bytes:
+    return encode_varint(num << 3 | 2) + encode_varint(len(body)) + body
