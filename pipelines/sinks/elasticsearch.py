@@ -19,11 +19,12 @@ fields, queryable as such) and ``flattened`` (``body.structured``, event and lin
 are in the server and work; ``match_only_text`` (mapper-extras module) is refused, so
 ``body.text`` is ``text``. Should a node refuse ``passthrough``, attributes become ``flattened``.
 
-Errors. Per-item 429/5xx and connection failures raise ``TransientSinkError``; the retry skips
-records already fully written (ids make a full rewrite harmless anyway). Other per-item 4xx
-(mapping conflicts) reject that record for good (``PermanentSinkError`` -> dead letters); the
-``ignore_malformed`` and dynamic-field-limit settings keep one odd attribute from rejecting a
-whole document in the common cases.
+Errors. Only a 400 (the document does not parse or fit the mapping) rejects a record for good
+(``PermanentSinkError`` -> dead letters); the ``ignore_malformed`` and dynamic-field-limit
+settings keep one odd attribute from doing that in the common cases. Everything else is about
+the store, not the data, and raises ``TransientSinkError``: 429 and 5xx, connection failures,
+and also 403 (a write block, e.g. the disk flood stage) and 404 (auto-create disabled), which
+an operator fixes while the data waits in Kafka. The retry skips records already fully written.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ DOCUMENTS = Counter(
 )
 
 Coords = tuple[str, int, int]
+# The data's fault: retrying cannot help. 413: larger than the node's http.max_content_length.
+PERMANENT_STATUS = frozenset({400, 413})
 
 _KEYWORD = {"type": "keyword", "ignore_above": 1024}
 _DATE = {"type": "date_nanos"}
@@ -244,12 +247,12 @@ class ElasticsearchSink:
                 signal = records[idx].signal.value
                 if status < 300 or status == 409:  # 409: this _id is already there
                     outcomes[signal, "written"] += 1
-                elif status == 429 or status >= 500:
-                    outcomes[signal, "retried"] += 1
-                    transient.add(idx)
-                else:
+                elif status in PERMANENT_STATUS:
                     outcomes[signal, "rejected"] += 1
                     rejected.setdefault(idx, Rejection(records[idx], f"elasticsearch {status}: {reason}"))
+                else:
+                    outcomes[signal, "retried"] += 1
+                    transient.add(idx)
         for (signal, outcome), n in outcomes.items():
             DOCUMENTS.labels(signal, outcome).inc(n)
 
@@ -293,7 +296,7 @@ class ElasticsearchSink:
                 raise TransientSinkError(f"elasticsearch unreachable: {exc}") from exc
             except ApiError as exc:
                 status = exc.meta.status
-                if status == 429 or status >= 500:
+                if status not in PERMANENT_STATUS:
                     raise TransientSinkError(f"elasticsearch bulk {status}: {exc}") from exc
                 return [(status, str(exc))] * len(items)
         body = resp.body

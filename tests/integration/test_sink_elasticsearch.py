@@ -177,3 +177,20 @@ async def test_a_document_the_mapping_refuses_rejects_only_its_record(sink: Elas
     assert set(reasons) == {2, 3}
     assert "elasticsearch 400" in reasons[2] and "malformed OTLP" in reasons[3]
     assert await _count(es, index_name(Signal.LOGS, acme)) == 3
+
+
+async def test_a_write_blocked_stream_is_transient_until_unblocked(sink: ElasticsearchSink,
+                                                                   es: AsyncElasticsearch) -> None:
+    acme, _ = _tenants()
+    index = index_name(Signal.LOGS, acme)
+    first = bus_record(Signal.LOGS, logs_payload(acme, n=1), acme, offset=1)
+    await sink.write([first])
+    await es.indices.put_settings(index=index, settings={"index.blocks.write": True})
+    second = bus_record(Signal.LOGS, logs_payload(acme, n=3), acme, offset=2)
+    try:
+        with pytest.raises(TransientSinkError):
+            await sink.write([first, second])
+    finally:
+        await es.indices.put_settings(index=index, settings={"index.blocks.write": False})
+    await sink.write([first, second])  # the pipeline's retry: same records
+    assert await _count(es, index) == 2 + 4
