@@ -9,7 +9,6 @@ gateway.metrics), ``/readyz`` reports the worker that happened to answer.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -42,6 +41,6 @@ class Admin:
     def _too_large(path: str, headers: dict[str, str]) -> Response:
         return Response(413, b"admin requests carry no body\n")
 
-    async def serve(self, host: str, port: int, *, reuse_port: bool) -> asyncio.Server:
+    async def serve(self, host: str, port: int, *, reuse_port: bool) -> httpserver.HttpServer:
         return await httpserver.serve(self, host, port, max_body=64 * 1024, too_large=self._too_large,
                                       reuse_port=reuse_port)

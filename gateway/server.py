@@ -189,8 +189,7 @@ async def _serve(cfg: Config, index: int) -> None:
     await stop.wait()
     log.info("worker %d stopping: closing receivers, flushing", index)
     listening = False
-    http_server.close()
-    await grpc_server.stop(grace=5.0)
+    await asyncio.gather(http_server.shutdown(grace_s=5.0), grpc_server.stop(grace=5.0))
     await batcher.close()
     if pipeline is not None and pipeline_task is not None and source is not None:
         assert isinstance(bus, MemoryBus)
@@ -200,7 +199,7 @@ async def _serve(cfg: Config, index: int) -> None:
     if sink is not None:
         await sink.stop()
     await bus.stop()
-    admin_server.close()
+    await admin_server.shutdown(grace_s=1.0)
     log.info("worker %d stopped", index)
 
 

@@ -10,7 +10,10 @@ Limits are enforced while reading: a declared ``Content-Length`` over ``max_body
 before the body arrives, and a chunked body is cut off when it passes it.
 
 Requests on one connection are answered in order: reading pauses while a request is handled,
-which also gives per-connection back-pressure.
+which also gives per-connection back-pressure. Connections idle longer than ``idle_timeout_s``
+are closed, and request heads over ``MAX_HEAD_BYTES`` refused with 431, so idle or slow clients
+cannot pile up. ``shutdown`` stops listening, closes idle connections, lets requests in flight
+be answered (with ``Connection: close``) and then closes the rest.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 TooLargeHook = Callable[[str, dict[str, str]], Response]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+MAX_HEAD_BYTES = 64 * 1024
 
 
 def render(resp: Response, keep_alive: bool) -> bytes:
@@ -59,35 +63,94 @@ def render(resp: Response, keep_alive: bool) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body
 
 
+class HttpServer:
+    """The listener, its connections, and the limits every connection applies."""
+
+    def __init__(self, handler: Handler, *, max_body: int, too_large: TooLargeHook,
+                 idle_timeout_s: float = 60.0) -> None:
+        self.handler = handler
+        self.max_body = max_body
+        self.too_large = too_large
+        self.idle_timeout_s = idle_timeout_s
+        self.connections: set[HttpProtocol] = set()
+        self.closing = False
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: HttpProtocol(self), host, port,
+                                                reuse_port=reuse_port or None, backlog=1024)
+        self._sweeper = loop.call_later(self.idle_timeout_s / 2, self._sweep)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than the timeout; runs every half timeout."""
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self.idle_timeout_s
+        for conn in list(self.connections):
+            if conn.idle_since(cutoff):
+                conn.close()
+        self._sweeper = loop.call_later(self.idle_timeout_s / 2, self._sweep)
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop accepting; answer requests in flight (up to ``grace_s``); close every connection."""
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        busy = []
+        for conn in list(self.connections):
+            task = conn.in_flight()
+            if task is None:
+                conn.close()
+            else:
+                busy.append(task)
+        if busy:
+            await asyncio.wait(busy, timeout=grace_s)
+        for conn in list(self.connections):
+            conn.close()
+
+
 class HttpProtocol(asyncio.Protocol):
-    """One connection. ``handler`` answers complete requests; ``too_large`` early refusals."""
+    """One connection of ``server``: parse, hand complete requests to its handler, answer."""
 
-    __slots__ = ("_body", "_body_len", "_handler", "_headers", "_max_body", "_parser", "_refused",
-                 "_task", "_too_large", "_transport", "_url")
+    __slots__ = ("_body", "_body_len", "_head_len", "_headers", "_last_active", "_parser", "_refused",
+                 "_server", "_task", "_transport", "_url")
 
-    def __init__(self, handler: Handler, max_body: int, too_large: TooLargeHook) -> None:
-        self._handler = handler
-        self._max_body = max_body
-        self._too_large = too_large
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
         self._headers: dict[str, str] = {}
+        self._head_len = 0
         self._body: list[bytes] = []
         self._body_len = 0
         self._refused = False
         self._task: asyncio.Task[None] | None = None
+        self._last_active = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self._last_active = asyncio.get_running_loop().time()
+        self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._server.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        self._last_active = asyncio.get_running_loop().time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -96,29 +159,43 @@ class HttpProtocol(asyncio.Protocol):
             if not self._refused:
                 self._respond_and_close(Response(400, f"bad HTTP request: {exc}\n".encode()))
 
+    # -- for HttpServer -----------------------------------------------------------------------
+    def in_flight(self) -> asyncio.Task[None] | None:
+        return self._task if self._task is not None and not self._task.done() else None
+
+    def idle_since(self, cutoff: float) -> bool:
+        return self.in_flight() is None and self._last_active < cutoff
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
     # -- httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = {}
+        self._head_len = 0
         self._body = []
         self._body_len = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._count_head(len(name) + len(value))
 
     def on_headers_complete(self) -> None:
         declared = self._headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+        if declared is not None and declared.isdigit() and int(declared) > self._server.max_body:
             self._refuse_too_large()
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
             return
         self._body_len += len(body)
-        if self._body_len > self._max_body:
+        if self._body_len > self._server.max_body:
             self._refuse_too_large()
             return
         self._body.append(body)
@@ -132,18 +209,22 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive = self._parser.should_keep_alive()
         self._transport.pause_reading()
         # A pipelined request parsed from the same read waits for the one before it.
-        prev = self._task if self._task is not None and not self._task.done() else None
+        prev = self.in_flight()
         self._task = asyncio.get_running_loop().create_task(self._handle(req, keep_alive, prev))
 
     # -- internals ----------------------------------------------------------------------------
+    def _count_head(self, n: int) -> None:
+        self._head_len += n
+        if self._head_len > MAX_HEAD_BYTES and not self._refused:
+            self._respond_and_close(Response(431, b"request head too large\n"))
+
     def _path(self) -> str:
         url = self._url
         q = url.find(b"?")
         return (url if q < 0 else url[:q]).decode("latin-1")
 
     def _refuse_too_large(self) -> None:
-        path = self._path()
-        self._respond_and_close(self._too_large(path, self._headers))
+        self._respond_and_close(self._server.too_large(self._path(), self._headers))
 
     def _respond_and_close(self, resp: Response) -> None:
         self._refused = True
@@ -154,7 +235,7 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _handle(self, req: Request, keep_alive: bool, prev: asyncio.Task[None] | None) -> None:
         try:
-            resp = await self._handler(req)
+            resp = await self._server.handler(req)
         except Exception:
             log.exception("unhandled error answering %s %s", req.method, req.path)
             resp = Response(500, b"internal error\n")
@@ -163,17 +244,18 @@ class HttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        keep_alive = keep_alive and not self._server.closing
         transport.write(render(resp, keep_alive))
-        if keep_alive:
-            if self._task is asyncio.current_task():
-                transport.resume_reading()
-        else:
+        self._last_active = asyncio.get_running_loop().time()
+        if not keep_alive:
             transport.close()
+        elif self._task is asyncio.current_task():
+            transport.resume_reading()
 
 
 async def serve(handler: Handler, host: str, port: int, *, max_body: int, too_large: TooLargeHook,
-                reuse_port: bool = False) -> asyncio.Server:
-    """Listen and answer with ``handler``; the caller closes the returned server."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: HttpProtocol(handler, max_body, too_large), host, port,
-                                    reuse_port=reuse_port or None, backlog=1024)
+                reuse_port: bool = False, idle_timeout_s: float = 60.0) -> HttpServer:
+    """Listen and answer with ``handler``; the caller ends it with ``shutdown``."""
+    server = HttpServer(handler, max_body=max_body, too_large=too_large, idle_timeout_s=idle_timeout_s)
+    await server.start(host, port, reuse_port=reuse_port)
+    return server

@@ -22,7 +22,7 @@ from gateway import config
 from gateway.batcher import Batcher
 from gateway.bus.memory import MemoryBus
 from gateway.ingest import Ingest
-from gateway.receivers.httpserver import HttpProtocol, Request
+from gateway.receivers.httpserver import HttpProtocol, HttpServer, Request
 from gateway.receivers.otlp_http import OtlpHttp
 from gateway.tenancy import Authenticator, RateLimiter
 from tests.waiting import await_for
@@ -135,7 +135,7 @@ async def _settle(transport: RecordingTransport, marker: bytes, count: int = 1) 
 
 async def test_protocol_keep_alive_and_pipelining(handler: tuple[OtlpHttp, MemoryBus]) -> None:
     h, _bus = handler
-    proto = HttpProtocol(h, 4096, h.too_large)
+    proto = HttpProtocol(HttpServer(h, max_body=4096, too_large=h.too_large))
     t = RecordingTransport()
     proto.connection_made(t)
     body = spans(1)
@@ -148,7 +148,7 @@ async def test_protocol_keep_alive_and_pipelining(handler: tuple[OtlpHttp, Memor
 
 async def test_protocol_refuses_declared_oversize_early(handler: tuple[OtlpHttp, MemoryBus]) -> None:
     h, _bus = handler
-    proto = HttpProtocol(h, 4096, h.too_large)
+    proto = HttpProtocol(HttpServer(h, max_body=4096, too_large=h.too_large))
     t = RecordingTransport()
     proto.connection_made(t)
     proto.data_received(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\n"
@@ -159,9 +159,47 @@ async def test_protocol_refuses_declared_oversize_early(handler: tuple[OtlpHttp,
 
 async def test_protocol_bad_http_is_400(handler: tuple[OtlpHttp, MemoryBus]) -> None:
     h, _bus = handler
-    proto = HttpProtocol(h, 4096, h.too_large)
+    proto = HttpProtocol(HttpServer(h, max_body=4096, too_large=h.too_large))
     t = RecordingTransport()
     proto.connection_made(t)
     proto.data_received(b"NOT HTTP AT ALL\r\n\r\n")
     assert t.out.startswith(b"HTTP/1.1 400 ")
     assert t.closed
+
+
+def _connect(server: HttpServer) -> tuple[HttpProtocol, RecordingTransport]:
+    proto = HttpProtocol(server)
+    t = RecordingTransport()
+    proto.connection_made(t)
+    return proto, t
+
+
+async def test_oversized_head_is_431(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, _bus = handler
+    _proto, t = _connect(HttpServer(h, max_body=4096, too_large=h.too_large))
+    _proto.data_received(b"POST /v1/traces HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+    assert t.out.startswith(b"HTTP/1.1 431 ")
+    assert t.closed
+
+
+async def test_idle_connections_are_swept(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, _bus = handler
+    server = HttpServer(h, max_body=4096, too_large=h.too_large, idle_timeout_s=0.0)
+    _proto, t = _connect(server)
+    server._sweep()
+    assert t.closed
+
+
+async def test_shutdown_answers_in_flight_closes_idle(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, _bus = handler
+    server = HttpServer(h, max_body=4096, too_large=h.too_large)
+    busy, t_busy = _connect(server)
+    _idle, t_idle = _connect(server)
+    body = spans(1)
+    busy.data_received(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\n"
+                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await server.shutdown(grace_s=5)
+    assert t_idle.closed and not t_idle.out
+    assert t_busy.out.startswith(b"HTTP/1.1 200 OK")
+    assert b"Connection: close" in t_busy.out
+    assert t_busy.closed
