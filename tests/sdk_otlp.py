@@ -57,10 +57,16 @@ def resource(tenant: str, service: str = "checkout", extra: Mapping[str, str] | 
     })
 
 
-def client_resource(service: str = "checkout") -> Resource:
-    """What a client sends: service attributes only; the gateway adds tenant and correlation."""
-    return Resource.create({"service.name": service, "service.namespace": "shop",
-                            "service.instance.id": "pod-1", "deployment.environment": "test"})
+def client_resource(service: str = "checkout", forged_tenant: str | None = None) -> Resource:
+    """What a client sends: service attributes; the gateway adds tenant and correlation.
+
+    ``forged_tenant`` sets a client-side ``tenant.id``, which the gateway must replace.
+    """
+    attrs = {"service.name": service, "service.namespace": "shop",
+             "service.instance.id": "pod-1", "deployment.environment": "test"}
+    if forged_tenant is not None:
+        attrs[ATTR_TENANT] = forged_tenant
+    return Resource.create(attrs)
 
 
 def spans_payload(tenant: str, traces: int = 2, children: int = 2,

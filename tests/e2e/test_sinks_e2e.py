@@ -3,7 +3,8 @@
 The whole path with real parts only: the OpenTelemetry SDK's OTLP exporters (gRPC and
 HTTP/protobuf) authenticate with API keys of two tenants; three pipelines workers (one per
 sink) consume the same topics in their own consumer groups; Elasticsearch, Jaeger and
-Prometheus are read back through their query APIs.
+Prometheus are read back through their query APIs. Clients put a forged ``tenant.id`` in their
+resource; every store must show the tenant of the API key.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Tenant:
     def send(self, gw: GatewayProcess) -> tuple[int, int, list[str]]:
         """Export spans, logs and metrics once; (spans, log records, trace ids) sent."""
         headers = {"x-api-key": self.key}
-        res = client_resource(self.service)
+        # A forged tenant.id: the stores must show the tenant of the API key instead.
+        res = client_resource(self.service, forged_tenant="forged")
         spans, trace_ids = finished_spans(res, traces=3, children=3)
         logs = finished_logs(res, n=4)
         grpc = self.transport == "grpc"
@@ -141,6 +143,7 @@ def test_sdk_data_reaches_every_store_through_kafka() -> None:
             total = wait_for(lambda s=sel: promql(f"sum(orders_total{{{s}}})"), within=TIMEOUT,
                              what=f"orders_total for {t.name} in Prometheus")
             assert float(total[0]["value"][1]) == 7.0
+            assert not promql('orders_total{tenant="forged"}')
             assert total and promql(f'orders_total{{{sel},job="shop/{t.service}"}}')
             p50 = wait_for(lambda s=sel: promql(
                 f"histogram_quantile(0.5, sum by (le) (http_server_request_duration_seconds_bucket{{{s}}}))"),
