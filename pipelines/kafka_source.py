@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from gateway.bus.base import BusRecord
 from gateway.config import KafkaConfig
@@ -33,6 +33,10 @@ CONSUMER_LAG = Gauge(
     "pipeline_consumer_lag",
     "Records in the partition after the last one this worker took (high watermark - position).",
     ["topic", "partition"],
+)
+COMMIT_ERRORS = Counter(
+    "pipeline_commit_errors_total", "Offset commits that failed and were deferred to the next one.",
+    ["error"],
 )
 
 
@@ -143,6 +147,12 @@ class KafkaSource:
                 await consumer.commit(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
                 log.warning("kafka: commit of %d partition(s) failed (rebalance?): %s", len(offsets), exc)
+                return
+            except KafkaError as exc:
+                # Broker unreachable: keep the offsets and commit them with the next batch (or on
+                # revocation/stop). Until then a crash would only mean redelivery, never loss.
+                COMMIT_ERRORS.labels(type(exc).__name__).inc()
+                log.warning("kafka: commit of %d partition(s) deferred: %s", len(offsets), exc)
                 return
             for tp, om in offsets.items():
                 if self._acked.get(tp) == om.offset:

@@ -143,7 +143,7 @@ class Pipeline:
         self._dead.inc(len(rejected))
 
     async def _retrying(self, attempt: Callable[[], Awaitable[None]], on_retry: Callable[[], None]) -> None:
-        """Run ``attempt`` until it does not raise TransientSinkError, backing off between tries."""
+        """Run ``attempt`` until it succeeds (PermanentSinkError is handled inside), backing off."""
         delay = self._backoff_initial_s
         while True:
             try:
@@ -152,9 +152,16 @@ class Pipeline:
             except TransientSinkError as exc:
                 SINK_ERRORS.labels(self.sink.name, "transient").inc()
                 log.warning("sink %s: transient error, retrying in %.1fs: %s", self.sink.name, delay, exc)
-                on_retry()
-                await self._backoff(delay)
-                delay = min(delay * 2, self._backoff_max_s)
+            except (_Stopped, asyncio.CancelledError):
+                raise
+            except Exception:
+                # A sink bug or an error it did not classify: retrying keeps the records (nothing
+                # is committed), where crashing would only restart the same retry elsewhere.
+                SINK_ERRORS.labels(self.sink.name, "unexpected").inc()
+                log.exception("sink %s: unexpected error, retrying in %.1fs", self.sink.name, delay)
+            on_retry()
+            await self._backoff(delay)
+            delay = min(delay * 2, self._backoff_max_s)
 
     async def _backoff(self, delay: float) -> None:
         """Wait ``delay`` (keeping a paused source alive in its group); give up early on stop."""

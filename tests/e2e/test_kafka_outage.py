@@ -3,7 +3,8 @@
 Runs its own broker (``PrivateKafka``) so stopping it disturbs no other test. The gateway starts
 while that broker is still down (it must start anyway, unready), then the broker comes up, goes
 down mid-traffic and comes back. Exports made during the outage are retried by the SDK's own
-exporters (HTTP 503 / gRPC UNAVAILABLE are retryable for them) and are counted at the sink.
+exporters (HTTP 503 / gRPC UNAVAILABLE are retryable for them) and are counted at the sink by
+a pipelines worker that ran through the whole outage (its consumer and commits must survive it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from gateway.signals import Signal
 from tests import otlp_payloads
-from tests.e2e.kafka_pipeline import Clients, kafka_env, missing, received, running_pipeline, unique_prefix
+from tests.e2e.kafka_pipeline import Clients, PipelineProcess, kafka_env, missing, received, unique_prefix
 from tests.e2e.private_kafka import PrivateKafka
 from tests.gateway_process import GatewayProcess
 from tests.waiting import wait_for
@@ -66,6 +67,7 @@ def test_outage_refuses_retryably_and_sdk_retries_deliver_everything() -> None:
     env = kafka_env(broker.bootstrap, prefix, TG_BUS__KAFKA__PUBLISH_TIMEOUT_MS="2000",
                     TG_BUS__KAFKA__START_WAIT_MS="200", TG_BUS__KAFKA__RECONNECT_BACKOFF_MAX_MS="500")
     gw = StartsUnready(env)
+    workers: list[PipelineProcess] = []
     try:
         # 1. Kafka down from the start: the gateway starts anyway, unready, and refuses retryably.
         gw.start()
@@ -75,8 +77,11 @@ def test_outage_refuses_retryably_and_sdk_retries_deliver_everything() -> None:
         assert post_traces(gw)[0] == 503
         assert grpc_traces(gw) == grpc.StatusCode.UNAVAILABLE
 
-        # 2. Kafka comes up: the gateway connects by itself and acknowledges.
+        # 2. Kafka comes up: the gateway connects by itself and acknowledges. A pipelines worker
+        # runs from here on, through the outage, and must survive it.
         broker.start()
+        pipeline = PipelineProcess(env).start()
+        workers.append(pipeline)
         wait_for(lambda: gw.readyz()[0] == 200, within=60, what="gateway ready once Kafka is up")
         clients = Clients(gw, timeout_s=90)
         clients.round()
@@ -107,11 +112,14 @@ def test_outage_refuses_retryably_and_sdk_retries_deliver_everything() -> None:
         assert refused_during >= 6, f"only {refused_during} refusals: the exports did not meet the outage"
         wait_for(lambda: gw.readyz()[0] == 200, within=30, what="gateway ready again")
 
-        # 5. Everything acknowledged is in Kafka: a pipelines worker delivers all of it.
-        with running_pipeline(env) as pipeline:
-            wait_for(lambda: missing(clients.sent, received(pipeline)) == 0, within=90,
-                     what="every acknowledged item at the sink after the outage")
+        # 5. Everything acknowledged is in Kafka, and the worker that lived through the outage
+        # delivers all of it.
+        wait_for(lambda: missing(clients.sent, received(pipeline)) == 0, within=90,
+                 what="every acknowledged item at the sink after the outage")
+        assert pipeline.stop() == 0, pipeline.log()
         assert gw.stop() == 0, gw.log()
     finally:
+        for worker in workers:
+            worker.cleanup()
         gw.cleanup()
         broker.cleanup()

@@ -174,3 +174,12 @@ async def test_stop_finishes_the_batch_in_hand() -> None:
     gate.set()
     await asyncio.wait_for(task, 2.0)
     assert source.committed == [0, 1]
+
+
+async def test_unexpected_sink_error_is_retried_not_fatal() -> None:
+    source = ListSource([[rec(0)]])
+    sink = ScriptedSink("unit-bug", [KeyError("a sink bug")])
+    pipeline = Pipeline(source, sink, poll_timeout_ms=10, backoff_initial_s=0.01)
+    await run_until(pipeline, lambda: source.committed == [0])
+    assert sink.attempts == 2
+    assert SINK_ERRORS.labels("unit-bug", "unexpected")._value.get() == 1
