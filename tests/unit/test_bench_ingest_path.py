@@ -19,7 +19,8 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from gateway import correlation
 from gateway.batcher import Batcher
 from gateway.bus.base import Batch
-from gateway.config import AuthConfig, LimitsConfig, RateLimit
+from gateway.config import AuthConfig, Config, LimitsConfig, RateLimit
+from gateway.ingest import Ingest
 from gateway.otlp_json import json_to_proto, proto_to_json
 from gateway.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
 from gateway.tenancy import Authenticator, RateLimiter
@@ -128,4 +129,20 @@ def test_bench_receive_enrich_batch_512_spans(benchmark: BenchmarkFixture,
         return prepared.items
 
     assert benchmark(lambda: loop.run_until_complete(one())) == SPANS
+    loop.run_until_complete(batcher.close())
+
+
+def test_bench_ingest_class_512_spans(benchmark: BenchmarkFixture, loop: asyncio.AbstractEventLoop) -> None:
+    """The same path through ``gateway.ingest.Ingest`` as the receivers call it, metrics included."""
+    cfg = Config()
+    cfg.auth = AuthConfig(enabled=True, api_keys={"key-3": "tenant-3"})
+    batcher = Batcher(_no_op_publish, max_bytes=1 << 20, max_age_s=0)
+    ingest = Ingest(cfg, batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits))
+    headers = {"authorization": "Bearer key-3"}
+
+    async def one() -> bool:
+        outcome = await ingest.ingest(Signal.TRACES, "http", headers, TRACES_512)
+        return outcome.ok
+
+    assert benchmark(lambda: loop.run_until_complete(one()))
     loop.run_until_complete(batcher.close())
