@@ -67,8 +67,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     s.add_argument("--bootstrap", default=os.environ.get("TG_STACK_KAFKA", "127.0.0.1:9092"))
     s.add_argument("--jaeger-bin", type=Path, default=None, help="the Collector peer (Jaeger v2 binary)")
     s.add_argument("--collector-config", type=Path, default=None,
-                   help="base Collector config (default: deploy/collector/otlp-to-kafka.yaml if present, "
-                        "else bench/collector-otlp-kafka.yaml)")
+                   help="base Collector config (default: bench/collector-otlp-kafka.yaml; "
+                        "bench/collector-otlp-kafka-durable.yaml acks after Kafka like the gateway)")
     s.add_argument("--keep-topics", action="store_true", help="leave each round's Kafka topics in place")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=Path("bench-results"), help="results root directory")
