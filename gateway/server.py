@@ -172,7 +172,7 @@ async def _serve(cfg: Config, index: int) -> None:
         return bus.readiness()
 
     admin_server = await Admin(readiness).serve(cfg.admin.host, cfg.admin.port, reuse_port=reuse_port)
-    grpc_server = await otlp_grpc.serve(ingest, server_cfg, reuse_port=reuse_port)
+    grpc_server, grpc_port = await otlp_grpc.serve(ingest, server_cfg, reuse_port=reuse_port)
     otlp_http = OtlpHttp(ingest, server_cfg)
     http_server = await httpserver.serve(otlp_http, server_cfg.host, server_cfg.http_port,
                                          max_body=server_cfg.max_request_bytes,
@@ -183,8 +183,8 @@ async def _serve(cfg: Config, index: int) -> None:
                  f"{'-w<worker>' if workers > 1 else ''}.jsonl" if sink else f"bus: {cfg.bus.kind}")
         log.info("telemetry-gateway listening: OTLP/gRPC %s:%d, OTLP/HTTP %s:%d, admin http://%s:%d "
                  "(/metrics /healthz /readyz); workers %d; %s",
-                 server_cfg.host, server_cfg.grpc_port, server_cfg.host, server_cfg.http_port,
-                 cfg.admin.host, cfg.admin.port, workers, where)
+                 server_cfg.host, grpc_port, server_cfg.host, http_server.port,
+                 cfg.admin.host, admin_server.port, workers, where)
 
     await stop.wait()
     log.info("worker %d stopping: closing receivers, flushing", index)

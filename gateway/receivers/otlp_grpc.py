@@ -57,18 +57,21 @@ def handlers(ingest: Ingest) -> list[grpc.GenericRpcHandler]:
     return out
 
 
-async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> grpc.aio.Server:
-    """Start the gRPC server on ``cfg.host:cfg.grpc_port``; the caller stops it."""
+async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server on ``cfg.host:cfg.grpc_port``; return it and the port it bound.
+
+    No ``maximum_concurrent_rpcs``: ``Ingest`` applies ``server.max_concurrent_requests`` to both
+    transports together and counts what it refuses, which grpc's own limit would not.
+    """
     server = grpc.aio.server(
         handlers=handlers(ingest),
         options=[
             ("grpc.max_receive_message_length", cfg.max_decompressed_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
-        maximum_concurrent_rpcs=cfg.max_concurrent_requests,
     )
     bound = server.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {cfg.host}:{cfg.grpc_port}")
     await server.start()
-    return server
+    return server, bound

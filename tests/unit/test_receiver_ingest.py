@@ -1,0 +1,116 @@
+"""Ingest: the transport-independent decisions, with the real Batcher and a scripted publish."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from gateway import config, metrics
+from gateway.batcher import Batcher
+from gateway.bus.base import Batch, BusUnavailable
+from gateway.ingest import Ingest
+from gateway.signals import Signal
+from gateway.tenancy import Authenticator, RateLimiter
+from tests.waiting import await_for
+
+
+def spans(n: int) -> bytes:
+    req = ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    for i in range(n):
+        scope.spans.add(name=f"s{i}")
+    return req.SerializeToString()
+
+
+class ScriptedBus:
+    """publish() waits on ``gate`` and then fails with ``error`` if set: pure control, no I/O."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.error: Exception | None = None
+        self.batches: list[Batch] = []
+
+    async def publish(self, batch: Batch) -> None:
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        self.batches.append(batch)
+
+
+def make(env: Mapping[str, str]) -> tuple[Ingest, ScriptedBus, Batcher]:
+    cfg = config.load(None, env={"TG_BATCH__MAX_AGE_MS": "0", **env})
+    bus = ScriptedBus()
+    batcher = Batcher(bus.publish, cfg.batch.max_bytes, cfg.batch.max_age_ms / 1000)
+    return Ingest(cfg, batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits)), bus, batcher
+
+
+def refused_items(reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("gateway_refused_items_total",
+                                              {"signal": "traces", "reason": reason})
+    return value or 0.0
+
+
+async def test_ok_after_publish_and_correlation_kept() -> None:
+    ingest, bus, batcher = make({})
+    out = await ingest.ingest(Signal.TRACES, "http", {"x-correlation-id": "abc-1"}, spans(3))
+    assert out.ok and out.correlation_id == "abc-1"
+    assert [b.items for b in bus.batches] == [3]
+    await batcher.close()
+
+
+async def test_invalid_correlation_id_is_replaced() -> None:
+    ingest, _bus, batcher = make({})
+    out = await ingest.ingest(Signal.TRACES, "http", {"x-correlation-id": "bad id\r\n"}, spans(1))
+    assert out.ok and out.correlation_id != "bad id\r\n" and len(out.correlation_id) == 36
+    await batcher.close()
+
+
+async def test_bus_unavailable_is_retryable_refusal() -> None:
+    ingest, bus, batcher = make({})
+    bus.error = BusUnavailable("down", retry_after_s=5.0)
+    before = refused_items("bus_unavailable")
+    out = await ingest.ingest(Signal.TRACES, "grpc", {}, spans(4))
+    assert out.refused == "bus_unavailable" and out.retry_after_s == 5.0
+    assert refused_items("bus_unavailable") == before + 4
+    await batcher.close()
+
+
+async def test_overloaded_beyond_max_concurrent_requests() -> None:
+    ingest, bus, batcher = make({"TG_SERVER__MAX_CONCURRENT_REQUESTS": "1"})
+    bus.gate.clear()
+    first = asyncio.create_task(ingest.ingest(Signal.TRACES, "http", {}, spans(1)))
+
+    async def first_in_flight() -> bool:
+        return ingest.inflight == 1
+
+    await await_for(first_in_flight, within=5, what="the first request in flight")
+    second = await ingest.ingest(Signal.TRACES, "grpc", {}, spans(1))
+    assert second.refused == "overloaded" and second.retry_after_s
+    bus.gate.set()
+    assert (await first).ok
+    await batcher.close()
+
+
+async def test_accepted_mode_counts_batches_lost_after_ack() -> None:
+    ingest, bus, batcher = make({"TG_ACK": "accepted"})
+    bus.error = BusUnavailable("down")
+    before = refused_items("lost_after_ack")
+    out = await ingest.ingest(Signal.TRACES, "http", {}, spans(2))
+    assert out.ok  # answered before the bus was tried
+    await batcher.close()
+    assert refused_items("lost_after_ack") == before + 2
+
+
+async def test_unauthenticated_and_rate_limited() -> None:
+    ingest, _bus, batcher = make({"TG_AUTH__ENABLED": "true", "TG_AUTH__API_KEYS": "{k1: acme}",
+                                  "TG_LIMITS__DEFAULT__ITEMS_PER_SECOND": "1",
+                                  "TG_LIMITS__DEFAULT__ITEMS_BURST": "3"})
+    assert (await ingest.ingest(Signal.TRACES, "http", {}, spans(1))).refused == "unauthenticated"
+    key = {"x-api-key": "k1"}
+    assert (await ingest.ingest(Signal.TRACES, "http", key, spans(3))).ok
+    limited = await ingest.ingest(Signal.TRACES, "http", key, spans(3))
+    assert limited.refused == "rate_limited" and limited.retry_after_s and limited.retry_after_s > 0
+    await batcher.close()
