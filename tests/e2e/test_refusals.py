@@ -300,3 +300,13 @@ def test_two_workers_serve_and_shut_down() -> None:
                  within=15, what="40 spans in the workers' files")
         files = gw.sink_files("default", "traces")
         assert [p.name for p in files] == ["traces-w0.jsonl", "traces-w1.jsonl"]  # both workers served
+
+
+def test_correlation_id_in_grpc_initial_metadata(gateway: GatewayProcess) -> None:
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        call = channel.unary_unary(TRACE_EXPORT)
+        _resp, info = call.with_call(spans_request(1), metadata=(*ACME.items(), ("x-correlation-id", "g-7")),
+                                     timeout=10)
+        assert dict(info.initial_metadata())["x-correlation-id"] == "g-7"
+        _resp, info = call.with_call(spans_request(1), metadata=tuple(ACME.items()), timeout=10)
+        assert len(dict(info.initial_metadata())["x-correlation-id"]) == 36  # a fresh UUIDv7
