@@ -47,11 +47,13 @@ METRICS, METRIC_POINTS = _metrics()
 
 
 def test_bench_es_bulk_body_512_spans(benchmark: BenchmarkFixture) -> None:
+    benchmark.extra_info["items"] = ITEMS
     body = benchmark(lambda: bulk_body(bulk_items(SPANS)))
     assert body.count(b"\n") == 2 * ITEMS
 
 
 def test_bench_es_bulk_body_512_logs(benchmark: BenchmarkFixture) -> None:
+    benchmark.extra_info["items"] = ITEMS
     body = benchmark(lambda: bulk_body(bulk_items(LOGS)))
     assert body.count(b"\n") == 2 * ITEMS
 
@@ -61,6 +63,7 @@ def test_bench_remote_write_500_points_snappy(benchmark: BenchmarkFixture) -> No
         conv = to_write_requests([(METRICS, "acme")])
         return [encode(req) for req in conv.requests.values()]
 
+    benchmark.extra_info["items"] = METRIC_POINTS
     bodies = benchmark(convert)
     assert METRIC_POINTS == 500 and len(bodies) == 1
     assert not to_write_requests([(METRICS, "acme")]).dropped
