@@ -236,6 +236,8 @@ class ElasticsearchSink:
                 continue
             items.extend(rec_items)
             owners.extend([i] * len(rec_items))
+            # A full batch is seconds of CPU: let the consumer's heartbeats run in between.
+            await asyncio.sleep(0)
 
         transient: set[int] = set()
         outcomes: TallyCounter[tuple[str, str]] = TallyCounter()
