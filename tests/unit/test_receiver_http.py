@@ -203,3 +203,14 @@ async def test_shutdown_answers_in_flight_closes_idle(handler: tuple[OtlpHttp, M
     assert t_busy.out.startswith(b"HTTP/1.1 200 OK")
     assert b"Connection: close" in t_busy.out
     assert t_busy.closed
+
+
+async def test_expect_100_continue(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, _bus = handler
+    proto, t = _connect(HttpServer(h, max_body=4096, too_large=h.too_large))
+    body = spans(1)
+    proto.data_received(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\n"
+                        b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    assert t.out == b"HTTP/1.1 100 Continue\r\n\r\n"
+    proto.data_received(body)
+    await _settle(t, b"HTTP/1.1 200 OK")
