@@ -112,7 +112,9 @@ def up(ns: argparse.Namespace) -> int:
             return _fail(svc, str(exc))
     code = _wait_healthy(to_wait, svc.s.start_timeout if services else 0)
     if code == 0:
-        print(f"stack/up: {', '.join(s.name for s in services)} healthy ({time.monotonic() - began:.0f}s)")
+        print(f"stack/up: all healthy in {time.monotonic() - began:.0f}s")
+        for svc in services:
+            print(f"  {svc.name:<14} {svc.endpoints()}")
     return code
 
 

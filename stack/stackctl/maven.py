@@ -21,11 +21,11 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 """
 
 
-def _mvn() -> str:
+def _mvn() -> list[str]:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise RuntimeError("Maven (mvn) is not on PATH; install it (Debian: apt-get install -y maven)")
-    return mvn
+    return [mvn, "-B", "-q", "-Dstyle.color=never"]
 
 
 def copy_dependencies(s: Settings, name: str, coords: list[str], out: Path) -> None:
@@ -48,7 +48,7 @@ def copy_dependencies(s: Settings, name: str, coords: list[str], out: Path) -> N
     (work / "pom.xml").write_text(_POM.format(artifact=name, deps=deps))
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    run_logged([_mvn(), "-B", "-q", f"-Dmaven.repo.local={s.cache / 'm2'}", "dependency:copy-dependencies",
+    run_logged([*_mvn(), f"-Dmaven.repo.local={s.cache / 'm2'}", "dependency:copy-dependencies",
                 "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"],
                s.log_dir / f"install-{name}.log", f"fetching {name} jars with Maven", cwd=work)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def copy_dependencies(s: Settings, name: str, coords: list[str], out: Path) -> N
 def copy_artifact(s: Settings, name: str, artifact: str, out: Path) -> Path:
     """Fetch one artefact (group:artifact:version:packaging) into directory ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    run_logged([_mvn(), "-B", "-q", f"-Dmaven.repo.local={s.cache / 'm2'}",
+    run_logged([*_mvn(), f"-Dmaven.repo.local={s.cache / 'm2'}",
                 "dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={out}"],
                s.log_dir / f"install-{name}.log", f"fetching {artifact} with Maven", cwd=out)
     _, art, version, packaging = artifact.split(":")

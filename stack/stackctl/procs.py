@@ -168,7 +168,7 @@ def run_logged(argv: Sequence[str], log: Path, what: str, env: Mapping[str, str]
                 code = proc.wait(timeout=heartbeat)
                 break
             except subprocess.TimeoutExpired:
-                last = log_tail(log, 1).strip()[:100]
+                last = "".join(c for c in log_tail(log, 1) if c.isprintable()).strip()[:100]
                 print(f"  ... {what}: {time.monotonic() - began:.0f}s so far ({last})", flush=True)
     if code != 0:
         raise RuntimeError(f"{what} failed (exit {code}); last lines of {log}:\n{log_tail(log)}")
