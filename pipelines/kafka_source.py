@@ -125,11 +125,15 @@ class KafkaSource:
 
     async def commit(self, records: Sequence[BusRecord]) -> None:
         """Commit, per partition, the offset after the last record the sink acknowledged."""
+        self.mark_acked(records)
+        await self._commit_acked(self.consumer, None)
+
+    def mark_acked(self, records: Sequence[BusRecord]) -> None:
+        """Remember that the sink acknowledged ``records``; committed now, on revocation or at stop."""
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             if r.offset + 1 > self._acked.get(tp, -1):
                 self._acked[tp] = r.offset + 1
-        await self._commit_acked(self.consumer, None)
 
     async def _commit_acked(self, consumer: AIOKafkaConsumer, only: set[TopicPartition] | None) -> None:
         async with self._lock:
