@@ -26,7 +26,7 @@ __all__ = ["Prepared", "WireError", "encode_attributes", "encode_varint", "prepa
 
 _LEN = 2  # wire type of length-delimited fields
 _METRIC_DATA_FIELDS = frozenset((5, 7, 9, 10, 11))
-_ITEM_NAMES = {Signal.TRACES: "spans", Signal.LOGS: "log_records", Signal.METRICS: "metrics"}
+_ITEM_NAMES = {Signal.TRACES: "spans", Signal.LOGS: "log_records"}
 _RX_NAMES = {Signal.TRACES: "resource_spans", Signal.LOGS: "resource_logs",
              Signal.METRICS: "resource_metrics"}
 _SX_NAMES = {Signal.TRACES: "scope_spans", Signal.LOGS: "scope_logs", Signal.METRICS: "scope_metrics"}
@@ -122,45 +122,58 @@ def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int, in
     return out
 
 
+class _Counted(WireError):
+    """A malformed message, with how many items were counted before the fault (including a
+    broken one), so a dropped ResourceX reports what the client loses."""
+
+    def __init__(self, message: str, items: int) -> None:
+        super().__init__(message)
+        self.items = items
+
+
 def _count(buf: bytes, pos: int, end: int, want: int) -> int:
     """Number of length-delimited fields numbered ``want`` in a message, checking its framing.
 
     This is the per-item loop of the ingest path (one turn per span), so the common case (a
-    one-byte tag, a length of one or two bytes) is read inline without a call.
+    one-byte tag, a length of one or two bytes) is read inline without a call. Raises
+    _Counted.
     """
     n = 0
     want_tag = want << 3 | _LEN
-    while pos < end:
-        tag = buf[pos]
-        if tag == want_tag and pos + 2 < end:
-            ln = buf[pos + 1]
-            if ln < 0x80:
-                pos += 2 + ln
-            else:
-                b2 = buf[pos + 2]
-                if b2 < 0x80:
-                    ln = (ln & 0x7F) | b2 << 7
-                    pos += 3 + ln
+    try:
+        while pos < end:
+            tag = buf[pos]
+            if tag == want_tag and pos + 2 < end:
+                n += 1
+                ln = buf[pos + 1]
+                if ln < 0x80:
+                    pos += 2 + ln
                 else:
-                    ln, pos = read_varint(buf, pos + 1, end)
-                    pos += ln
-            if pos > end:
-                raise WireError(f"field {want}: length {ln} past the end of the message")
-            n += 1
-            continue
-        if tag < 0x80:
-            pos += 1
-        else:
-            tag, pos = read_varint(buf, pos, end)
-        wt = tag & 7
-        if tag >> 3 == 0:
-            raise WireError("field number 0")
-        try:
-            pos = _skip(buf, pos, end, wt)
-        except WireError as e:
-            raise WireError(f"field {tag >> 3}: {e}") from None
-        if wt == _LEN and tag >> 3 == want:
-            n += 1
+                    b2 = buf[pos + 2]
+                    if b2 < 0x80:
+                        ln = (ln & 0x7F) | b2 << 7
+                        pos += 3 + ln
+                    else:
+                        ln, pos = read_varint(buf, pos + 1, end)
+                        pos += ln
+                if pos > end:
+                    raise WireError(f"field {want}: length {ln} past the end of the message")
+                continue
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = read_varint(buf, pos, end)
+            wt = tag & 7
+            if tag >> 3 == 0:
+                raise WireError("field number 0")
+            if wt == _LEN and tag >> 3 == want:
+                n += 1
+            try:
+                pos = _skip(buf, pos, end, wt)
+            except WireError as e:
+                raise WireError(f"field {tag >> 3}: {e}") from None
+    except WireError as e:
+        raise _Counted(str(e), n) from None
     return n
 
 
@@ -243,22 +256,34 @@ def _resource_body(buf: bytes, spans: list[tuple[int, int]], drop_keys: frozense
 def _count_metrics(buf: bytes, pos: int, end: int) -> int:
     """Data points in every Metric of a ScopeMetrics body."""
     n = 0
-    for i, (num, wt, _s, vs, ve) in enumerate(_fields(buf, pos, end)):
+    index = 0
+    try:
+        fields = _fields(buf, pos, end)
+    except WireError as e:
+        raise _Counted(str(e), 0) from None
+    for num, wt, _s, vs, ve in fields:
         if num != 2 or wt != _LEN:
             continue
         try:
             for dnum, dwt, _ds, dvs, dve in _fields(buf, vs, ve):
                 if dnum in _METRIC_DATA_FIELDS and dwt == _LEN:
                     n += _count(buf, dvs, dve, 1)
+        except _Counted as e:
+            raise _Counted(f"metrics[{index}]: {e}", n + e.items) from None
         except WireError as e:
-            raise WireError(f"metrics[{i}]: {e}") from None
+            raise _Counted(f"metrics[{index}]: {e}", n) from None
+        index += 1
     return n
 
 
 def _count_scope(signal: Signal, buf: bytes, pos: int, end: int) -> int:
+    """Items in a ScopeX body; errors name the path below the ScopeX."""
     if signal is Signal.METRICS:
         return _count_metrics(buf, pos, end)
-    return _count(buf, pos, end, 2)
+    try:
+        return _count(buf, pos, end, 2)
+    except _Counted as e:
+        raise _Counted(f"{_ITEM_NAMES[signal]}: {e}", e.items) from None
 
 
 def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) -> Prepared:
@@ -290,7 +315,7 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) ->
             raise WireError(f"{_request_name(signal)}: {rx_name} has wire type {wt}, expected 2")
         try:
             body, size, n = _prepare_rx(signal, buf, view, vs, ve, drop_keys, ours)
-        except _RxError as e:
+        except _Counted as e:
             rejected += e.items
             errors.append(f"{rx_name}[{index}].{e}")
         else:
@@ -306,47 +331,48 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) ->
     return Prepared(b"".join(out), items, rejected, error)
 
 
-class _RxError(WireError):
-    """A ResourceX is malformed inside; carries how many items were counted before the fault."""
-
-    def __init__(self, message: str, items: int) -> None:
-        super().__init__(message)
-        self.items = items
-
-
 def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int,
                 drop_keys: frozenset[bytes], ours: bytes) -> tuple[list[bytes | memoryview], int, int]:
-    """The enriched ResourceX body as parts, its size, and its item count."""
+    """The enriched ResourceX body as parts, its size, and its item count.
+
+    Raises _Counted naming the first fault, after counting every item it can (including
+    those of well-formed scopes after the fault), since all of them are dropped.
+    """
     n = 0
     sx_name = _SX_NAMES[signal]
     try:
         fields = _fields(buf, pos, end)
     except WireError as e:
-        raise _RxError(str(e), 0) from None
+        raise _Counted(str(e), 0) from None
     resources: list[tuple[int, int]] = []
     rest: list[bytes | memoryview] = [b""]
     size = 0
     scope_index = 0
+    fault = ""
     for num, wt, s, vs, ve in fields:
         if num == 1:
             if wt != _LEN:
-                raise _RxError(f"resource: wire type {wt}, expected 2", n)
+                fault = fault or f"resource: wire type {wt}, expected 2"
             resources.append((vs, ve))
             continue
         if num == 2:
             if wt != _LEN:
-                raise _RxError(f"{sx_name}[{scope_index}]: wire type {wt}, expected 2", n)
-            try:
-                n += _count_scope(signal, buf, vs, ve)
-            except WireError as e:
-                raise _RxError(f"{sx_name}[{scope_index}].{_ITEM_NAMES[signal]}: {e}", n) from None
+                fault = fault or f"{sx_name}[{scope_index}]: wire type {wt}, expected 2"
+            else:
+                try:
+                    n += _count_scope(signal, buf, vs, ve)
+                except _Counted as e:
+                    fault = fault or f"{sx_name}[{scope_index}].{e}"
+                    n += e.items
             scope_index += 1
         rest.append(view[s:ve])
         size += ve - s
+    if fault:
+        raise _Counted(fault, n)
     try:
         resource = _resource_body(buf, resources, drop_keys, ours)
     except WireError as e:
-        raise _RxError(f"resource: {e}", n) from None
+        raise _Counted(f"resource: {e}", n) from None
     rest[0] = b"\x0a" + encode_varint(len(resource)) + resource
     return rest, size + len(rest[0]), n
 

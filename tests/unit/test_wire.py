@@ -164,6 +164,7 @@ def test_malformed_resource_is_dropped_as_partial_success() -> None:
     bad_rs = b"\x0a" + encode_varint(len(bad_scope)) + bad_scope
     prepared = prepare(Signal.TRACES, good_rs + bad_rs + good_rs, ATTRS)
     assert prepared.items == 8
+    assert prepared.rejected_items == 1
     assert prepared.error.startswith("dropped 1 malformed resource_spans")
     assert "resource_spans[1].scope_spans[0].spans" in prepared.error
     got = ExportTraceServiceRequest.FromString(prepared.payload)
@@ -315,3 +316,24 @@ def test_split_by_trace_id_tolerates_a_span_it_cannot_walk() -> None:
 
 def _wrap(num: int, body: bytes) -> bytes:
     return encode_varint(num << 3 | 2) + encode_varint(len(body)) + body
+
+
+def test_malformed_metric_is_named_by_its_index() -> None:
+    req = request(Signal.METRICS, points=1)
+    good = req.resource_metrics[0].scope_metrics[0].SerializeToString()
+    bad_metric = _wrap(5, b"\x0a\x09x")  # a gauge whose data point runs past its end
+    scope = good + _wrap(2, bad_metric)
+    data = _wrap(1, _wrap(2, scope))
+    prepared = prepare(Signal.METRICS, data, ATTRS)
+    assert prepared.rejected_items == 5 + 1  # the good points and the broken one
+    assert "resource_metrics[0].scope_metrics[0].metrics[5]: field 1: length 9" in prepared.error
+
+
+def test_dropped_resource_counts_items_of_every_scope() -> None:
+    req = request(Signal.LOGS, records=3, scopes=3)
+    scopes = [sl.SerializeToString() for sl in req.resource_logs[0].scope_logs]
+    broken = scopes[0] + b"\x12\x05ab"  # second scope: a record running past its end
+    rl = _wrap(2, scopes[0]) + _wrap(2, broken) + _wrap(2, scopes[2])
+    prepared = prepare(Signal.LOGS, _wrap(1, rl), ATTRS)
+    assert (prepared.items, prepared.rejected_items) == (0, 3 + 4 + 3)
+    assert "resource_logs[0].scope_logs[1].log_records: field 2: length 5" in prepared.error
