@@ -147,8 +147,9 @@ class KafkaBus:
             request_timeout_ms=cfg.request_timeout_ms,
         )
 
-    def _mark_broken(self, why: str) -> None:
-        if self._producer is not None:
+    def _mark_broken(self, producer: AIOKafkaProducer, why: str) -> None:
+        # Only the producer that failed: a late failure of an already replaced one changes nothing.
+        if self._producer is producer:
             self._reason = f"kafka: {why}; reconnecting"
             log.warning("%s", self._reason)
             self._producer = None
@@ -185,7 +186,7 @@ class KafkaBus:
             PRODUCE_ERRORS.labels(topic, kind).inc()
             why = f"publish to {topic} failed within {self._timeout_s:.1f}s: {_describe(exc)}"
             if _breaks_producer(exc):
-                self._mark_broken(why)
+                self._mark_broken(producer, why)
             raise BusUnavailable(f"kafka: {why}", self._retry_after_s) from exc
         PRODUCE_SECONDS.observe(time.perf_counter() - started)
         produced = PRODUCED_BYTES.labels(topic)
