@@ -11,9 +11,12 @@ same timestamp and value is accepted again without harm), and so are 401/403/404
 the endpoint or its credentials are wrong, not the data: dropping on them would turn a typo in
 the URL into silent loss. Any other 4xx is a drop, counted in
 ``pipeline_remote_write_dropped_samples_total{reason}``: the classic case is a 400 for
-out-of-order or duplicate samples, which no retry can fix. The answer does not say which
-samples of the request were kept, so all of the request's samples are counted. Conversion
-drops (delta temporality, unsupported scale) are counted under the same metric.
+out-of-order or duplicate samples, which no retry can fix. The same holds whatever the status
+when the body names such a refusal: Prometheus 2.42 (the stack's) answers a sample older than
+its out-of-order window with ``500 too old sample``, which retried would block the partition
+forever. The answer does not say which samples of the request were kept, so all of the
+request's samples are counted. Conversion drops (delta temporality, unsupported scale) are
+counted under the same metric.
 """
 
 from __future__ import annotations
@@ -51,15 +54,23 @@ HEADERS = {
 }
 
 
-def drop_reason(status: int, text: str) -> str:
-    """A short, bounded label for why a 4xx answer dropped samples."""
+_SAMPLE_REFUSALS = (("out of order", "out_of_order"), ("out-of-order", "out_of_order"),
+                    ("duplicate sample", "duplicate"), ("too old", "too_old"),
+                    ("out of bounds", "out_of_bounds"))
+
+
+def sample_refusal(text: str) -> str | None:
+    """The reason if an answer's body says the samples themselves were refused, else None."""
     low = text.lower()
-    for needle, reason in (("out of order", "out_of_order"), ("out-of-order", "out_of_order"),
-                           ("duplicate", "duplicate"), ("too old", "too_old"),
-                           ("out of bounds", "out_of_bounds")):
+    for needle, reason in _SAMPLE_REFUSALS:
         if needle in low:
             return reason
-    return f"http_{status}"
+    return None
+
+
+def drop_reason(status: int, text: str) -> str:
+    """A short, bounded label for why an answer dropped samples."""
+    return sample_refusal(text) or f"http_{status}"
 
 
 def _samples(req: remote_pb2.WriteRequest) -> int:
@@ -99,7 +110,8 @@ class PrometheusSink:
         except (aiohttp.ClientError, TimeoutError) as exc:
             REQUESTS.labels("error").inc()
             raise TransientSinkError(f"remote write to {self.cfg.url} failed: {exc!r}") from exc
-        if resp.status in TRANSIENT_STATUS or resp.status >= 500:
+        transient = resp.status in TRANSIENT_STATUS or resp.status >= 500
+        if transient and sample_refusal(text) is None:
             raise TransientSinkError(f"remote write {resp.status}: {text}")
         reason = drop_reason(resp.status, text)
         DROPPED_SAMPLES.labels(reason).inc(n)

@@ -99,19 +99,20 @@ async def test_tenants_get_their_own_series_and_requests(sink: PrometheusSink) -
     assert value(await one(f'sum(orders_total{{tenant="{b}"}})')) == 21.0
 
 
-async def test_out_of_order_samples_are_dropped_and_counted_not_retried(sink: PrometheusSink) -> None:
+async def test_refused_old_samples_are_dropped_and_counted_not_retried(sink: PrometheusSink) -> None:
     tenant = f"it-ooo-{uuid.uuid4().hex[:8]}"
     fresh = metrics_payload(tenant)
     await sink.write([bus_record(Signal.METRICS, fresh, tenant, offset=1)])
     await one(f'queue_depth{{tenant="{tenant}"}}')
 
-    # The same series a minute earlier: Prometheus answers 400 (out of order).
+    # The same series two hours earlier: older than any out-of-order window and the head block,
+    # so Prometheus answers 400 (out of order / out of bounds / too old, by its configuration).
     older = ExportMetricsServiceRequest.FromString(fresh)
     for rm in older.resource_metrics:
         for sm in rm.scope_metrics:
             for m in sm.metrics:
                 for dp in getattr(m, m.WhichOneof("data")).data_points:
-                    dp.time_unix_nano -= 60 * 1_000_000_000
+                    dp.time_unix_nano -= 2 * 3600 * 1_000_000_000
     name = "pipeline_remote_write_dropped_samples_total"
     before = sum(REGISTRY.get_sample_value(name, {"reason": r}) or 0.0
                  for r in ("out_of_order", "too_old", "duplicate", "out_of_bounds", "http_400"))

@@ -7,7 +7,7 @@ from gateway.signals import Signal
 from pipelines.convert.es_docs import BulkItem
 from pipelines.sinks.elasticsearch import ElasticsearchSink, index_template
 from pipelines.sinks.jaeger import join_records
-from pipelines.sinks.prometheus import drop_reason
+from pipelines.sinks.prometheus import drop_reason, sample_refusal
 from tests.sdk_otlp import bus_record
 
 
@@ -25,6 +25,8 @@ def test_remote_write_drop_reasons_are_bounded() -> None:
     assert drop_reason(400, "too old sample") == "too_old"
     assert drop_reason(400, "out of bounds") == "out_of_bounds"
     assert drop_reason(413, "whatever the body says") == "http_413"
+    assert sample_refusal("too old sample") == "too_old"  # Prometheus 2.42 sends this as a 500
+    assert sample_refusal("upstream connect error") is None
 
 
 def test_es_templates_declare_data_streams_and_otel_mappings() -> None:
