@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from gateway.bus.base import Batch
+from gateway.bus.base import Batch, BusUnavailable
 from gateway.signals import Signal
 
 __all__ = ["Batcher"]
@@ -108,11 +108,11 @@ class Batcher:
                 await self._publish(batch)
                 took = time.perf_counter() - started
         except Exception as e:  # any publish failure goes to every waiting request
-            if self._on_error is not None:
-                self._on_error(batch, e)
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(e)
+            self._fail(batch, futures, e)
+        except asyncio.CancelledError:
+            # Shutdown cancelled the publish: the requests get a retryable answer, not a hang.
+            self._fail(batch, futures, BusUnavailable("publish cancelled: the gateway is stopping"))
+            raise
         else:
             if self._on_flush is not None:
                 self._on_flush(batch, took)
@@ -122,6 +122,13 @@ class Batcher:
         finally:
             self._pending_bytes -= len(batch.payload)
             self._pending_items -= batch.items
+
+    def _fail(self, batch: Batch, futures: list[asyncio.Future[None]], exc: Exception) -> None:
+        if self._on_error is not None:
+            self._on_error(batch, exc)
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(exc)
 
     def flush_all(self) -> None:
         """Hand every open batch to the bus now (shutdown, or tests)."""

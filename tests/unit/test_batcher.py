@@ -174,3 +174,17 @@ def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     async def probe() -> bool:
         return check()
     return probe
+
+
+async def test_cancelled_publish_answers_retryable_instead_of_hanging() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    b = Batcher(rec, max_bytes=1, max_age_s=HOUR)
+    fut = b.add(Signal.TRACES, "t", b"x", 1, "c")
+    await await_for(_async(lambda: rec.running == 1), within=5, what="publish started")
+    for task in list(b._inflight):
+        task.cancel()
+    with pytest.raises(BusUnavailable, match="stopping"):
+        await asyncio.wait_for(fut, 5)
+    await b.close()
+    assert b.pending_items == 0
