@@ -10,9 +10,10 @@ import aiohttp
 import pytest
 
 from gateway.signals import Signal
-from pipelines.sinks.base import PermanentSinkError, TransientSinkError
+from pipelines.sinks.base import PermanentSinkError
 from pipelines.sinks.jaeger import JaegerSink
 from tests import stackenv
+from tests.integration.sink_checks import assert_write_is_transient
 from tests.sdk_otlp import bus_record, spans_payload
 from tests.waiting import await_for
 
@@ -78,11 +79,6 @@ async def test_garbage_is_rejected_for_good(sink: JaegerSink) -> None:
 
 
 async def test_unreachable_jaeger_is_transient() -> None:
-    s = JaegerSink("127.0.0.1:1", timeout_s=2)
-    await s.start()
-    try:
-        payload, _ = spans_payload("acme", traces=1, children=0)
-        with pytest.raises(TransientSinkError):
-            await s.write([bus_record(Signal.TRACES, payload, "acme", offset=1)])
-    finally:
-        await s.stop()
+    payload, _ = spans_payload("acme", traces=1, children=0)
+    await assert_write_is_transient(JaegerSink("127.0.0.1:1", timeout_s=2),
+                                    [bus_record(Signal.TRACES, payload, "acme", offset=1)])

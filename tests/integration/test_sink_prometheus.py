@@ -14,9 +14,9 @@ from prometheus_client import REGISTRY
 
 from gateway.config import PrometheusSinkConfig
 from gateway.signals import Signal
-from pipelines.sinks.base import TransientSinkError
 from pipelines.sinks.prometheus import PrometheusSink
 from tests import stackenv
+from tests.integration.sink_checks import assert_write_is_transient
 from tests.sdk_otlp import DURATION_VALUES, PAYLOAD_VALUES, bus_record, metrics_payload
 from tests.waiting import await_for
 
@@ -124,10 +124,6 @@ async def test_refused_old_samples_are_dropped_and_counted_not_retried(sink: Pro
 
 
 async def test_unreachable_endpoint_is_transient() -> None:
-    s = PrometheusSink(PrometheusSinkConfig(url="http://127.0.0.1:1/api/v1/write", timeout_s=2))
-    await s.start()
-    try:
-        with pytest.raises(TransientSinkError):
-            await s.write([bus_record(Signal.METRICS, metrics_payload("acme"), "acme", offset=1)])
-    finally:
-        await s.stop()
+    await assert_write_is_transient(
+        PrometheusSink(PrometheusSinkConfig(url="http://127.0.0.1:1/api/v1/write", timeout_s=2)),
+        [bus_record(Signal.METRICS, metrics_payload("acme"), "acme", offset=1)])
