@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # Why a request was refused; also the ``reason`` label of the refusal metrics.
 Reason = Literal[
     "unauthenticated", "rate_limited", "malformed", "too_large", "unsupported_media_type",
-    "bus_unavailable", "overloaded", "not_found", "method_not_allowed",
+    "bus_unavailable", "overloaded", "shutting_down", "not_found", "method_not_allowed",
 ]
 
 
@@ -58,6 +58,17 @@ class Ingest:
         self._auth = authenticator
         self._limiter = limiter
         self.inflight = 0
+        self._closing = False
+
+    def close_intake(self) -> None:
+        """Refuse new requests (503, retry elsewhere) and hand every open batch to the bus.
+
+        Between the closing check and ``batcher.add`` nothing awaits, so once this returns every
+        request already admitted is in a batch being published: requests in flight get their
+        answer without waiting for the batch age, and nothing new joins after the flush.
+        """
+        self._closing = True
+        self._batcher.flush_all()
 
     def correlation_id(self, headers: Mapping[str, str]) -> str:
         """The client's valid ``x-correlation-id`` or a new one; receivers echo it back."""
@@ -75,6 +86,9 @@ class Ingest:
                      correlation_id: str | None = None) -> Outcome:
         """Handle one decoded Export request (protobuf bytes). ``headers`` keys are lower case."""
         cid = correlation_id or self.correlation_id(headers)
+        if self._closing:
+            return self.refuse(signal, transport, "shutting_down", "gateway is shutting down", cid,
+                               retry_after_s=1.0)
         if self.inflight >= self._max_inflight:
             return self.refuse(signal, transport, "overloaded", "too many concurrent requests", cid,
                                retry_after_s=1.0)

@@ -189,6 +189,7 @@ async def _serve(cfg: Config, index: int) -> None:
     await stop.wait()
     log.info("worker %d stopping: closing receivers, flushing", index)
     listening = False
+    ingest.close_intake()
     await asyncio.gather(http_server.shutdown(grace_s=5.0), grpc_server.stop(grace=5.0))
     await batcher.close()
     if pipeline is not None and pipeline_task is not None and source is not None:

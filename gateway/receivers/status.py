@@ -28,6 +28,7 @@ HTTP_STATUS: dict[Reason, int] = {
     "rate_limited": 429,
     "bus_unavailable": 503,
     "overloaded": 503,
+    "shutting_down": 503,
 }
 
 GRPC_CODE: dict[Reason, grpc.StatusCode] = {
@@ -40,6 +41,7 @@ GRPC_CODE: dict[Reason, grpc.StatusCode] = {
     "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "bus_unavailable": grpc.StatusCode.UNAVAILABLE,
     "overloaded": grpc.StatusCode.UNAVAILABLE,
+    "shutting_down": grpc.StatusCode.UNAVAILABLE,
 }
 
 # google.rpc.Code numbers, for the ``code`` of a google.rpc.Status in HTTP error bodies.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -176,5 +177,23 @@ def test_sigterm_flushes_accepted_data_and_exits_zero() -> None:
         found = _landed(gw, "traces", service)
         assert len(found) == 20
         _assert_stamped(found)
+    finally:
+        gw.cleanup()
+
+
+def test_sigterm_answers_durable_requests_in_flight() -> None:
+    """ack: durable with a 60 s batch age: the export waits on its batch when SIGTERM comes; the
+    shutdown flushes it, the exporter gets its success, and the spans are in the sink."""
+    gw = GatewayProcess({"TG_BATCH__MAX_AGE_MS": "60000"})
+    try:
+        gw.start()
+        service = f"svc-{uuid.uuid4().hex[:8]}"
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(export_spans, gw, "grpc", service, 5)
+            wait_for(lambda: gw.metric("gateway_inflight_requests") == 1, within=15,
+                     what="the export waiting on its batch")
+            assert gw.stop() == 0, gw.log()
+            pending.result(timeout=15)  # export_spans asserts SUCCESS
+        assert len(_landed(gw, "traces", service)) == 5
     finally:
         gw.cleanup()
