@@ -226,8 +226,9 @@ def _field_encoder(f: Any) -> Callable[[Any], bytes | None]:
         if f.message_type.GetOptions().map_entry:
             raise TypeError(f"{f.full_name}: map fields are not used by OTLP")
         tag = encode_varint(f.number << 3 | 2)
-        sub = _json_encoder(f.message_type)  # registered before its fields: cycles are fine
-        encode = _fast_key_value if f.message_type.full_name == _KEY_VALUE else sub.encode
+        if f.is_repeated and f.message_type.full_name == _KEY_VALUE:
+            return _key_value_list(tag)
+        encode = _json_encoder(f.message_type).encode  # registered before its fields: cycles are fine
 
         def message(v: Any) -> bytes:
             body = encode(v)
@@ -266,29 +267,46 @@ def _field_encoder(f: Any) -> Callable[[Any], bytes | None]:
 _KEY_VALUE = "opentelemetry.proto.common.v1.KeyValue"
 
 
-def _fast_key_value(obj: Any) -> bytes:
-    """KeyValue with a string or int value, the bulk of every OTLP/JSON request, encoded directly."""
-    if type(obj) is dict and len(obj) == 2:
-        key = obj.get("key")
-        value = obj.get("value")
-        if type(key) is str and type(value) is dict and len(value) == 1:
-            ((vname, v),) = value.items()
-            anyv = None
-            if (vname == "stringValue" or vname == "string_value") and type(v) is str:
-                vb = v.encode()
-                anyv = b"\x0a" + encode_varint(len(vb)) + vb
-            elif (vname == "intValue" or vname == "int_value") and type(v) in (int, str):
+def _key_value_list(tag: bytes) -> Callable[[Any], bytes | None]:
+    """Encoder of a repeated KeyValue field (attributes), the bulk of every OTLP/JSON request:
+    string and int values are written inline, anything else goes the generic way."""
+    generic = _json_encoder(_KV_DESC)
+
+    def many(v: Any) -> bytes | None:
+        if not isinstance(v, list):
+            raise _PathError("expected a JSON array")
+        out: list[bytes] = []
+        for i, obj in enumerate(v):
+            body = None
+            if type(obj) is dict and len(obj) == 2:
+                key = obj.get("key")
+                value = obj.get("value")
+                if type(key) is str and type(value) is dict and len(value) == 1:
+                    ((vname, x),) = value.items()
+                    anyv = None
+                    if (vname == "stringValue" or vname == "string_value") and type(x) is str:
+                        vb = x.encode()
+                        anyv = b"\x0a" + encode_varint(len(vb)) + vb
+                    elif vname == "intValue" or vname == "int_value":
+                        if type(x) is str and x.lstrip("-").isdigit():
+                            x = int(x)
+                        if type(x) is int and -(1 << 63) <= x < 1 << 63:
+                            anyv = b"\x18" + encode_varint(x & _MASK64)
+                    if anyv is not None:
+                        kb = key.encode()
+                        head = b"\x0a" + encode_varint(len(kb)) + kb if kb else b""
+                        body = head + b"\x12" + encode_varint(len(anyv)) + anyv
+            if body is None:
                 try:
-                    n = int(v)
-                except ValueError:
-                    n = None  # the generic path reports it
-                if n is not None and -(1 << 63) <= n < 1 << 63:
-                    anyv = b"\x18" + encode_varint(n & _MASK64)
-            if anyv is not None:
-                kb = key.encode()
-                head = b"\x0a" + encode_varint(len(kb)) + kb if kb else b""
-                return head + b"\x12" + encode_varint(len(anyv)) + anyv
-    return _json_encoder(_KV_DESC).encode(obj)
+                    body = generic.encode(obj)
+                except _PathError as e:
+                    e.path.append(f"[{i}]")
+                    raise
+            out.append(tag)
+            out.append(encode_varint(len(body)))
+            out.append(body)
+        return b"".join(out) if out else None
+    return many
 
 
 def _repeated(one: Callable[[Any], bytes]) -> Callable[[Any], bytes | None]:
