@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from gateway import config
 from gateway.batcher import Batcher
+from gateway.bus.base import Batch, BusUnavailable
 from gateway.bus.memory import MemoryBus
 from gateway.ingest import Ingest
 from gateway.receivers.httpserver import HttpProtocol, HttpServer, Request
@@ -214,3 +215,19 @@ async def test_expect_100_continue(handler: tuple[OtlpHttp, MemoryBus]) -> None:
     assert t.out == b"HTTP/1.1 100 Continue\r\n\r\n"
     proto.data_received(body)
     await _settle(t, b"HTTP/1.1 200 OK")
+
+
+async def test_bus_unavailable_is_503_with_retry_after() -> None:
+    async def down(batch: Batch) -> None:
+        raise BusUnavailable("broker gone", retry_after_s=5.0)
+
+    cfg = config.load(None, env={"TG_BATCH__MAX_AGE_MS": "0"})
+    batcher = Batcher(down, cfg.batch.max_bytes, 0.0)
+    h = OtlpHttp(Ingest(cfg, batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits)), cfg.server)
+    resp = await h(Request("POST", "/v1/traces", dict(PB), spans(2)))
+    assert resp.status == 503
+    assert dict(resp.headers)["Retry-After"] == "5"
+    st = status_pb2.Status()
+    st.ParseFromString(resp.body)
+    assert "broker gone" in st.message
+    await batcher.close()
