@@ -96,6 +96,8 @@ class KafkaConfig:
     # How long start() waits for a first connection before the gateway starts unready.
     start_wait_ms: int = 3_000
     reconnect_backoff_max_ms: int = 5_000
+    # A metadata round trip this often while idle, so /readyz notices a lost broker without traffic.
+    health_check_interval_ms: int = 5_000
     # Retry hint to clients refused while Kafka is unavailable. SDK exporters retry ~6 times
     # honouring it, so 5 s lets them ride out a ~30 s outage (a broker restart) without loss.
     unavailable_retry_after_ms: int = 5_000

@@ -128,10 +128,21 @@ class KafkaBus:
             self._broken.clear()
             self._producer = producer
             self._connected.set()
-            await self._broken.wait()
+            while not self._broken.is_set():
+                try:
+                    await asyncio.wait_for(self._broken.wait(), self._cfg.health_check_interval_ms / 1000)
+                except TimeoutError:
+                    await self._probe(producer)
             self._producer = None
             self._connected.clear()
             await _close(producer, 1.0)
+
+    async def _probe(self, producer: AIOKafkaProducer) -> None:
+        """A metadata round trip, so /readyz notices a lost broker even while no data flows."""
+        try:
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), self._timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._mark_broken(producer, f"health check failed: {_describe(exc)}")
 
     def _new_producer(self) -> AIOKafkaProducer:
         cfg = self._cfg

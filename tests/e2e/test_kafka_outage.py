@@ -65,7 +65,8 @@ def test_outage_refuses_retryably_and_sdk_retries_deliver_everything() -> None:
     broker = PrivateKafka()
     prefix = unique_prefix("outage")
     env = kafka_env(broker.bootstrap, prefix, TG_BUS__KAFKA__PUBLISH_TIMEOUT_MS="2000",
-                    TG_BUS__KAFKA__START_WAIT_MS="200", TG_BUS__KAFKA__RECONNECT_BACKOFF_MAX_MS="500")
+                    TG_BUS__KAFKA__START_WAIT_MS="200", TG_BUS__KAFKA__RECONNECT_BACKOFF_MAX_MS="500",
+                    TG_BUS__KAFKA__HEALTH_CHECK_INTERVAL_MS="1000")
     gw = StartsUnready(env)
     workers: list[PipelineProcess] = []
     try:
@@ -87,11 +88,13 @@ def test_outage_refuses_retryably_and_sdk_retries_deliver_everything() -> None:
         clients.round()
         assert clients.sent.refused_exports == 0
 
-        # 3. Kafka goes away mid-traffic: quick 503 / UNAVAILABLE, the process stays, /readyz says why.
+        # 3. Kafka goes away: /readyz notices without traffic (health check), then requests get
+        # a quick 503 / UNAVAILABLE and the process stays up.
         broker.stop()
-        wait_for(lambda: post_traces(gw)[0] == 503, within=30, what="503 once Kafka is gone")
+        wait_for(lambda: gw.readyz()[0] == 503, within=30, what="/readyz 503 once Kafka is gone")
         status, why = gw.readyz()
-        assert status == 503 and "kafka" in why, (status, why)
+        assert "kafka" in why, why
+        assert post_traces(gw)[0] == 503
         assert grpc_traces(gw) == grpc.StatusCode.UNAVAILABLE
         assert gw.metric("gateway_kafka_produce_errors_total") > 0
         assert gw.proc is not None and gw.proc.poll() is None
