@@ -12,7 +12,15 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from gateway.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
-from gateway.wire import WireError, encode_varint, prepare, split, split_spans_by_trace_id
+from gateway.wire import (
+    WireError,
+    encode_attributes,
+    encode_varint,
+    prepare,
+    read_varint,
+    split,
+    split_spans_by_trace_id,
+)
 from tests.otlp_payloads import REQUEST_TYPES, item_count, kv, payload, request
 
 ATTRS = ((ATTR_TENANT, "acme"), (ATTR_CORRELATION, "01927f6e-0000-7000-8000-000000000001"))
@@ -337,3 +345,30 @@ def test_dropped_resource_counts_items_of_every_scope() -> None:
     prepared = prepare(Signal.LOGS, _wrap(1, rl), ATTRS)
     assert (prepared.items, prepared.rejected_items) == (0, 3 + 4 + 3)
     assert "resource_logs[0].scope_logs[1].log_records: field 2: length 5" in prepared.error
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 4095, 4096, 16383, 16384, 2**32, 2**63, 2**64 - 1])
+def test_varint_round_trip(value: int) -> None:
+    data = encode_varint(value)
+    assert read_varint(data, 0, len(data)) == (value, len(data))
+    assert data == _proto_varint(value)
+
+
+def test_varint_errors() -> None:
+    with pytest.raises(ValueError):
+        encode_varint(-1)
+    with pytest.raises(WireError, match="truncated"):
+        read_varint(b"\x80\x80", 0, 2)
+    with pytest.raises(WireError, match="longer than 10 bytes"):
+        read_varint(b"\xff" * 11, 0, 11)
+
+
+def test_encode_attributes_is_what_protobuf_writes() -> None:
+    res = Resource(attributes=[kv(ATTR_TENANT, "acme"), kv(ATTR_CORRELATION, "c-1")])
+    assert encode_attributes([(ATTR_TENANT, "acme"), (ATTR_CORRELATION, "c-1")]) == res.SerializeToString()
+
+
+def _proto_varint(value: int) -> bytes:
+    """The varint protobuf itself writes: AnyValue.int_value (int64) minus its one-byte tag."""
+    data: bytes = AnyValue(int_value=value if value < 2**63 else value - 2**64).SerializeToString()
+    return data[1:] if value else b"\x00"
