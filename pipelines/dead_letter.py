@@ -55,7 +55,7 @@ class KafkaDeadLetter:
     async def start(self) -> None:
         if self._cfg.create_topics:
             await ensure_topics(self._cfg, [self.topic])
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=self._cfg.bootstrap_servers,
             client_id=f"{self._cfg.client_id}-dlq-{self._sink}",
             acks="all",
@@ -63,7 +63,12 @@ class KafkaDeadLetter:
             max_request_size=self._cfg.max_message_bytes + 64 * 1024,
             request_timeout_ms=self._cfg.request_timeout_ms,
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # the runner retries start(); leave no half-started client
+            raise
+        self._producer = producer
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
