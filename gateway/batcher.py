@@ -36,6 +36,11 @@ class _Open:
 
 
 class Batcher:
+    """Open batches per (signal, tenant), so every bus message holds one tenant (DESIGN.md
+    principle 2). ``on_flush(batch, seconds)`` observes each successful publish and
+    ``on_error(batch, exc)`` each failed one, for metrics; ``max_inflight`` bounds concurrent
+    publishes."""
+
     def __init__(self, publish: Callable[[Batch], Awaitable[None]], max_bytes: int, max_age_s: float,
                  on_flush: Callable[[Batch, float], None] | None = None, *, max_inflight: int = 8,
                  on_error: Callable[[Batch, BaseException], None] | None = None) -> None:
