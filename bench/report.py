@@ -98,7 +98,7 @@ def markdown(results: Sequence[RoundResult], verdicts: Sequence[Verdict], meta: 
     return "\n".join(lines) + "\n"
 
 
-def plot(results: Sequence[RoundResult], path: Path) -> bool:
+def plot(results: Sequence[RoundResult], path: Path, subtitle: str = "") -> bool:
     """Latency vs offered load (both systems) and throughput vs gateway workers; False if nothing to plot."""
     import matplotlib
 
@@ -123,11 +123,11 @@ def plot(results: Sequence[RoundResult], path: Path) -> bool:
     ax1.set_xlabel("offered load (thousand items/s)")
     ax1.set_ylabel("latency from intended send (ms, log)")
     ax1.set_yscale("log")
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
-    ax1.yaxis.set_major_formatter(plain)
-    ax1.yaxis.set_minor_formatter(plain)
+    ax1.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax1.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax1.yaxis.set_minor_formatter(NullFormatter())
     ax1.set_title("Latency vs offered load (open loop)")
     ax1.grid(True, which="both", alpha=0.3)
     if open_rounds:
@@ -148,6 +148,8 @@ def plot(results: Sequence[RoundResult], path: Path) -> bool:
     ax2.set_ylabel("throughput (thousand items/s, closed loop)")
     ax2.set_title("Throughput vs gateway workers (CPU used in cores)")
     ax2.margins(y=0.2)
+    if subtitle:
+        fig.suptitle(subtitle, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -176,6 +178,7 @@ def write_all(outdir: Path, results: Sequence[RoundResult], verdicts: Sequence[V
     paths = {"json": outdir / "report.json", "markdown": outdir / "report.md", "png": outdir / "plot.png"}
     paths["json"].write_text(json.dumps(doc, indent=2) + "\n")
     paths["markdown"].write_text(markdown(results, verdicts, meta, target_gaps))
-    if not plot(results, paths["png"]):
+    subtitle = f"{meta.get('generator', '')}; Collector config: {meta.get('collector_config', '?')}"
+    if not plot(results, paths["png"], subtitle if meta.get("generator") else ""):
         del paths["png"]
     return paths
