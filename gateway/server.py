@@ -19,6 +19,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -124,84 +125,132 @@ def _supervise(cfg: Config) -> int:
 def _run_worker(cfg: Config, index: int) -> int:
     import uvloop
 
-    uvloop.run(_serve(cfg, index))
-    return 0
+    try:
+        return uvloop.run(_serve(cfg, index))
+    except OSError as exc:  # a port in use, a data dir that cannot be created: say so, no traceback
+        log.error("worker %d cannot start: %s", index, exc)
+        return 1
 
 
-async def _serve(cfg: Config, index: int) -> None:
-    # Imported here, in the worker, after any fork (grpc) and after PROMETHEUS_MULTIPROC_DIR.
-    from gateway.admin import Admin
-    from gateway.batcher import Batcher
-    from gateway.bus.factory import make_bus
-    from gateway.bus.memory import MemoryBus
-    from gateway.ingest import Ingest, observe_flush
-    from gateway.receivers import httpserver, otlp_grpc
-    from gateway.receivers.otlp_http import OtlpHttp
-    from gateway.tenancy import Authenticator, RateLimiter
-    from pipelines.pipeline import Pipeline
-    from pipelines.sinks.file import FileSink
-
+async def _serve(cfg: Config, index: int) -> int:
+    """Run one worker until SIGTERM/SIGINT (exit 0) or until its embedded pipeline fails (1)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for s in _SIGNALS:
         loop.add_signal_handler(s, stop.set)
-    server_cfg = cfg.server
-    workers = server_cfg.workers
-    reuse_port = workers > 1
-
-    bus = make_bus(cfg)
-    await bus.start()
-    pipeline: Pipeline | None = None
-    source: MemorySource | None = None
-    pipeline_task: asyncio.Task[None] | None = None
-    sink: FileSink | None = None
-    if isinstance(bus, MemoryBus) and cfg.embedded_pipeline:
-        sink = FileSink(cfg.pipelines.file.data_dir, suffix=f"-w{index}" if workers > 1 else "")
-        await sink.start()
-        source = bus.source()
-        pipeline = Pipeline(source, sink, max_records=cfg.pipelines.max_inflight_records)
-        pipeline_task = loop.create_task(pipeline.run())
-
-    batcher = Batcher(bus.publish, cfg.batch.max_bytes, cfg.batch.max_age_ms / 1000, observe_flush)
-    ingest = Ingest(cfg, batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits))
-    listening = False
-
-    def readiness() -> tuple[bool, str]:
-        if not listening:
-            return False, "receivers not listening"
-        return bus.readiness()
-
-    admin_server = await Admin(readiness).serve(cfg.admin.host, cfg.admin.port, reuse_port=reuse_port)
-    grpc_server, grpc_port = await otlp_grpc.serve(ingest, server_cfg, reuse_port=reuse_port)
-    otlp_http = OtlpHttp(ingest, server_cfg)
-    http_server = await httpserver.serve(otlp_http, server_cfg.host, server_cfg.http_port,
-                                         max_body=server_cfg.max_request_bytes,
-                                         too_large=otlp_http.too_large, reuse_port=reuse_port)
-    listening = True
-    if index == 0:
-        where = (f"sink: files under {sink.data_dir}/<tenant>/<signal>"
-                 f"{'-w<worker>' if workers > 1 else ''}.jsonl" if sink else f"bus: {cfg.bus.kind}")
-        log.info("telemetry-gateway listening: OTLP/gRPC %s:%d, OTLP/HTTP %s:%d, admin http://%s:%d "
-                 "(/metrics /healthz /readyz); workers %d; %s",
-                 server_cfg.host, grpc_port, server_cfg.host, http_server.port,
-                 cfg.admin.host, admin_server.port, workers, where)
-
+    worker = _Worker(cfg, index, stop)
+    await worker.start()
     await stop.wait()
-    log.info("worker %d stopping: closing receivers, flushing", index)
-    listening = False
-    ingest.close_intake()
-    await asyncio.gather(http_server.shutdown(grace_s=5.0), grpc_server.stop(grace=5.0))
-    await batcher.close()
-    if pipeline is not None and pipeline_task is not None and source is not None:
-        assert isinstance(bus, MemoryBus)
-        await _drain(source, bus)
-        pipeline.stop()
-        await pipeline_task
-    if sink is not None:
-        await sink.stop()
-    await bus.stop()
-    await admin_server.shutdown(grace_s=1.0)
-    log.info("worker %d stopped", index)
+    await worker.stop()
+    return 1 if worker.failed else 0
+
+
+class _Worker:
+    """Receivers, batcher, bus and (embedded) pipeline of one process, started and stopped in order."""
+
+    def __init__(self, cfg: Config, index: int, stop: asyncio.Event) -> None:
+        # Imported here, in the worker, after any fork (grpc) and after PROMETHEUS_MULTIPROC_DIR.
+        from gateway.batcher import Batcher
+        from gateway.bus.factory import make_bus
+        from gateway.ingest import Ingest, observe_flush
+        from gateway.tenancy import Authenticator, RateLimiter
+
+        self.cfg = cfg
+        self.index = index
+        self.failed = False
+        self._stop = stop
+        self._listening = False
+        self.bus = make_bus(cfg)
+        self.batcher = Batcher(self.bus.publish, cfg.batch.max_bytes, cfg.batch.max_age_ms / 1000,
+                               observe_flush)
+        self.ingest = Ingest(cfg, self.batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits))
+        self._embedded: _Embedded | None = None
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._listening:
+            return False, "receivers not listening"
+        return self.bus.readiness()
+
+    async def start(self) -> None:
+        from gateway.admin import Admin
+        from gateway.bus.memory import MemoryBus
+        from gateway.receivers import httpserver, otlp_grpc
+        from gateway.receivers.otlp_http import OtlpHttp
+
+        cfg, server_cfg = self.cfg, self.cfg.server
+        reuse_port = server_cfg.workers > 1
+        await self.bus.start()
+        if isinstance(self.bus, MemoryBus) and cfg.embedded_pipeline:
+            self._embedded = _Embedded(cfg, self.index, self.bus)
+            await self._embedded.start(on_failure=self._pipeline_failed)
+        self.admin = await Admin(self.readiness).serve(cfg.admin.host, cfg.admin.port, reuse_port=reuse_port)
+        self.grpc, grpc_port = await otlp_grpc.serve(self.ingest, server_cfg, reuse_port=reuse_port)
+        otlp_http = OtlpHttp(self.ingest, server_cfg)
+        self.http = await httpserver.serve(otlp_http, server_cfg.host, server_cfg.http_port,
+                                           max_body=server_cfg.max_request_bytes,
+                                           too_large=otlp_http.too_large, reuse_port=reuse_port)
+        self._listening = True
+        if self.index == 0:
+            log.info("telemetry-gateway listening: OTLP/gRPC %s:%d, OTLP/HTTP %s:%d, admin http://%s:%d "
+                     "(/metrics /healthz /readyz); workers %d; %s",
+                     server_cfg.host, grpc_port, server_cfg.host, self.http.port, cfg.admin.host,
+                     self.admin.port, server_cfg.workers,
+                     self._embedded.describe() if self._embedded else f"bus: {cfg.bus.kind}")
+
+    def _pipeline_failed(self) -> None:
+        """The embedded sink cannot write: accepting more would only fill memory. Stop, exit 1."""
+        self.failed = True
+        self._stop.set()
+
+    async def stop(self) -> None:
+        log.info("worker %d stopping: closing receivers, flushing", self.index)
+        self._listening = False
+        self.ingest.close_intake()
+        await asyncio.gather(self.http.shutdown(grace_s=5.0), self.grpc.stop(grace=5.0))
+        await self.batcher.close()
+        if self._embedded is not None:
+            await self._embedded.stop()
+        await self.bus.stop()
+        await self.admin.shutdown(grace_s=1.0)
+        log.info("worker %d stopped", self.index)
+
+
+class _Embedded:
+    """Memory bus -> file sink pipeline inside the gateway process (the embedded default)."""
+
+    def __init__(self, cfg: Config, index: int, bus: MemoryBus) -> None:
+        from pipelines.pipeline import Pipeline
+        from pipelines.sinks.file import FileSink
+
+        self._bus = bus
+        self._many = cfg.server.workers > 1
+        self.sink = FileSink(cfg.pipelines.file.data_dir, suffix=f"-w{index}" if self._many else "")
+        self.source = bus.source()
+        self.pipeline = Pipeline(self.source, self.sink, max_records=cfg.pipelines.max_inflight_records)
+        self._task: asyncio.Task[None] | None = None
+
+    def describe(self) -> str:
+        return (f"sink: files under {self.sink.data_dir}/<tenant>/<signal>"
+                f"{'-w<worker>' if self._many else ''}.jsonl")
+
+    async def start(self, on_failure: Callable[[], None]) -> None:
+        await self.sink.start()
+        self._task = asyncio.get_running_loop().create_task(self.pipeline.run())
+
+        def check(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("embedded pipeline failed; stopping the worker", exc_info=task.exception())
+                on_failure()
+
+        self._task.add_done_callback(check)
+
+    async def stop(self) -> None:
+        """Let the pipeline write what the bus holds (bounded), then stop it and close the files."""
+        if self._task is not None and not self._task.done():
+            await _drain(self.source, self._bus)
+            self.pipeline.stop()
+            await asyncio.wait((self._task,))
+        await self.sink.stop()
 
 
 async def _drain(source: MemorySource, bus: MemoryBus) -> None:
