@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from gateway.bus.base import Batch, BusRecord
+from gateway.bus.base import Batch, BusRecord, BusUnavailable
 from gateway.signals import Signal
 
 
 class MemoryBus:
     """Producer and log. One consumer per sink reads it through ``source()``."""
 
-    def __init__(self, topic_prefix: str = "otlp_", max_records: int = 100_000) -> None:
+    def __init__(self, topic_prefix: str = "otlp_", max_records: int = 10_000,
+                 full_wait_s: float = 5.0) -> None:
         self._prefix = topic_prefix
+        # The log is the only buffer between ingest and a slower sink: bound it, and make a full
+        # log push back on publishers (their clients wait, then get a retryable refusal) rather
+        # than grow until the process runs out of memory.
         self._max_records = max_records
+        self._full_wait_s = full_wait_s
         self._log: list[BusRecord] = []
         self._base = 0  # offset of self._log[0]
         self._changed = asyncio.Condition()
@@ -32,20 +37,32 @@ class MemoryBus:
         return None
 
     def readiness(self) -> tuple[bool, str]:
+        if len(self._log) >= self._max_records:
+            return False, "memory bus full: the sink is behind"
         return True, "memory bus"
 
     async def publish(self, batch: Batch) -> None:
-        offset = self._base + len(self._log)
-        rec = BusRecord(
-            topic=batch.signal.topic(self._prefix),
-            partition=0,
-            offset=offset,
-            key=batch.tenant.encode(),
-            value=batch.payload,
-            headers={k: v.decode() for k, v in batch.headers()},
-            signal=batch.signal,
-        )
+        headers = {k: v.decode() for k, v in batch.headers()}
         async with self._changed:
+            if len(self._log) >= self._max_records:
+                try:
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: len(self._log) < self._max_records), self._full_wait_s
+                    )
+                except TimeoutError:
+                    raise BusUnavailable(
+                        f"memory bus full ({self._max_records} batches not yet written by the sink)"
+                    ) from None
+            # The offset is taken under the lock, so concurrent publishers never share one.
+            rec = BusRecord(
+                topic=batch.signal.topic(self._prefix),
+                partition=0,
+                offset=self.end_offset,
+                key=batch.tenant.encode(),
+                value=batch.payload,
+                headers=headers,
+                signal=batch.signal,
+            )
             self._log.append(rec)
             self._trim()
             self._changed.notify_all()

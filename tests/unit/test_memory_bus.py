@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.bus.base import Batch
+import pytest
+
+from gateway.bus.base import Batch, BusUnavailable
 from gateway.bus.memory import MemoryBus
 from gateway.signals import Signal
 
@@ -51,3 +53,17 @@ async def test_signal_filter_commits_past_records_it_does_not_want() -> None:
     assert [r.signal for r in recs] == [Signal.TRACES]
     await traces_only.commit(recs)
     assert traces_only.committed == 2
+
+
+async def test_full_log_pushes_back_then_refuses_retryably() -> None:
+    bus = MemoryBus(max_records=2, full_wait_s=0.05)
+    src = bus.source()
+    await bus.publish(_batch(Signal.TRACES, 1))
+    await bus.publish(_batch(Signal.TRACES, 1))
+    assert bus.readiness()[0] is False
+    with pytest.raises(BusUnavailable, match="full"):
+        await bus.publish(_batch(Signal.TRACES, 1))
+    # Once the sink catches up, publishing resumes with offsets that keep counting.
+    await src.commit(await src.getmany(10, 10))
+    await bus.publish(_batch(Signal.TRACES, 1))
+    assert [r.offset for r in await src.getmany(10, 10)] == [2]
