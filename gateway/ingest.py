@@ -74,12 +74,16 @@ class Ingest:
         """The client's valid ``x-correlation-id`` or a new one; receivers echo it back."""
         return correlation.accept(headers.get(CORRELATION_HEADER)) or correlation.new_id()
 
-    def refuse(self, signal: Signal, transport: str, reason: Reason, message: str,
+    def refuse(self, signal: Signal | None, transport: str, reason: Reason, message: str,
                correlation_id: str, *, items: int = 0, retry_after_s: float | None = None) -> Outcome:
-        """Count a refusal and describe it; receivers use it for protocol-level refusals too."""
-        metrics.refused_requests.labels(signal.value, transport, reason).inc()
+        """Count a refusal and describe it; receivers use it for protocol-level refusals too.
+
+        ``signal`` is None for requests to no known signal (HTTP 404): labelled ``unknown``.
+        """
+        label = signal.value if signal is not None else "unknown"
+        metrics.refused_requests.labels(label, transport, reason).inc()
         if items:
-            metrics.refused_items.labels(signal.value, reason).inc(items)
+            metrics.refused_items.labels(label, reason).inc(items)
         return Outcome(correlation_id, refused=reason, message=message, retry_after_s=retry_after_s)
 
     async def ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,

@@ -35,11 +35,10 @@ class OtlpHttp:
 
     async def __call__(self, req: Request) -> Response:
         signal = _PATHS.get(req.path)
-        sig = signal or Signal.TRACES  # metric label for requests to unknown paths
         cid = self._ingest.correlation_id(req.headers)
         as_json = _media_type(req.headers) == JSON
         if signal is None:
-            return self._refuse(sig, "not_found", f"no OTLP endpoint at {req.path}", cid, as_json)
+            return self._refuse(None, "not_found", f"no OTLP endpoint at {req.path}", cid, as_json)
         if req.method != "POST":
             resp = self._refuse(signal, "method_not_allowed", f"{req.method} not allowed, use POST", cid,
                                 as_json)
@@ -67,32 +66,41 @@ class OtlpHttp:
             except WireError as exc:
                 return self._refuse(signal, "malformed", str(exc), cid, True)
         outcome = await self._ingest.ingest(signal, TRANSPORT, req.headers, body, cid)
-        return _render(signal, outcome, as_json)
+        if outcome.refused is not None:
+            return _render_refusal(outcome, as_json)
+        return _render_ok(signal, outcome, as_json)
 
     def too_large(self, path: str, headers: dict[str, str]) -> Response:
         """Hook for bodies refused while still arriving (declared or actual size over the cap)."""
-        signal = _PATHS.get(path, Signal.TRACES)
+        signal = _PATHS.get(path)
         cid = self._ingest.correlation_id(headers)
         return self._refuse(signal, "too_large", f"request body exceeds {self._max_body} bytes", cid,
                             _media_type(headers) == JSON)
 
-    def _refuse(self, signal: Signal, reason: Reason, message: str, cid: str, as_json: bool) -> Response:
-        return _render(signal, self._ingest.refuse(signal, TRANSPORT, reason, message, cid), as_json)
+    def _refuse(self, signal: Signal | None, reason: Reason, message: str, cid: str,
+                as_json: bool) -> Response:
+        return _render_refusal(self._ingest.refuse(signal, TRANSPORT, reason, message, cid), as_json)
 
 
 def _media_type(headers: dict[str, str]) -> str:
     return headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def _render(signal: Signal, outcome: Outcome, as_json: bool) -> Response:
+def _render_refusal(outcome: Outcome, as_json: bool) -> Response:
+    """Error status, google.rpc.Status body in the request's encoding, Retry-After if retryable."""
+    assert outcome.refused is not None
+    headers = [(CORRELATION_HEADER, outcome.correlation_id)]
+    if outcome.retry_after_s is not None:
+        headers.append(("Retry-After", str(max(1, round(outcome.retry_after_s)))))
+    st = rpc_status(outcome.refused, outcome.message, outcome.retry_after_s)
+    body = json_format.MessageToJson(st, indent=None).encode() if as_json else st.SerializeToString()
+    return Response(HTTP_STATUS[outcome.refused], body, JSON if as_json else PROTOBUF, headers)
+
+
+def _render_ok(signal: Signal, outcome: Outcome, as_json: bool) -> Response:
+    """200 with the Export*ServiceResponse (partial_success when items were rejected)."""
     headers = [(CORRELATION_HEADER, outcome.correlation_id)]
     ctype = JSON if as_json else PROTOBUF
-    if outcome.refused is not None:
-        if outcome.retry_after_s is not None:
-            headers.append(("Retry-After", str(max(1, round(outcome.retry_after_s)))))
-        st = rpc_status(outcome.refused, outcome.message, outcome.retry_after_s)
-        body = json_format.MessageToJson(st, indent=None).encode() if as_json else st.SerializeToString()
-        return Response(HTTP_STATUS[outcome.refused], body, ctype, headers)
     if as_json:
         return Response(200, otlp_json.response_json(outcome.rejected_items, outcome.message, signal),
                         ctype, headers)
