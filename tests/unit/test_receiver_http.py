@@ -231,3 +231,24 @@ async def test_bus_unavailable_is_503_with_retry_after() -> None:
     st.ParseFromString(resp.body)
     assert "broker gone" in st.message
     await batcher.close()
+
+
+def _chunked(body: bytes, size: int) -> bytes:
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+async def test_chunked_body_and_its_cap(handler: tuple[OtlpHttp, MemoryBus]) -> None:
+    h, bus = handler
+    server = HttpServer(h, max_body=4096, too_large=h.too_large)
+    head = (b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    proto, t = _connect(server)
+    proto.data_received(head + _chunked(spans(2), 7))
+    await _settle(t, b"HTTP/1.1 200 OK")
+    assert bus.end_offset == 1
+
+    proto, t = _connect(server)
+    proto.data_received(head + _chunked(b"\x0a" * 5000, 1000))  # no Content-Length to check first
+    assert t.out.startswith(b"HTTP/1.1 413 ") and t.closed
+    assert bus.end_offset == 1
