@@ -55,6 +55,19 @@ def tree_pids(root: int, proc: Path = Path("/proc")) -> list[int]:
     return out
 
 
+def machine_cpu(proc: Path = Path("/proc")) -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from the ``cpu`` line of /proc/stat.
+
+    Over a window it says whether the box itself was saturated: on a small machine the broker
+    and the generator compete with the system under test, and a flat scaling curve with the
+    machine at 100 % is a finding about the machine, not about the gateway.
+    """
+    fields = [int(x) for x in (proc / "stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return (total - idle) / _CLK_TCK, total / _CLK_TCK
+
+
 @dataclass
 class TreeSample:
     cpu_s: float
@@ -87,6 +100,8 @@ class TreeMonitor:
         self.peak_rss_kib = 0
         self.peak_hwm_kib = 0
         self.pids = 0
+        self._machine_start = (0.0, 0.0)
+        self.machine_busy_cores = 0.0
 
     def sample(self) -> TreeSample:
         s = sample_tree(self.root)
@@ -99,8 +114,14 @@ class TreeMonitor:
         s = self.sample()
         if edge == "start":
             self.cpu_start = s.cpu_s
+            self._machine_start = machine_cpu()
         else:
             self.cpu_end = s.cpu_s
+            busy, total = machine_cpu()
+            elapsed = total - self._machine_start[1]
+            cores = os.cpu_count() or 1
+            share = (busy - self._machine_start[0]) / elapsed if elapsed > 0 else 0.0
+            self.machine_busy_cores = share * cores
 
     @property
     def cpu_s(self) -> float:

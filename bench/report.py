@@ -56,6 +56,11 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else 0.0
 
 
+def _cores(r: RoundResult) -> str:
+    own = r.cpu_s / r.duration_s if r.duration_s else 0.0
+    return f"{own:.2f} ({r.machine_busy_cores:.2f})"
+
+
 def _fmt(v: float, digits: int = 0) -> str:
     return f"{v:,.{digits}f}"
 
@@ -67,9 +72,9 @@ def markdown(results: Sequence[RoundResult], verdicts: Sequence[Verdict], meta: 
                  f"git {meta.get('git', '?')}.")
     lines += ["", "## Rounds", "",
               "| scenario | system | workers | offered items/s | items/s | MB/s | items/CPU-s | "
-              "p50 ms | p90 ms | p99 ms | p99.9 ms | peak RSS MiB | errors | acked / delivered "
-              "| loss check |",
-              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+              "p50 ms | p90 ms | p99 ms | p99.9 ms | peak RSS MiB | cores used (machine) | errors "
+              "| acked / delivered | loss check |",
+              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in results:
         lat = r.latency_ms
         errors = sum(r.errors.values())
@@ -78,7 +83,8 @@ def markdown(results: Sequence[RoundResult], verdicts: Sequence[Verdict], meta: 
             f"{_fmt(r.offered_items_per_s) if r.offered_items_per_s else 'max'} | {_fmt(r.items_per_s)} | "
             f"{_fmt(r.bytes_per_s / 1e6, 1)} | {_fmt(r.items_per_cpu_s)} | {lat.get('p50', 0):.1f} | "
             f"{lat.get('p90', 0):.1f} | {lat.get('p99', 0):.1f} | {lat.get('p99.9', 0):.1f} | "
-            f"{_fmt(r.peak_rss_mib)} | {errors} | {_fmt(r.acked_items)} / {_fmt(r.delivered_items)} | "
+            f"{_fmt(r.peak_rss_mib)} | {_cores(r)} | {errors} | "
+            f"{_fmt(r.acked_items)} / {_fmt(r.delivered_items)} | "
             f"{'ok' if r.loss_ok else 'LOST ' + _fmt(r.acked_items - r.delivered_items)} |")
     rs = ratios(results)
     if rs:

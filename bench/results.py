@@ -31,6 +31,7 @@ class RoundResult:
     errors: dict[str, int] = field(default_factory=dict)
     late_sends: int = 0
     generator_cores: float = 0.0  # CPU the load generator used, in cores, over its whole run
+    machine_busy_cores: float = 0.0  # CPU the whole machine used in the window (broker, others...)
     topic_prefix: str = ""
     notes: list[str] = field(default_factory=list)
 

@@ -95,7 +95,8 @@ def run_round(env: Environment, plan: RoundPlan, index: int) -> RoundResult:
     result = _result(plan, env, load, totals, monitor, delivered, prefix)
     if not env.quiet:
         line.finish(f"{result.items_per_s:,.0f} items/s  p99 {result.p99_ms:.1f} ms  "
-                    f"cpu {result.cpu_s:.1f}s (generator {result.generator_cores:.2f} cores)  "
+                    f"cpu {result.cpu_s:.1f}s (generator {result.generator_cores:.2f}, "
+                    f"machine {result.machine_busy_cores:.2f} cores)  "
                     f"rss {result.peak_rss_mib:.0f} MiB  "
                     f"errors {sum(result.errors.values())}  "
                     f"delivered {result.delivered_items:,}/{result.acked_items:,} "
@@ -131,6 +132,7 @@ def _result(plan: RoundPlan, env: Environment, load: LoadSpec, totals: WorkerTot
         sent_items=totals.sent_items, acked_items=totals.acked_items, delivered_items=delivered,
         errors=dict(totals.errors), late_sends=totals.late_sends, topic_prefix=prefix,
         generator_cores=round(totals.cpu_s / (load.warmup_s + dur), 2),
+        machine_busy_cores=round(monitor.machine_busy_cores, 2),
     )
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
 from bench.histogram import LatencyHistogram, bucket_of, bucket_value
 from bench.loadgen import WorkerTotals
 from bench.payloads import PayloadShape, build, build_ring, count_items
-from bench.procstat import parse_stat, parse_status_kib
+from bench.procstat import machine_cpu, parse_stat, parse_status_kib
 from bench.schedule import intended_times, offset_for, per_process_rate
 from bench.systems import count_json_items
 from gateway.signals import Signal
@@ -152,3 +153,10 @@ def test_worker_totals_add_and_round_trip() -> None:
     back = WorkerTotals.from_dict(a.to_dict())
     assert (back.sent_items, back.acked_items, back.errors["grpc UNAVAILABLE"]) == (15, 13, 1)
     assert back.hist.count == 1
+
+
+def test_machine_cpu_counts_idle_and_iowait_as_not_busy(tmp_path: Path) -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice (clock ticks)
+    (tmp_path / "stat").write_text("cpu  300 0 100 500 100 0 0 0 50 0\ncpu0 1 2 3 4\n")
+    busy, total = machine_cpu(tmp_path)
+    assert (busy, total) == pytest.approx((400 / 100, 1000 / 100))
