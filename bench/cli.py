@@ -70,6 +70,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="base Collector config (default: bench/collector-otlp-kafka.yaml; "
                         "bench/collector-otlp-kafka-durable.yaml acks after Kafka like the gateway)")
     s.add_argument("--keep-topics", action="store_true", help="leave each round's Kafka topics in place")
+    s.add_argument("--gateway-env", action="append", default=[], metavar="TG_KEY=VALUE",
+                   help="extra gateway configuration override, e.g. TG_BATCH__MAX_AGE_MS=5 (repeatable)")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=Path("bench-results"), help="results root directory")
     o.add_argument("--targets", type=Path, default=TARGETS_PATH)
@@ -100,7 +102,8 @@ def main(ns: argparse.Namespace) -> int:
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     env = Environment(outdir=ns.out / stamp, run_id=stamp.lower(), bus=ns.bus, bootstrap=ns.bootstrap,
                       jaeger_bin=ns.jaeger_bin or default_jaeger_bin(), collector_config=ns.collector_config,
-                      keep_topics=ns.keep_topics, quiet=ns.quiet)
+                      keep_topics=ns.keep_topics, quiet=ns.quiet,
+                      gateway_env=dict(kv.split("=", 1) for kv in ns.gateway_env if "=" in kv))
     try:
         targets = {} if ns.no_targets else load_targets(ns.targets)
     except (OSError, TargetsError) as exc:
@@ -140,7 +143,7 @@ def _finish(ns: argparse.Namespace, env: Environment, started: dt.datetime, resu
     gaps = gaps_to_collector(targets, results)
     meta = {
         "started": started.isoformat(timespec="seconds"), "command": ns.bench_command, "cpus": os.cpu_count(),
-        "git": _git_rev(), "bus": env.bus,
+        "git": _git_rev(), "bus": env.bus, "gateway_env": env.gateway_env,
         "generator": f"{base.processes} process(es) x {base.concurrency} in flight, {base.transport}, "
                      f"{base.shape.items} {base.signal.value} items/request, warm-up {base.warmup_s:g}s, "
                      f"measured {base.duration_s:g}s",
