@@ -38,9 +38,9 @@ def _services(names: list[str], brokers: int | None) -> list[Service]:
     return [_make(n, settings, brokers) for n in ORDER if not names or n in names]
 
 
-def _fail(svc: Service, reason: str) -> int:
+def _fail(svc: Service, reason: str, logs: bool = True) -> int:
     print(f"\nstack/up: {svc.name} did not come up: {reason}", file=sys.stderr)
-    for unit in svc.units():
+    for unit in svc.units() if logs else []:
         print(f"--- last lines of {unit.log} ---\n{procs.log_tail(unit.log)}", file=sys.stderr)
     return 1
 
@@ -74,10 +74,10 @@ def _wait_healthy(services: list[Service], timeout: float) -> int:
     while pending:
         for svc in list(pending):
             for unit in svc.units():
-                pid = procs.running_pid(unit)
-                if pid is None:
-                    return _fail(svc, f"process {unit.name} is gone")
-                status = procs.exit_status(pid)
+                pid = procs.recorded_pid(unit)
+                status = procs.exit_status(pid) if pid else "has no pid file"
+                if status == "running" and procs.running_pid(unit) is None:
+                    status = "is gone"
                 if status != "running":
                     return _fail(svc, f"process {unit.name} (pid {pid}) {status}")
             health = svc.health()
@@ -108,8 +108,8 @@ def up(ns: argparse.Namespace) -> int:
             svc.install()
             if _start(svc):
                 to_wait.append(svc)
-        except RuntimeError as exc:
-            return _fail(svc, str(exc))
+        except RuntimeError as exc:  # install or pre-start failure: its message says it all
+            return _fail(svc, str(exc), logs=False)
     code = _wait_healthy(to_wait, svc.s.start_timeout if services else 0)
     if code == 0:
         print(f"stack/up: all healthy in {time.monotonic() - began:.0f}s")

@@ -8,7 +8,7 @@ from pathlib import Path
 from .procs import run_logged
 from .settings import Settings
 
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+_POM = """<project>
   <modelVersion>4.0.0</modelVersion>
   <groupId>stack.local</groupId>
   <artifactId>{artifact}-runtime</artifactId>

@@ -45,14 +45,24 @@ def _start_time(pid: int) -> str | None:
     return fields[19]
 
 
-def running_pid(unit: Unit) -> int | None:
-    """The pid of the unit if the process recorded in its pid file is still that process."""
+def _recorded(unit: Unit) -> tuple[int, str] | None:
     try:
         pid_s, started = unit.pidfile.read_text().split()
-        pid = int(pid_s)
+        return int(pid_s), started
     except (OSError, ValueError):
         return None
-    return pid if _start_time(pid) == started else None
+
+
+def recorded_pid(unit: Unit) -> int | None:
+    """The pid in the unit's pid file, alive or not."""
+    rec = _recorded(unit)
+    return rec[0] if rec else None
+
+
+def running_pid(unit: Unit) -> int | None:
+    """The pid of the unit if the process recorded in its pid file is still that process."""
+    rec = _recorded(unit)
+    return rec[0] if rec and _start_time(rec[0]) == rec[1] else None
 
 
 def group_members(pgid: int) -> list[int]:
