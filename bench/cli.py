@@ -134,11 +134,12 @@ def main(ns: argparse.Namespace) -> int:
     except StartError as exc:
         print(f"\nbench: {exc}", file=sys.stderr)
         return 2
-    return _finish(ns, env, started, results, targets, base)
+    return finish_run(ns, env, started, results, targets, base)
 
 
-def _finish(ns: argparse.Namespace, env: Environment, started: dt.datetime, results: list[RoundResult],
-            targets: dict[str, Any], base: LoadSpec) -> int:
+def finish_run(ns: argparse.Namespace, env: Environment, started: dt.datetime, results: list[RoundResult],
+               targets: dict[str, Any], base: LoadSpec) -> int:
+    """Judge, write the report, print the table and every failure; 1 if a target or loss check failed."""
     verdicts = evaluate(targets, results)
     gaps = gaps_to_collector(targets, results)
     meta = {
@@ -147,9 +148,7 @@ def _finish(ns: argparse.Namespace, env: Environment, started: dt.datetime, resu
         "generator": f"{base.processes} process(es) x {base.concurrency} in flight, {base.transport}, "
                      f"{base.shape.items} {base.signal.value} items/request, warm-up {base.warmup_s:g}s, "
                      f"measured {base.duration_s:g}s",
-        "collector_config": str((env.collector_config or base_collector_config_path()).relative_to(REPO_ROOT))
-        if (env.collector_config or base_collector_config_path()).is_relative_to(REPO_ROOT) else
-        str(env.collector_config),
+        "collector_config": _shown(env.collector_config or base_collector_config_path()),
     }
     paths = write_all(env.outdir, results, verdicts, meta, gaps)
     print((env.outdir / "report.md").read_text())
@@ -170,6 +169,12 @@ def _finish(ns: argparse.Namespace, env: Environment, started: dt.datetime, resu
             failed = True
             print(f"TARGET MISSED: {v.describe()}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _shown(path: Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it (no machine paths)."""
+    full = path.resolve()
+    return str(full.relative_to(REPO_ROOT)) if full.is_relative_to(REPO_ROOT) else path.name
 
 
 def _micro(extra: list[str]) -> int:

@@ -39,8 +39,10 @@ def run_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
 
 
 def assert_delivered(doc: dict[str, Any]) -> dict[str, Any]:
+    """The one round's figures, after checking its loss check was exact and nothing failed."""
     assert doc["loss_check_ok"] is True
     (r,) = doc["rounds"]
+    assert isinstance(r, dict)
     assert r["acked_items"] > 0, r
     assert r["errors"] == {}, r
     assert r["delivered_items"] == r["acked_items"], r  # exactly: no loss and, here, no retries

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,12 +137,12 @@ def test_default_payload_is_an_sdk_sized_batch() -> None:
 
 
 def test_json_item_count_follows_the_otlp_json_mapping() -> None:
-    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [{}, {}]}, {"spans": [{}]}]}]}
+    doc: dict[str, Any] = {"resourceSpans": [{"scopeSpans": [{"spans": [{}, {}]}, {"spans": [{}]}]}]}
     assert count_json_items(Signal.TRACES, doc) == 3
-    metrics = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [
+    metrics: dict[str, Any] = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [
         {"gauge": {"dataPoints": [{}, {}]}}, {"histogram": {"dataPoints": [{}]}}]}]}]}
     assert count_json_items(Signal.METRICS, metrics) == 3
-    logs = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{}]}]}]}
+    logs: dict[str, Any] = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{}]}]}]}
     assert count_json_items(Signal.LOGS, logs) == 1
 
 
