@@ -18,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from bench.loadgen import LoadSpec
 from bench.payloads import PayloadShape
 from bench.report import write_all
@@ -131,8 +133,10 @@ def main(ns: argparse.Namespace) -> int:
             if gw1 is not None and gw1.items_per_s > 0 and loads:
                 plans = open_plan(base, gw1.items_per_s, loads, with_collector=with_collector)
                 results += run_plans(env, plans, first_index=len(results))
-    except StartError as exc:
-        print(f"\nbench: {exc}", file=sys.stderr)
+    except (StartError, RuntimeError, OSError, KafkaError) as exc:
+        # A system that would not start, a generator that could not connect, Kafka not there:
+        # the run says what and stops, with everything it started already stopped.
+        print(f"\nbench: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return finish_run(ns, env, started, results, targets, base)
 
