@@ -48,7 +48,7 @@ def _fail(svc: Service, reason: str, logs: bool = True) -> int:
 def _start(svc: Service) -> bool:
     """Start ``svc`` unless it already runs; True when it has yet to become healthy."""
     others = [u for u in svc.all_units() if u not in svc.units()]
-    for unit, pid, took in procs.stop(others):
+    for unit, pid, took in procs.stop(others, svc.stop_grace()):
         print(f"{svc.name}: stopped {unit.name} (pid {pid}) of the other layout in {took:.1f}s", flush=True)
     running = [procs.running_pid(u) for u in svc.units()]
     if all(running):
@@ -56,7 +56,7 @@ def _start(svc: Service) -> bool:
         state = "healthy" if health.ok else f"starting ({health.detail})"
         print(f"{svc.name}: already running, {state} (pid {', '.join(map(str, running))})", flush=True)
         return not health.ok
-    procs.stop(svc.units())  # a half-running layout is restarted whole
+    procs.stop(svc.units(), svc.stop_grace())  # a half-running layout is restarted whole
     busy = [p for p in svc.ports() if probes.port_open(svc.s.host, p)]
     if busy:
         raise RuntimeError(f"port(s) {', '.join(map(str, busy))} on {svc.s.host} are taken by a process "
@@ -121,7 +121,7 @@ def up(ns: argparse.Namespace) -> int:
 def down(ns: argparse.Namespace) -> int:
     leftovers = []
     for svc in reversed(_services(ns.services, None)):
-        for unit, pid, took in procs.stop(svc.all_units()):
+        for unit, pid, took in procs.stop(svc.all_units(), svc.stop_grace()):
             print(f"{svc.name}: stopped {unit.name} (pid {pid}) in {took:.1f}s", flush=True)
             leftovers += procs.group_members(pid)
     if leftovers:

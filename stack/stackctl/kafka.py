@@ -76,6 +76,14 @@ class Kafka(Service):
     def all_units(self) -> list[Unit]:
         return self._units(1) + self._units(3)
 
+    def stop_grace(self) -> float:
+        """Short when a cluster lost nodes: the survivors wait for a quorum that is not coming."""
+        for brokers in (1, 3):
+            alive = [running_pid(u) is not None for u in self._units(brokers)]
+            if any(alive) and not all(alive):
+                return 5.0
+        return 30.0
+
     def running_layout(self) -> int:
         return 3 if any(running_pid(u) for u in self._units(3)) else 1
 

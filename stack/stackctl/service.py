@@ -34,6 +34,10 @@ class Service(ABC):
         """Every process this service may have started in any layout (what ``down`` stops)."""
         return self.units()
 
+    def stop_grace(self) -> float:
+        """Seconds to wait after SIGTERM before SIGKILL."""
+        return 30.0
+
     def prepare(self) -> None:  # noqa: B027 - most services have nothing to prepare
         """Write configuration and initialise storage right before the units start."""
 
