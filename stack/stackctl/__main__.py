@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from collections.abc import Callable
 
 from . import probes, procs
+from .elasticsearch import Elasticsearch
+from .jaeger import Jaeger
 from .kafka import Kafka
+from .prometheus import Prometheus
 from .service import Service
 from .settings import Settings
 
@@ -18,24 +20,16 @@ from .settings import Settings
 ORDER = ["kafka", "elasticsearch", "prometheus", "jaeger"]
 
 
-_CLASSES = {"kafka": "kafka.Kafka", "elasticsearch": "elasticsearch.Elasticsearch",
-            "prometheus": "prometheus.Prometheus", "jaeger": "jaeger.Jaeger"}
-
-
-def _make(name: str, settings: Settings, brokers: int | None) -> Service:
-    if name == "kafka":
-        return Kafka(settings, brokers)
-    module, cls = _CLASSES[name].split(".")
-    factory: Callable[[Settings], Service] = getattr(importlib.import_module(f".{module}", __package__), cls)
-    return factory(settings)
-
-
-def _services(names: list[str], brokers: int | None) -> list[Service]:
-    settings = Settings.from_env()
-    unknown = [n for n in names if n not in _CLASSES]
+def _services(names: list[str], brokers: int | None) -> tuple[Settings, list[Service]]:
+    unknown = [n for n in names if n not in ORDER]
     if unknown:
         raise SystemExit(f"stack: unknown service(s) {', '.join(unknown)}; known: {', '.join(ORDER)}")
-    return [_make(n, settings, brokers) for n in ORDER if not names or n in names]
+    s = Settings.from_env()
+    made: dict[str, Callable[[], Service]] = {
+        "kafka": lambda: Kafka(s, brokers), "elasticsearch": lambda: Elasticsearch(s),
+        "prometheus": lambda: Prometheus(s), "jaeger": lambda: Jaeger(s),
+    }
+    return s, [made[n]() for n in ORDER if not names or n in names]
 
 
 def _fail(svc: Service, reason: str, logs: bool = True) -> int:
@@ -101,7 +95,7 @@ def _wait_healthy(services: list[Service], timeout: float) -> int:
 
 def up(ns: argparse.Namespace) -> int:
     began = time.monotonic()
-    services = _services(ns.services, ns.kafka_brokers or 1)
+    settings, services = _services(ns.services, ns.kafka_brokers or 1)
     to_wait = []
     for svc in services:
         try:
@@ -110,7 +104,7 @@ def up(ns: argparse.Namespace) -> int:
                 to_wait.append(svc)
         except RuntimeError as exc:  # install or pre-start failure: its message says it all
             return _fail(svc, str(exc), logs=False)
-    code = _wait_healthy(to_wait, svc.s.start_timeout if services else 0)
+    code = _wait_healthy(to_wait, settings.start_timeout)
     if code == 0:
         print(f"stack/up: all healthy in {time.monotonic() - began:.0f}s")
         for svc in services:
@@ -120,7 +114,7 @@ def up(ns: argparse.Namespace) -> int:
 
 def down(ns: argparse.Namespace) -> int:
     leftovers = []
-    for svc in reversed(_services(ns.services, None)):
+    for svc in reversed(_services(ns.services, None)[1]):
         for unit, pid, took in procs.stop(svc.all_units(), svc.stop_grace()):
             print(f"{svc.name}: stopped {unit.name} (pid {pid}) in {took:.1f}s", flush=True)
             leftovers += procs.group_members(pid)
@@ -133,7 +127,7 @@ def down(ns: argparse.Namespace) -> int:
 
 def status(ns: argparse.Namespace) -> int:
     all_ok = True
-    for svc in _services(ns.services, None):
+    for svc in _services(ns.services, None)[1]:
         pids = [procs.running_pid(u) for u in svc.units()]
         if not any(pids):
             state, all_ok = "stopped", False
