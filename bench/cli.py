@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from bench.loadgen import LoadSpec
 from bench.payloads import PayloadShape
 from bench.report import write_all
-from bench.results import RoundResult
+from bench.results import RoundResult, aggregate
 from bench.runner import Environment, RoundPlan, compare_plan, open_plan, run_plans
 from bench.systems import REPO_ROOT, StartError, base_collector_config_path, default_jaeger_bin
 from bench.targets import TARGETS_PATH, TargetsError, evaluate, gaps_to_collector, load_targets
@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cmp_.add_argument("--loads", default="25,50,75",
                       help="open-loop offered loads, %% of the gateway's 1-worker max (default 25,50,75)")
     cmp_.add_argument("--no-collector", action="store_true", help="gateway rounds only")
+    cmp_.add_argument("--repeat", type=int, default=2,
+                      help="closed-loop rounds per system and worker count, alternating; medians reported")
     micro = sub.add_parser("micro", help="pytest-benchmark suites of the hot functions")
     micro.add_argument("pytest_args", nargs=argparse.REMAINDER,
                        help="extra pytest arguments, after `--` (e.g. `bench micro -- -q`)")
@@ -127,8 +129,10 @@ def main(ns: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 2
             workers = [int(w) for w in ns.workers.split(",") if w.strip()]
-            results = run_plans(env, compare_plan(base, workers, with_collector=with_collector))
-            gw1 = next((r for r in results if r.system == "gateway" and r.workers == workers[0]), None)
+            plans = compare_plan(base, workers, with_collector=with_collector, repeat=ns.repeat)
+            results = run_plans(env, plans)
+            summary = aggregate(results)
+            gw1 = next((r for r in summary if r.system == "gateway" and r.workers == workers[0]), None)
             loads = [int(x) for x in ns.loads.split(",") if x.strip()]
             if gw1 is not None and gw1.items_per_s > 0 and loads:
                 plans = open_plan(base, gw1.items_per_s, loads, with_collector=with_collector)
@@ -144,8 +148,9 @@ def main(ns: argparse.Namespace) -> int:
 def finish_run(ns: argparse.Namespace, env: Environment, started: dt.datetime, results: list[RoundResult],
                targets: dict[str, Any], base: LoadSpec) -> int:
     """Judge, write the report, print the table and every failure; 1 if a target or loss check failed."""
-    verdicts = evaluate(targets, results)
-    gaps = gaps_to_collector(targets, results)
+    summary = aggregate(results)
+    verdicts = evaluate(targets, summary)
+    gaps = gaps_to_collector(targets, summary)
     meta = {
         "started": started.isoformat(timespec="seconds"), "command": ns.bench_command, "cpus": os.cpu_count(),
         "git": _git_rev(), "bus": env.bus, "gateway_env": env.gateway_env,
@@ -154,7 +159,7 @@ def finish_run(ns: argparse.Namespace, env: Environment, started: dt.datetime, r
                      f"measured {base.duration_s:g}s",
         "collector_config": _shown(env.collector_config or base_collector_config_path()),
     }
-    paths = write_all(env.outdir, results, verdicts, meta, gaps)
+    paths = write_all(env.outdir, summary, verdicts, meta, gaps, rounds=results)
     print((env.outdir / "report.md").read_text())
     for kind, path in paths.items():
         print(f"{kind}: {path}")

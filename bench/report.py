@@ -66,26 +66,14 @@ def _fmt(v: float, digits: int = 0) -> str:
 
 
 def markdown(results: Sequence[RoundResult], verdicts: Sequence[Verdict], meta: Mapping[str, Any],
-             target_gaps: Sequence[str] = ()) -> str:
+             target_gaps: Sequence[str] = (), rounds: Sequence[RoundResult] = ()) -> str:
+    """``results``: one row per scenario and system (medians); ``rounds``: every round, if repeated."""
     lines = [f"# Benchmark {meta.get('started', '')}", ""]
     lines.append(f"Machine: {meta.get('cpus')} CPUs; generator: {meta.get('generator', '')}; "
-                 f"git {meta.get('git', '?')}.")
-    lines += ["", "## Rounds", "",
-              "| scenario | system | workers | offered items/s | items/s | MB/s | items/CPU-s | "
-              "p50 ms | p90 ms | p99 ms | p99.9 ms | peak RSS MiB | cores used (machine) | errors "
-              "| acked / delivered | loss check |",
-              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
-    for r in results:
-        lat = r.latency_ms
-        errors = sum(r.errors.values())
-        lines.append(
-            f"| {r.scenario} | {r.system} | {r.workers if r.system == 'gateway' else '-'} | "
-            f"{_fmt(r.offered_items_per_s) if r.offered_items_per_s else 'max'} | {_fmt(r.items_per_s)} | "
-            f"{_fmt(r.bytes_per_s / 1e6, 1)} | {_fmt(r.items_per_cpu_s)} | {lat.get('p50', 0):.1f} | "
-            f"{lat.get('p90', 0):.1f} | {lat.get('p99', 0):.1f} | {lat.get('p99.9', 0):.1f} | "
-            f"{_fmt(r.peak_rss_mib)} | {_cores(r)} | {errors} | "
-            f"{_fmt(r.acked_items)} / {_fmt(r.delivered_items)} | "
-            f"{'ok' if r.loss_ok else 'LOST ' + _fmt(r.acked_items - r.delivered_items)} |")
+                 f"Collector config: {meta.get('collector_config', '-')}; git {meta.get('git', '?')}.")
+    repeated = len(rounds) > len(results)
+    lines += ["", "## Results" + (" (medians of repeated rounds)" if repeated else ""), ""]
+    lines += _table(results)
     rs = ratios(results)
     if rs:
         lines += ["", "## Gateway / Collector (same load)", "",
@@ -101,7 +89,29 @@ def markdown(results: Sequence[RoundResult], verdicts: Sequence[Verdict], meta: 
     if target_gaps:
         lines += ["", "## Targets next to the Collector's figures", ""]
         lines += [f"- {g}" for g in target_gaps]
+    if repeated:
+        lines += ["", "## Every round, in the order run", ""]
+        lines += _table(rounds)
     return "\n".join(lines) + "\n"
+
+
+def _table(results: Sequence[RoundResult]) -> list[str]:
+    lines = ["| scenario | system | workers | offered items/s | items/s | MB/s | items/CPU-s | "
+             "p50 ms | p90 ms | p99 ms | p99.9 ms | peak RSS MiB | cores used (machine) | errors "
+             "| acked / delivered | loss check |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for r in results:
+        lat = r.latency_ms
+        errors = sum(r.errors.values())
+        lines.append(
+            f"| {r.scenario} | {r.system} | {r.workers if r.system == 'gateway' else '-'} | "
+            f"{_fmt(r.offered_items_per_s) if r.offered_items_per_s else 'max'} | {_fmt(r.items_per_s)} | "
+            f"{_fmt(r.bytes_per_s / 1e6, 1)} | {_fmt(r.items_per_cpu_s)} | {lat.get('p50', 0):.1f} | "
+            f"{lat.get('p90', 0):.1f} | {lat.get('p99', 0):.1f} | {lat.get('p99.9', 0):.1f} | "
+            f"{_fmt(r.peak_rss_mib)} | {_cores(r)} | {errors} | "
+            f"{_fmt(r.acked_items)} / {_fmt(r.delivered_items)} | "
+            f"{'ok' if r.loss_ok else 'LOST ' + _fmt(r.acked_items - r.delivered_items)} |")
+    return lines
 
 
 def plot(results: Sequence[RoundResult], path: Path, subtitle: str = "") -> bool:
@@ -170,20 +180,24 @@ def _group_open(rounds: Iterable[RoundResult]) -> dict[tuple[str, int], list[Rou
 
 
 def write_all(outdir: Path, results: Sequence[RoundResult], verdicts: Sequence[Verdict],
-              meta: Mapping[str, Any], target_gaps: Sequence[str] = ()) -> dict[str, Path]:
+              meta: Mapping[str, Any], target_gaps: Sequence[str] = (),
+              rounds: Sequence[RoundResult] | None = None) -> dict[str, Path]:
+    """``results`` are per scenario and system (medians when repeated); ``rounds`` every round run."""
     outdir.mkdir(parents=True, exist_ok=True)
+    every = list(rounds) if rounds is not None else list(results)
     doc = {
         "meta": dict(meta),
-        "rounds": [r.to_dict() for r in results],
+        "summary": [r.to_dict() for r in results],
+        "rounds": [r.to_dict() for r in every],
         "ratios": ratios(results),
         "targets": [{"scenario": v.scenario, "check": v.check, "measured": round(v.measured, 3),
                      "bound": v.bound, "ok": v.ok} for v in verdicts],
         "target_gaps": list(target_gaps),
-        "loss_check_ok": all(r.loss_ok for r in results),
+        "loss_check_ok": all(r.loss_ok for r in every),
     }
     paths = {"json": outdir / "report.json", "markdown": outdir / "report.md", "png": outdir / "plot.png"}
     paths["json"].write_text(json.dumps(doc, indent=2) + "\n")
-    paths["markdown"].write_text(markdown(results, verdicts, meta, target_gaps))
+    paths["markdown"].write_text(markdown(results, verdicts, meta, target_gaps, every))
     subtitle = f"{meta.get('generator', '')}; Collector config: {meta.get('collector_config', '?')}"
     if not plot(results, paths["png"], subtitle if meta.get("generator") else ""):
         del paths["png"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,3 +66,47 @@ def scenario_name(*, signal: str, transport: str, bus: str, mode: str, workers: 
     """``traces-grpc-kafka-closed-w1``; open-loop rounds at a share of max add it: ``open50``."""
     m = mode if load_pct is None else f"{mode}{load_pct}"
     return f"{signal}-{transport}-{bus}-{m}-w{workers}"
+
+
+def aggregate(rounds: list[RoundResult]) -> list[RoundResult]:
+    """One result per (scenario, system): medians of repeated rounds, sums of the counters.
+
+    A shared 2-core machine moves a closed-loop round by 2x between runs; alternating repeated
+    rounds and taking medians is what makes a target or a ratio mean something. Latency
+    percentiles are medians of each round's percentile (not a merged histogram), memory the
+    median of the peaks; items sent, acknowledged and delivered add up, so the loss check of
+    the aggregate holds exactly when it held for the rounds.
+    """
+    groups: dict[tuple[str, str], list[RoundResult]] = {}
+    for r in rounds:
+        groups.setdefault((r.scenario, r.system), []).append(r)
+    out: list[RoundResult] = []
+    for rs in groups.values():
+        if len(rs) == 1:
+            out.append(rs[0])
+            continue
+        first = rs[0]
+        errors: dict[str, int] = {}
+        for r in rs:
+            for k, v in r.errors.items():
+                errors[k] = errors.get(k, 0) + v
+        keys = {k for r in rs for k in r.latency_ms}
+        out.append(RoundResult(
+            scenario=first.scenario, system=first.system, workers=first.workers, signal=first.signal,
+            transport=first.transport, bus=first.bus, mode=first.mode,
+            offered_items_per_s=first.offered_items_per_s, duration_s=first.duration_s,
+            items_per_s=_median(r.items_per_s for r in rs), bytes_per_s=_median(r.bytes_per_s for r in rs),
+            latency_ms={k: _median(r.latency_ms.get(k, 0.0) for r in rs) for k in sorted(keys)},
+            cpu_s=_median(r.cpu_s for r in rs), peak_rss_mib=_median(r.peak_rss_mib for r in rs),
+            hwm_mib=_median(r.hwm_mib for r in rs), sent_items=sum(r.sent_items for r in rs),
+            acked_items=sum(r.acked_items for r in rs), delivered_items=sum(r.delivered_items for r in rs),
+            errors=errors, late_sends=sum(r.late_sends for r in rs),
+            generator_cores=_median(r.generator_cores for r in rs),
+            machine_busy_cores=_median(r.machine_busy_cores for r in rs),
+            notes=[f"median of {len(rs)} rounds"],
+        ))
+    return out
+
+
+def _median(values: Iterable[float]) -> float:
+    return float(statistics.median(list(values)))

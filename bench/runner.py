@@ -136,13 +136,15 @@ def _result(plan: RoundPlan, env: Environment, load: LoadSpec, totals: WorkerTot
     )
 
 
-def compare_plan(base: LoadSpec, workers: list[int], *, with_collector: bool) -> list[RoundPlan]:
-    """Closed-loop rounds, alternating: gateway w1, collector, gateway w2, collector, ..."""
+def compare_plan(base: LoadSpec, workers: list[int], *, with_collector: bool,
+                 repeat: int = 1) -> list[RoundPlan]:
+    """Closed-loop rounds, alternating: gateway w1, collector, gateway w2, collector, ... ``repeat`` times."""
     plans: list[RoundPlan] = []
-    for w in workers:
-        plans.append(RoundPlan("gateway", w, replace(base, mode="closed")))
-        if with_collector:
-            plans.append(RoundPlan("collector", 1, replace(base, mode="closed")))
+    for _ in range(max(1, repeat)):
+        for w in workers:
+            plans.append(RoundPlan("gateway", w, replace(base, mode="closed")))
+            if with_collector:
+                plans.append(RoundPlan("collector", 1, replace(base, mode="closed")))
     return plans
 
 

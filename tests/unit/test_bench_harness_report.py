@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench.report import markdown, ratios, write_all
-from bench.results import RoundResult, scenario_name
+from bench.results import RoundResult, aggregate, scenario_name
 from bench.targets import TARGETS_PATH, TargetsError, evaluate, gaps_to_collector, load_targets, parse_targets
 
 
@@ -112,3 +112,23 @@ def test_report_files_are_written(tmp_path: Path) -> None:
 def test_markdown_marks_a_loss() -> None:
     md = markdown([result(delivered_items=200_000)], [], {})
     assert "LOST 20,000" in md
+
+
+def test_repeated_rounds_aggregate_to_medians_and_sums() -> None:
+    rounds = [result(items_per_s=v, acked_items=100, delivered_items=100, errors={"grpc UNAVAILABLE": 1})
+              for v in (50_000.0, 90_000.0, 70_000.0)] + [result("collector")]
+    summary = aggregate(rounds)
+    assert [(r.system, r.items_per_s) for r in summary] == [("gateway", 70_000.0), ("collector", 20_000.0)]
+    gw = summary[0]
+    assert (gw.acked_items, gw.delivered_items, gw.errors) == (300, 300, {"grpc UNAVAILABLE": 3})
+    assert gw.notes == ["median of 3 rounds"]
+
+
+def test_report_of_repeated_rounds_lists_medians_then_every_round(tmp_path: Path) -> None:
+    rounds = [result(items_per_s=50_000.0), result(items_per_s=70_000.0)]
+    paths = write_all(tmp_path, aggregate(rounds), [], {}, rounds=rounds)
+    doc = json.loads(paths["json"].read_text())
+    assert [r["items_per_s"] for r in doc["summary"]] == [60_000.0]
+    assert len(doc["rounds"]) == 2
+    md = paths["markdown"].read_text()
+    assert "## Results (medians of repeated rounds)" in md and "## Every round, in the order run" in md
