@@ -34,6 +34,7 @@ log = logging.getLogger("gateway.server")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _DRAIN_S = 10.0  # how long shutdown waits for the embedded pipeline to write what was accepted
 _DRAIN_POLL_S = 0.02
+_EMBEDDED_RECORDS_PER_WRITE = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -224,9 +225,13 @@ class _Embedded:
 
         self._bus = bus
         self._many = cfg.server.workers > 1
-        self.sink = FileSink(cfg.pipelines.file.data_dir, suffix=f"-w{index}" if self._many else "")
+        self.sink = FileSink(cfg.pipelines.file.data_dir, suffix=f"-w{index}" if self._many else "",
+                             offload=True)
         self.source = bus.source()
-        self.pipeline = Pipeline(self.source, self.sink, max_records=cfg.pipelines.max_inflight_records)
+        # Records here are whole batches (up to batch.max_bytes); committing every few of them
+        # frees room in the bounded memory bus early, so waiting clients are not held for the
+        # conversion of a large backlog at once.
+        self.pipeline = Pipeline(self.source, self.sink, max_records=_EMBEDDED_RECORDS_PER_WRITE)
         self._task: asyncio.Task[None] | None = None
 
     def describe(self) -> str:

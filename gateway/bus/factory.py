@@ -9,11 +9,18 @@ from gateway.bus.base import Bus
 from gateway.bus.memory import MemoryBus
 from gateway.config import Config
 
+MEMORY_BUS_BUDGET = 16 * 1024 * 1024
+
 
 def make_bus(cfg: Config) -> Bus:
     """``MemoryBus`` for ``bus.kind: memory``, ``KafkaBus`` for ``bus.kind: kafka``."""
     if cfg.bus.kind == "memory":
-        return MemoryBus(topic_prefix=cfg.bus.kafka.topic_prefix)
+        # The log holds what the embedded sink has not written yet; bounding it to about
+        # MEMORY_BUS_BUDGET bytes of full batches makes a slow sink push back on clients
+        # (they wait, then get a retryable 503) instead of growing the process, and keeps the
+        # backlog small enough to write out within the shutdown drain.
+        max_records = max(8, MEMORY_BUS_BUDGET // cfg.batch.max_bytes)
+        return MemoryBus(topic_prefix=cfg.bus.kafka.topic_prefix, max_records=max_records)
     from gateway.bus.kafka import KafkaBus
 
     return KafkaBus(cfg.bus.kafka)

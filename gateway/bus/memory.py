@@ -133,3 +133,4 @@ class MemorySource:
             self.committed = max(self.committed, end)
         async with self._bus._changed:
             self._bus._trim()
+            self._bus._changed.notify_all()  # publishers may be waiting for room in a full log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,9 @@ def spans(name: str) -> bytes:
     return req.SerializeToString()
 
 
-async def test_lines_per_tenant_and_signal(tmp_path: Path) -> None:
-    sink = FileSink(tmp_path, suffix="-w1")
+@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper-process"])
+async def test_lines_per_tenant_and_signal(tmp_path: Path, offload: bool) -> None:
+    sink = FileSink(tmp_path, suffix="-w1", offload=offload)
     await sink.start()
     await sink.write([record("acme", spans("a"), 0), record("beta", spans("b"), 1),
                       record("acme", spans("c"), 2)])
@@ -38,8 +40,9 @@ async def test_lines_per_tenant_and_signal(tmp_path: Path) -> None:
     await sink.stop()
 
 
-async def test_malformed_record_is_rejected_rest_written(tmp_path: Path) -> None:
-    sink = FileSink(tmp_path)
+@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper-process"])
+async def test_malformed_record_is_rejected_rest_written(tmp_path: Path, offload: bool) -> None:
+    sink = FileSink(tmp_path, offload=offload)
     await sink.start()
     with pytest.raises(PermanentSinkError) as err:
         await sink.write([record("acme", b"\x0a\xff\xff", 0), record("acme", spans("ok"), 1)])
@@ -52,3 +55,41 @@ async def test_malformed_record_is_rejected_rest_written(tmp_path: Path) -> None
                                                ("a/b", "a_b"), (".hidden", "_.hidden")])
 def test_tenant_dir_cannot_escape(tenant: str, name: str) -> None:
     assert safe_name(tenant) == name
+
+
+async def test_embedded_pipeline_keeps_up_with_a_full_memory_bus(tmp_path: Path) -> None:
+    """A publisher waiting on a full memory bus must wake when the sink commits, not time out."""
+    import asyncio
+
+    from gateway.bus.base import Batch
+    from gateway.bus.memory import MemoryBus
+    from pipelines.pipeline import Pipeline
+
+    bus = MemoryBus(max_records=2, full_wait_s=30.0)
+    sink = FileSink(tmp_path)
+    await sink.start()
+    pipeline = Pipeline(bus.source(), sink, max_records=1)
+    task = asyncio.create_task(pipeline.run())
+    # All at once: most publishers find the log full and must be woken by the sink's commits.
+    batches = [Batch(Signal.TRACES, "acme", spans(f"s{i}"), 1, [f"c{i}"]) for i in range(20)]
+    publishers = [asyncio.create_task(bus.publish(b)) for b in batches]
+    try:
+        done, _pending = await asyncio.wait(publishers, timeout=5)
+        assert len(done) == 20, f"{20 - len(done)} publishers still waiting for room"
+        await _until(lambda: pipeline.written == 20)
+    finally:
+        for p in publishers:
+            p.cancel()
+        pipeline.stop()
+        await asyncio.wait((task,), timeout=5)
+        await sink.stop()
+    assert (tmp_path / "acme" / "traces.jsonl").read_text().count("\n") == 20
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    from tests.waiting import await_for
+
+    async def ok() -> bool:
+        return check()
+
+    await await_for(ok, within=5, what="the pipeline to write everything")
