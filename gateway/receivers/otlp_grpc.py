@@ -70,8 +70,11 @@ async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> tuple
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    bound = server.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+    try:
+        bound = server.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+    except RuntimeError as exc:  # grpc's way of saying the address is in use
+        raise OSError(f"cannot listen for OTLP/gRPC on {cfg.host}:{cfg.grpc_port}: {exc}") from None
     if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {cfg.host}:{cfg.grpc_port}")
+        raise OSError(f"cannot listen for OTLP/gRPC on {cfg.host}:{cfg.grpc_port}")
     await server.start()
     return server, bound
