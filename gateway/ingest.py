@@ -51,8 +51,9 @@ class Ingest:
     """Tenant -> enrich and count -> rate limit -> batch -> (durable) ack."""
 
     def __init__(self, cfg: Config, batcher: Batcher, authenticator: Authenticator,
-                 limiter: RateLimiter) -> None:
+                 limiter: RateLimiter, *, max_item_bytes: int | None = None) -> None:
         self._durable = cfg.ack == "durable"
+        self._max_item_bytes = max_item_bytes
         self._max_inflight = cfg.server.max_concurrent_requests
         self._batcher = batcher
         self._auth = authenticator
@@ -117,12 +118,18 @@ class Ingest:
             prepared = wire.prepare(signal, payload, ((ATTR_TENANT, tenant), (ATTR_CORRELATION, cid)))
         except wire.WireError as exc:
             return self.refuse(signal, transport, "malformed", str(exc), cid)
+        if prepared.rejected_items:
+            metrics.refused_items.labels(signal.value, "malformed").inc(prepared.rejected_items)
+        if self._max_item_bytes is not None and len(prepared.payload) > self._max_item_bytes:
+            prepared, oversized = _without_oversized_items(signal, prepared, self._max_item_bytes)
+            if oversized and not prepared.items:
+                return self.refuse(signal, transport, "too_large", prepared.error, cid, items=oversized)
+            if oversized:
+                metrics.refused_items.labels(signal.value, "too_large").inc(oversized)
         retry = self._limiter.admit(tenant, prepared.items, len(payload))
         if retry is not None:
             return self.refuse(signal, transport, "rate_limited", f"tenant {tenant!r} is over its rate limit",
                                cid, items=prepared.items, retry_after_s=retry)
-        if prepared.rejected_items:
-            metrics.refused_items.labels(signal.value, "malformed").inc(prepared.rejected_items)
         if prepared.items:
             fut = self._batcher.add(signal, tenant, prepared.payload, prepared.items, cid)
             if self._durable:
@@ -137,6 +144,28 @@ class Ingest:
             metrics.received_items.labels(signal.value, transport, tenant).inc(prepared.items)
             metrics.received_bytes.labels(signal.value, transport, tenant).inc(len(payload))
         return Outcome(cid, rejected_items=prepared.rejected_items, message=prepared.error or "")
+
+
+def _without_oversized_items(signal: Signal, prepared: wire.Prepared,
+                             limit: int) -> tuple[wire.Prepared, int]:
+    """Drop the items the bus can never carry, keeping the rest as a partial success.
+
+    Only requests larger than the limit come here, so the common path pays one length check.
+    """
+    kept: list[bytes] = []
+    dropped = 0
+    for piece in wire.split(signal, prepared.payload, limit):
+        if len(piece) <= limit:
+            kept.append(piece)
+        else:
+            dropped += wire.prepare(signal, piece, ()).items
+    if not dropped:
+        return prepared, 0
+    message = f"{dropped} item(s) larger than the bus limit of {limit} bytes each were refused"
+    if prepared.error:
+        message = f"{prepared.error}; {message}"
+    rejected = prepared.rejected_items + dropped
+    return wire.Prepared(b"".join(kept), prepared.items - dropped, rejected, message), dropped
 
 
 def _count_lost(signal: Signal, items: int, fut: asyncio.Future[object]) -> None:

@@ -152,7 +152,7 @@ class _Worker:
     def __init__(self, cfg: Config, index: int, stop: asyncio.Event) -> None:
         # Imported here, in the worker, after any fork (grpc) and after PROMETHEUS_MULTIPROC_DIR.
         from gateway.batcher import Batcher
-        from gateway.bus.factory import make_bus
+        from gateway.bus.factory import make_bus, max_item_bytes
         from gateway.ingest import Ingest, observe_flush
         from gateway.tenancy import Authenticator, RateLimiter
 
@@ -164,7 +164,8 @@ class _Worker:
         self.bus = make_bus(cfg)
         self.batcher = Batcher(self.bus.publish, cfg.batch.max_bytes, cfg.batch.max_age_ms / 1000,
                                observe_flush)
-        self.ingest = Ingest(cfg, self.batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits))
+        self.ingest = Ingest(cfg, self.batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits),
+                             max_item_bytes=max_item_bytes(cfg))
         self._embedded: _Embedded | None = None
 
     def readiness(self) -> tuple[bool, str]:

@@ -24,3 +24,12 @@ def make_bus(cfg: Config) -> Bus:
     from gateway.bus.kafka import KafkaBus
 
     return KafkaBus(cfg.bus.kafka)
+
+
+def max_item_bytes(cfg: Config) -> int | None:
+    """The largest single item the configured bus can carry; None when it has no such limit."""
+    if cfg.bus.kind == "memory":
+        return None
+    from gateway.bus import kafka
+
+    return kafka.max_item_bytes(cfg.bus.kafka)

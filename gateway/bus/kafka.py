@@ -56,6 +56,9 @@ BATCH_BYTES = Histogram(
 # Bytes a record needs beyond key, value and headers (record batch framing, varints, CRC):
 # generous, so a value cut to the budget never trips the broker's message.max.bytes.
 _RECORD_OVERHEAD = 256
+# Room kept for headers and key when stating the largest item a message can carry; the
+# comma-joined correlation ids of a full batch stay well under it.
+_ITEM_HEADROOM = 64 * 1024
 _TOPIC_EXISTS = 36
 
 
@@ -204,6 +207,16 @@ class KafkaBus:
         for _, value in pieces:
             produced.inc(len(value))
             BATCH_BYTES.observe(len(value))
+
+
+def max_item_bytes(cfg: KafkaConfig) -> int:
+    """The largest serialized request piece (one item with its resource and scope) a message holds.
+
+    The ingest path refuses items above it before batching, with a non-retryable answer: no
+    split or retry can ever deliver them, and inside a batch they would fail every request
+    that shares it.
+    """
+    return max(1024, cfg.max_message_bytes - _ITEM_HEADROOM)
 
 
 def message_pieces(batch: Batch, partition_by: str, max_message_bytes: int,

@@ -114,3 +114,29 @@ async def test_unauthenticated_and_rate_limited() -> None:
     limited = await ingest.ingest(Signal.TRACES, "http", key, spans(3))
     assert limited.refused == "rate_limited" and limited.retry_after_s and limited.retry_after_s > 0
     await batcher.close()
+
+
+def _with_one_huge_span(small: int, huge_bytes: int) -> bytes:
+    req = ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    for i in range(small):
+        scope.spans.add(name=f"s{i}")
+    scope.spans.add(name="huge" + "x" * huge_bytes)
+    return req.SerializeToString()
+
+
+async def test_item_over_the_bus_limit_is_refused_for_good_and_the_rest_accepted() -> None:
+    cfg = config.load(None, env={"TG_BATCH__MAX_AGE_MS": "0"})
+    bus = ScriptedBus()
+    batcher = Batcher(bus.publish, cfg.batch.max_bytes, 0)
+    ingest = Ingest(cfg, batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits), max_item_bytes=4096)
+    before = refused_items("too_large")
+    out = await ingest.ingest(Signal.TRACES, "grpc", {}, _with_one_huge_span(3, 10_000))
+    assert out.ok and out.rejected_items == 1 and "larger than the bus limit" in out.message
+    assert [b.items for b in bus.batches] == [3]
+    assert all(len(b.payload) <= 4096 for b in bus.batches)
+    # A request of nothing but oversized items is refused as too large: not retryable.
+    alone = await ingest.ingest(Signal.TRACES, "grpc", {}, _with_one_huge_span(0, 10_000))
+    assert alone.refused == "too_large" and alone.retry_after_s is None
+    assert refused_items("too_large") == before + 2
+    await batcher.close()
