@@ -56,8 +56,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--transport", choices=["grpc", "http"], default="grpc")
     g.add_argument("--signal", choices=[s.value for s in Signal], default=Signal.TRACES.value)
     g.add_argument("--items", type=int, default=512, help="spans / log records / data points per request")
-    g.add_argument("--attributes", type=int, default=8, help="attributes per item")
-    g.add_argument("--value-bytes", type=int, default=24, help="length of each string attribute value")
+    g.add_argument("--attributes", type=int, default=10, help="attributes per span / log record")
+    g.add_argument("--resources", type=int, default=1, help="resources (services) per request")
     g.add_argument("--concurrency", type=int, default=16, help="in-flight requests per generator process")
     g.add_argument("--processes", type=int, default=1, help="load generator processes")
     g.add_argument("--connections", type=int, default=4, help="connections per generator process")
@@ -86,7 +86,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _load_spec(ns: argparse.Namespace) -> LoadSpec:
     return LoadSpec(
         grpc_target="", http_url="", transport=ns.transport, signal=Signal(ns.signal),
-        shape=PayloadShape(items=ns.items, attributes=ns.attributes, value_bytes=ns.value_bytes),
+        shape=PayloadShape(items=ns.items, attributes=ns.attributes, resources=ns.resources),
         concurrency=ns.concurrency, warmup_s=ns.warmup, duration_s=ns.duration, processes=ns.processes,
         connections=ns.connections, timeout_s=ns.timeout, http_client=ns.http_client)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from bench.payloads import count_items
+from bench.payloads import item_count
 from gateway.signals import Signal
 
 
@@ -64,7 +64,7 @@ async def count_delivered(bootstrap: str, topics: Mapping[str, Signal], *, expec
                 for rec in records:
                     if rec.value is None:
                         continue
-                    out.items += count_items(signal, rec.value)
+                    out.items += item_count(signal, rec.value)
                     out.messages += 1
                     out.bytes += len(rec.value)
                     last_new = time.monotonic()

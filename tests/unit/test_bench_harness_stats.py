@@ -11,7 +11,7 @@ import pytest
 
 from bench.histogram import LatencyHistogram, bucket_of, bucket_value
 from bench.loadgen import WorkerTotals
-from bench.payloads import PayloadShape, build, build_ring, count_items
+from bench.payloads import PayloadShape, build, build_ring, item_count
 from bench.procstat import machine_cpu, parse_stat, parse_status_kib
 from bench.schedule import intended_times, offset_for, per_process_rate
 from bench.systems import count_json_items
@@ -117,12 +117,12 @@ def test_parse_status_reads_kib_fields() -> None:
 
 @pytest.mark.parametrize("signal", list(Signal))
 def test_payloads_carry_the_items_they_claim(signal: Signal) -> None:
-    shape = PayloadShape(items=100, attributes=5, services=3)
+    shape = PayloadShape(items=150, attributes=5, resources=3)
     p = build(signal, shape, seed=4)
-    assert p.items == 100
-    assert count_items(signal, p.data) == 100
+    assert p.items == 150
+    assert item_count(signal, p.data) == 150
     # Concatenated requests are one valid request: the count adds up, as in a gateway batch.
-    assert count_items(signal, p.data + p.data) == 200
+    assert item_count(signal, p.data + p.data) == 300
 
 
 def test_payload_ring_members_differ() -> None:
