@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from bench.subprocs import free_port, spawn, terminate
 from gateway.signals import Signal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,13 +39,6 @@ def stack_cache() -> Path:
 
 def default_jaeger_bin() -> Path:
     return Path(os.environ.get("TG_STACK_JAEGER_BIN") or stack_cache() / "bin" / "jaeger")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _listening(port: int) -> bool:
@@ -85,9 +78,7 @@ class _Subprocess:
 
     def _spawn(self, args: list[str], env: Mapping[str, str]) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(args, env=dict(env), cwd=REPO_ROOT, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = spawn(args, self.log_path, env=env, cwd=REPO_ROOT)
 
     def _ready(self) -> bool:
         return _listening(self.grpc_port) and _listening(self.http_port)
@@ -106,14 +97,10 @@ class _Subprocess:
         raise StartError(f"{self.name} not ready within {within_s:.0f}s:\n{self.log()}")
 
     def stop(self, within_s: float = 20.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=within_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait()
+        if self.proc is None:
+            return None
+        terminate(self.proc, within_s)
+        return self.proc.returncode
 
     def log(self, tail: int = 6000) -> str:
         try:

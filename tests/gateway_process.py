@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,17 +33,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.subprocs import free_port, kill_group, spawn, terminate
 from tests.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class GatewayProcess:
@@ -94,10 +85,7 @@ class GatewayProcess:
     def start(self, within: float = 30.0) -> GatewayProcess:
         """Spawn and wait until ``/readyz`` answers 200 (or the process dies: then fail with its log)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=REPO_ROOT, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        self.proc = spawn(self.args, self.log_path, env=self.env, cwd=REPO_ROOT)
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
@@ -116,20 +104,13 @@ class GatewayProcess:
         """SIGTERM, wait for exit, return the exit code (killing it if it does not exit in time)."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=within)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                msg = f"gateway did not exit within {within}s of SIGTERM:\n{self.log()}"
-                raise AssertionError(msg) from None
+        if terminate(self.proc, within) is None:
+            raise AssertionError(f"gateway did not exit within {within}s of SIGTERM:\n{self.log()}")
         return self.proc.returncode
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            kill_group(self.proc)
 
     def cleanup(self) -> None:
         self.kill()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.subprocs import kill_group, spawn, terminate
 from tests.gateway_process import REPO_ROOT, GatewayProcess, free_port
 from tests.waiting import wait_for
 
@@ -94,10 +94,8 @@ class PipelineProcess:
     def start(self) -> PipelineProcess:
         self.starts += 1
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "pipelines", "--sink", self.sink],
-                env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = spawn([sys.executable, "-m", "gateway.cli", "pipelines", "--sink", self.sink],
+                          self.log_path, env=self.env, cwd=REPO_ROOT)
         wait_for(lambda: self._alive() and "consumer group" in self.log_path.read_text(errors="replace"),
                  within=60, what=f"pipelines worker to join its consumer group (log {self.log_path})")
         return self
@@ -113,20 +111,13 @@ class PipelineProcess:
 
     def kill(self) -> None:
         """SIGKILL: no chance to commit or flush anything (the crash case)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            kill_group(self.proc)
 
     def stop(self, within: float = 20.0) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=within)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                msg = f"pipelines worker ignored SIGTERM for {within}s:\n{self.log()}"
-                raise AssertionError(msg) from None
+        if terminate(self.proc, within) is None:
+            raise AssertionError(f"pipelines worker ignored SIGTERM for {within}s:\n{self.log()}")
         return self.proc.returncode
 
     def cleanup(self) -> None:

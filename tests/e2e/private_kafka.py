@@ -12,7 +12,6 @@ import base64
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import uuid
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.subprocs import kill_group, spawn, terminate
 from tests import stackenv
 from tests.gateway_process import REPO_ROOT, free_port
 from tests.waiting import wait_for
@@ -104,11 +104,8 @@ class PrivateKafka:
     def spawn(self) -> None:
         """Spawn the broker without waiting (it needs seconds to listen)."""
         self.starts += 1
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [_java(), "-Xms256m", "-Xmx512m", *self._log_opts(), "-cp", self._classpath(),
-                 "kafka.Kafka", str(self._props)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = spawn([_java(), "-Xms256m", "-Xmx512m", *self._log_opts(), "-cp", self._classpath(),
+                           "kafka.Kafka", str(self._props)], self.log_path)
 
     def wait_listening(self, within: float = 90.0) -> PrivateKafka:
         def listening() -> bool:
@@ -122,20 +119,13 @@ class PrivateKafka:
 
     def stop(self, within: float = 60.0) -> None:
         """Controlled shutdown (SIGTERM); the data dir stays for the next ``start``."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=within)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, within, group=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else "(no log)"
 
     def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            kill_group(self.proc)
         self._tmp.cleanup()

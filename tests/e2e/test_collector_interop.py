@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import tempfile
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -23,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from bench.subprocs import spawn, terminate
 from tests import stackenv
 from tests.e2e.kafka_pipeline import Clients, kafka_env, received, running_pipeline, unique_prefix
 from tests.gateway_process import REPO_ROOT, free_port, running_gateway
@@ -40,9 +39,7 @@ def running_collector(config: str, env: Mapping[str, str], listens_on: str) -> I
     with tempfile.TemporaryDirectory(prefix="tg-collector-") as tmp:
         log_path = Path(tmp) / "collector.log"
         full_env = {**os.environ, "TG_COLLECTOR_HEALTH": f"127.0.0.1:{free_port()}", **env}
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen([str(binary), f"--config=file:{CONFIGS / config}"], env=full_env,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = spawn([str(binary), f"--config=file:{CONFIGS / config}"], log_path, env=full_env)
 
         def up() -> bool:
             if proc.poll() is not None:
@@ -53,13 +50,7 @@ def running_collector(config: str, env: Mapping[str, str], listens_on: str) -> I
             wait_for(up, within=60, what=f"collector ({config}) listening on {listens_on}")
             yield log_path
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            terminate(proc, 20, group=True)
 
 
 def _get_json(url: str) -> Any:
