@@ -9,6 +9,12 @@ Turning protobuf into JSON costs far more than ingesting it (about 13 ms against
 run in one helper process: the receivers' event loop stays free for clients and the sink uses
 another core. The helper is spawned, not forked, because the gateway process runs grpc threads.
 
+A record that is framed correctly but does not convert (a span name that is not UTF-8 passes the
+ingest checks, which only look at the framing) is converted again per ResourceX: the batcher joins
+several acknowledged requests into one record, so one bad string must not cost the others. What
+still fails goes to ``<signal><suffix>.rejected.jsonl`` beside the data, with its coordinates, the
+error and the bytes, because the embedded pipeline has no dead-letter topic to park it in.
+
 Not idempotent under redelivery: a record redelivered after a crash between write and commit
 is appended again. The memory bus does not outlive the process, so in the embedded setup that
 window only exists for Kafka sources, where the Elasticsearch sink is the idempotent choice.
@@ -17,6 +23,8 @@ window only exists for Kafka sources, where the Elasticsearch sink is the idempo
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import multiprocessing
 import re
 import signal
@@ -25,22 +33,88 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import IO
 
+import orjson
+from prometheus_client import Counter
+
 from gateway.bus.base import BusRecord
 from gateway.otlp_json import proto_to_json
 from gateway.signals import Signal
-from gateway.wire import WireError
-from pipelines.sinks.base import PermanentSinkError, Rejection
+from gateway.wire import WireError, read_varint
+
+log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_REJECTED = ".rejected"
 
-# What crosses to the helper process per record: (tenant, signal value, protobuf bytes).
-_Item = tuple[str, str, bytes]
+# What crosses to the helper process per record:
+# (tenant, signal value, protobuf bytes, topic, partition, offset).
+_Item = tuple[str, str, bytes, str, int, int]
+
+# Counted here, not in the helper process: only the sink's own process serves /metrics.
+REJECTED_PARTS = Counter(
+    "pipeline_file_sink_rejected_parts_total",
+    "Parts of records (a ResourceX, or a whole record that cannot be split) that do not convert "
+    "to OTLP/JSON, written to the rejects file instead of the data file.",
+    ["signal"],
+)
 
 
 def safe_name(tenant: str) -> str:
     """A directory name for a tenant that cannot climb out of ``data_dir``."""
     name = _UNSAFE.sub("_", tenant) or "_"
     return "_" + name if name.startswith(".") else name
+
+
+def _path(data_dir: Path, tenant: str, signal_name: str, suffix: str) -> Path:
+    return data_dir / safe_name(tenant) / f"{signal_name}{suffix}.jsonl"
+
+
+def _top_fields(buf: bytes) -> list[bytes]:
+    """Each top-level field of a request with its tag, so each is a request on its own: for
+    field 1 that is one ResourceX."""
+    parts = []
+    pos, end = 0, len(buf)
+    while pos < end:
+        start = pos
+        tag, pos = read_varint(buf, pos, end)
+        wt = tag & 7
+        if wt == 0:
+            _, pos = read_varint(buf, pos, end)
+        elif wt == 2:
+            ln, pos = read_varint(buf, pos, end)
+            pos += ln
+        elif wt in (1, 5):
+            pos += 8 if wt == 1 else 4
+        else:
+            raise WireError(f"unsupported wire type {wt}")
+        if pos > end:
+            raise WireError("length past the end of the message")
+        parts.append(buf[start:pos])
+    return parts
+
+
+def _salvage(signal: Signal, value: bytes, error: str) -> tuple[bytes | None, list[tuple[bytes, str]]]:
+    """For a record that does not convert: the JSON line of the parts that do (None if none),
+    and (part, reason) for each part that does not."""
+    try:
+        parts = _top_fields(value)
+    except WireError:
+        return None, [(value, error)]
+    good: list[bytes] = []
+    bad: list[tuple[bytes, str]] = []
+    for part in parts:
+        try:
+            proto_to_json(signal, part)
+        except WireError as exc:
+            bad.append((part, str(exc)))
+        else:
+            good.append(part)
+    if not good:
+        return None, bad
+    try:
+        return proto_to_json(signal, b"".join(good)), bad
+    except WireError:  # parts that convert alone should convert together; if not, keep it all
+        return None, [(value, error)]
 
 
 class JsonLinesWriter:
@@ -52,25 +126,33 @@ class JsonLinesWriter:
         self._files: dict[tuple[str, str], IO[bytes]] = {}
 
     def path(self, tenant: str, signal_name: str) -> Path:
-        return self.data_dir / safe_name(tenant) / f"{signal_name}{self._suffix}.jsonl"
+        return _path(self.data_dir, tenant, signal_name, self._suffix)
 
-    def _file(self, tenant: str, signal_name: str) -> IO[bytes]:
-        f = self._files.get((tenant, signal_name))
+    def _file(self, tenant: str, signal_name: str, kind: str = "") -> IO[bytes]:
+        f = self._files.get((tenant, signal_name + kind))
         if f is None:
-            p = self.path(tenant, signal_name)
+            p = _path(self.data_dir, tenant, signal_name, self._suffix + kind)
             p.parent.mkdir(parents=True, exist_ok=True)
-            f = self._files[(tenant, signal_name)] = p.open("ab")
+            f = self._files[(tenant, signal_name + kind)] = p.open("ab")
         return f
 
     def write(self, items: Sequence[_Item]) -> list[tuple[int, str]]:
-        """Append one line per item, flush; return (index, reason) of items that are not OTLP."""
+        """Append one line per item, flush; return (index, reason) of each part set aside as a reject."""
         rejected: list[tuple[int, str]] = []
         touched: set[IO[bytes]] = set()
-        for i, (tenant, signal_name, value) in enumerate(items):
+        for i, (tenant, signal_name, value, topic, partition, offset) in enumerate(items):
             try:
-                line = proto_to_json(Signal(signal_name), value)
+                line: bytes | None = proto_to_json(Signal(signal_name), value)
             except WireError as exc:
-                rejected.append((i, str(exc)))
+                line, bad = _salvage(Signal(signal_name), value, str(exc))
+                for part, reason in bad:
+                    f = self._file(tenant, signal_name, _REJECTED)
+                    f.write(orjson.dumps({"topic": topic, "partition": partition, "offset": offset,
+                                          "error": reason, "payload": base64.b64encode(part).decode()})
+                            + b"\n")
+                    touched.add(f)
+                    rejected.append((i, reason))
+            if line is None:
                 continue
             f = self._file(tenant, signal_name)
             f.write(line + b"\n")
@@ -137,11 +219,19 @@ class FileSink:
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
     async def write(self, records: Sequence[BusRecord]) -> None:
-        """Append one line per record; every touched file is flushed before this returns."""
-        items = [(rec.tenant, rec.signal.value, rec.value) for rec in records]
+        """Append one line per record; every touched file is flushed before this returns.
+
+        Parts that do not convert are in the rejects file by then, so the record counts as written.
+        """
+        items = [(rec.tenant, rec.signal.value, rec.value, rec.topic, rec.partition, rec.offset)
+                 for rec in records]
         if self._pool is not None:
             rejected = await asyncio.get_running_loop().run_in_executor(self._pool, _helper_write, items)
         else:
             rejected = self._writer.write(items)
-        if rejected:
-            raise PermanentSinkError([Rejection(records[i], reason) for i, reason in rejected])
+        for i, reason in rejected:
+            rec = records[i]
+            REJECTED_PARTS.labels(rec.signal.value).inc()
+            log.warning("file sink: part of %s/%d@%d does not convert, kept in the rejects file: %s",
+                        rec.topic, rec.partition, rec.offset, reason)
+

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from gateway.bus.base import BusRecord
 from gateway.signals import HEADER_TENANT, Signal
-from pipelines.sinks.base import PermanentSinkError
-from pipelines.sinks.file import FileSink, safe_name
+from pipelines.sinks.file import REJECTED_PARTS, FileSink, safe_name
 
 
 def record(tenant: str, value: bytes, offset: int, signal: Signal = Signal.TRACES) -> BusRecord:
@@ -40,15 +41,39 @@ async def test_lines_per_tenant_and_signal(tmp_path: Path, offload: bool) -> Non
     await sink.stop()
 
 
+def rejects(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
 @pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper-process"])
-async def test_malformed_record_is_rejected_rest_written(tmp_path: Path, offload: bool) -> None:
+async def test_malformed_record_is_kept_as_a_reject_rest_written(tmp_path: Path, offload: bool) -> None:
     sink = FileSink(tmp_path, offload=offload)
     await sink.start()
-    with pytest.raises(PermanentSinkError) as err:
-        await sink.write([record("acme", b"\x0a\xff\xff", 0), record("acme", spans("ok"), 1)])
-    assert [r.record.offset for r in err.value.rejected] == [0]
-    assert (tmp_path / "acme" / "traces.jsonl").read_text().count("\n") == 1
+    await sink.write([record("acme", b"\x0a\xff\xff", 0), record("acme", spans("ok"), 1)])
     await sink.stop()
+    assert (tmp_path / "acme" / "traces.jsonl").read_text().count("\n") == 1
+    [reject] = rejects(tmp_path / "acme" / "traces.rejected.jsonl")
+    assert (reject["topic"], reject["partition"], reject["offset"]) == (Signal.TRACES.topic(), 0, 0)
+    assert base64.b64decode(reject["payload"]) == b"\x0a\xff\xff"
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper-process"])
+async def test_one_bad_string_does_not_cost_the_requests_batched_with_it(tmp_path: Path,
+                                                                          offload: bool) -> None:
+    """Ingest checks only the framing, so a span name that is not UTF-8 is acknowledged and
+    batched with other requests of the tenant into one record; the others must still be written."""
+    bad = spans("bad!").replace(b"bad!", b"ba\xff!")  # same length: the framing stays valid
+    before = REJECTED_PARTS.labels("traces")._value.get()
+    sink = FileSink(tmp_path, offload=offload)
+    await sink.start()
+    await sink.write([record("acme", spans("a") + bad + spans("b"), 7)])
+    await sink.stop()
+    [line] = [json.loads(x) for x in (tmp_path / "acme" / "traces.jsonl").read_text().splitlines()]
+    assert [rs["scopeSpans"][0]["spans"][0]["name"] for rs in line["resourceSpans"]] == ["a", "b"]
+    [reject] = rejects(tmp_path / "acme" / "traces.rejected.jsonl")
+    assert reject["offset"] == 7 and reject["error"]
+    assert base64.b64decode(reject["payload"]) == bad  # one ResourceX: a request of its own
+    assert REJECTED_PARTS.labels("traces")._value.get() == before + 1
 
 
 @pytest.mark.parametrize(("tenant", "name"), [("acme", "acme"), ("../etc", "_.._etc"), ("", "_"),
