@@ -199,11 +199,12 @@ class FileSink:
         self.data_dir = Path(data_dir)
         self._suffix = suffix
         self._offload = offload
-        self._writer = JsonLinesWriter(self.data_dir, suffix)
+        # Offloaded, the helper process owns the files; this process never opens one.
+        self._writer = None if offload else JsonLinesWriter(self.data_dir, suffix)
         self._pool: ProcessPoolExecutor | None = None
 
     def path(self, tenant: str, signal: Signal) -> Path:
-        return self._writer.path(tenant, signal.value)
+        return _path(self.data_dir, tenant, signal.value, self._suffix)
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +214,8 @@ class FileSink:
                                              initargs=(str(self.data_dir), self._suffix))
 
     async def stop(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
@@ -228,6 +230,7 @@ class FileSink:
         if self._pool is not None:
             rejected = await asyncio.get_running_loop().run_in_executor(self._pool, _helper_write, items)
         else:
+            assert self._writer is not None, "an offloading sink writes only after start()"
             rejected = self._writer.write(items)
         for i, reason in rejected:
             rec = records[i]

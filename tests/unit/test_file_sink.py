@@ -76,6 +76,16 @@ async def test_one_bad_string_does_not_cost_the_requests_batched_with_it(tmp_pat
     assert REJECTED_PARTS.labels("traces")._value.get() == before + 1
 
 
+@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper-process"])
+async def test_only_the_process_that_writes_has_a_writer(tmp_path: Path, offload: bool) -> None:
+    sink = FileSink(tmp_path, offload=offload)
+    assert (sink._writer is None) == offload
+    await sink.start()
+    await sink.write([record("acme", spans("a"), 0)])
+    await sink.stop()
+    assert sink.path("acme", Signal.TRACES).read_text().count("\n") == 1
+
+
 @pytest.mark.parametrize(("tenant", "name"), [("acme", "acme"), ("../etc", "_.._etc"), ("", "_"),
                                                ("a/b", "a_b"), (".hidden", "_.hidden")])
 def test_tenant_dir_cannot_escape(tenant: str, name: str) -> None:
