@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
@@ -67,9 +66,6 @@ def make_sink(cfg: Config, name: str) -> Sink:
     factory = getattr(module, "make_sink", None)
     if factory is not None:
         return cast(Sink, factory(cfg))
-    if name == "file":
-        # Several workers may feed the same data dir: one file per process keeps lines whole.
-        return cast(Sink, module.FileSink(cfg.pipelines.file.data_dir, suffix=f"-p{os.getpid()}"))
     raise RuntimeError(f"pipelines.sinks.{name} has no make_sink(cfg)")
 
 

@@ -26,6 +26,7 @@ import asyncio
 import base64
 import logging
 import multiprocessing
+import os
 import re
 import signal
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ import orjson
 from prometheus_client import Counter
 
 from gateway.bus.base import BusRecord
+from gateway.config import Config
 from gateway.otlp_json import proto_to_json
 from gateway.signals import Signal
 from gateway.wire import WireError, read_varint
@@ -238,3 +240,10 @@ class FileSink:
             log.warning("file sink: part of %s/%d@%d does not convert, kept in the rejects file: %s",
                         rec.topic, rec.partition, rec.offset, reason)
 
+
+def make_sink(cfg: Config) -> FileSink:
+    """Entry point for ``telemetry-gateway pipelines --sink file``.
+
+    Several workers may feed the same data dir: one file per process keeps lines whole.
+    """
+    return FileSink(cfg.pipelines.file.data_dir, suffix=f"-p{os.getpid()}")
