@@ -2,8 +2,11 @@
 
 Each run writes to its own topic prefix, so whatever sits in those topics came from this run.
 Every message value is a serialized OTLP request (the gateway and the Collector's kafka
-exporter both write plain ``otlp_proto``), so decoding it and counting spans / log records /
-data points gives the delivered items, which must equal what the target acknowledged.
+exporter both write plain ``otlp_proto``), so counting its spans / log records / data points
+gives the delivered items, which must equal what the target acknowledged. They are counted the
+way the ingest path counts what it acknowledges (``wire.prepare``): a walk of the framing, far
+cheaper than a full decode, and not tripped by a value the gateway accepted unchecked (a name
+that is not UTF-8), which a full decode would refuse.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from bench.payloads import item_count
+from gateway import wire
 from gateway.signals import Signal
 
 
@@ -64,7 +67,7 @@ async def count_delivered(bootstrap: str, topics: Mapping[str, Signal], *, expec
                 for rec in records:
                     if rec.value is None:
                         continue
-                    out.items += item_count(signal, rec.value)
+                    out.items += wire.prepare(signal, rec.value, ()).items
                     out.messages += 1
                     out.bytes += len(rec.value)
                     last_new = time.monotonic()
