@@ -6,8 +6,10 @@ settles when the batch holding that payload was published, which is how a receiv
 only after the bus acknowledged (``ack: durable``) or turns a bus failure into 503.
 
 Publishes run as tasks so a slow publish does not stop the next batch from filling, but at
-most ``max_inflight`` at once: beyond that, flushed batches queue on the semaphore, and the
-receivers' own request limit bounds how much can pile up.
+most ``max_inflight`` at once: beyond that, flushed batches queue on the semaphore. In
+``ack: accepted`` mode (and for durable requests whose client went away) no request waits on
+those, so ``pending_bytes`` counts every byte from ``add`` until its publish ended and ``Ingest``
+refuses new requests while it is over ``batch.max_pending_bytes``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class Batcher:
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes accepted but not yet acknowledged by the bus (open and in-flight batches)."""
+        """Bytes held here until their publish ended: open batches, batches waiting for a
+        publish slot and batches being published."""
         return self._pending_bytes
 
     @property
@@ -102,9 +105,21 @@ class Batcher:
             current.timer.cancel()
         signal, tenant = key
         batch = Batch(signal, tenant, b"".join(current.payloads), current.items, current.correlation_ids)
-        task = asyncio.get_running_loop().create_task(self._send(batch, current.futures))
+        futures = current.futures
+        task = asyncio.get_running_loop().create_task(self._send(batch, futures))
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(lambda t: self._finished(t, batch, futures))
+
+    def _finished(self, task: asyncio.Task[None], batch: Batch, futures: list[asyncio.Future[None]]) -> None:
+        """A task cancelled before it ran never entered ``_send``, which settles every future and
+        releases the batch's bytes: do both here, or the bytes would count against the pending
+        budget for ever and the requests would never get an answer."""
+        self._inflight.discard(task)
+        if all(fut.done() for fut in futures):
+            return
+        self._pending_bytes -= len(batch.payload)
+        self._pending_items -= batch.items
+        self._fail(batch, futures, BusUnavailable("publish cancelled: the gateway is stopping"))
 
     async def _send(self, batch: Batch, futures: list[asyncio.Future[None]]) -> None:
         try:

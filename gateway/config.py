@@ -74,6 +74,9 @@ class LimitsConfig:
 class BatchConfig:
     max_bytes: int = 1024 * 1024
     max_age_ms: float = 20.0
+    # Data held by the batcher (open, waiting to publish, publishing) beyond which requests are
+    # refused as overloaded (503): with ``ack: accepted`` nothing else bounds it while the bus stalls.
+    max_pending_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -252,5 +255,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError("server.max_decompressed_bytes must be >= server.max_request_bytes > 0")
     if cfg.batch.max_bytes <= 0 or cfg.batch.max_age_ms < 0:
         raise ConfigError("batch.max_bytes must be > 0 and batch.max_age_ms >= 0")
+    if cfg.batch.max_pending_bytes <= 0:
+        raise ConfigError("batch.max_pending_bytes must be > 0")
     if cfg.auth.enabled and not cfg.auth.api_keys and not cfg.auth.trust_tenant_header:
         raise ConfigError("auth.enabled: needs auth.api_keys or auth.trust_tenant_header")

@@ -55,6 +55,7 @@ class Ingest:
         self._durable = cfg.ack == "durable"
         self._max_item_bytes = max_item_bytes
         self._max_inflight = cfg.server.max_concurrent_requests
+        self._max_pending_bytes = cfg.batch.max_pending_bytes
         self._batcher = batcher
         self._auth = authenticator
         self._limiter = limiter
@@ -87,16 +88,32 @@ class Ingest:
             metrics.refused_items.labels(label, reason).inc(items)
         return Outcome(correlation_id, refused=reason, message=message, retry_after_s=retry_after_s)
 
-    async def ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,
-                     correlation_id: str | None = None) -> Outcome:
-        """Handle one decoded Export request (protobuf bytes). ``headers`` keys are lower case."""
-        cid = correlation_id or self.correlation_id(headers)
+    def admit(self, signal: Signal, transport: str, cid: str) -> Outcome | None:
+        """The refusal (counted) if the gateway cannot take a request now, else None.
+
+        Receivers may call it before decoding a body, so an overloaded gateway refuses cheaply;
+        ``ingest`` checks again. The pending-bytes budget is what bounds memory with
+        ``ack: accepted``, where requests are answered before their batch is published; it is
+        checked only here, so one admitted request may take the batcher past it.
+        """
         if self._closing:
             return self.refuse(signal, transport, "shutting_down", "gateway is shutting down", cid,
                                retry_after_s=1.0)
         if self.inflight >= self._max_inflight:
             return self.refuse(signal, transport, "overloaded", "too many concurrent requests", cid,
                                retry_after_s=1.0)
+        if self._batcher.pending_bytes >= self._max_pending_bytes:
+            return self.refuse(signal, transport, "overloaded", "too much data waiting for the bus", cid,
+                               retry_after_s=1.0)
+        return None
+
+    async def ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,
+                     correlation_id: str | None = None) -> Outcome:
+        """Handle one decoded Export request (protobuf bytes). ``headers`` keys are lower case."""
+        cid = correlation_id or self.correlation_id(headers)
+        refused = self.admit(signal, transport, cid)
+        if refused is not None:
+            return refused
         self.inflight += 1
         gauge = metrics.inflight_requests.labels(transport)
         gauge.inc()

@@ -188,3 +188,14 @@ async def test_cancelled_publish_answers_retryable_instead_of_hanging() -> None:
         await asyncio.wait_for(fut, 5)
     await b.close()
     assert b.pending_items == 0
+
+
+async def test_publish_cancelled_before_it_started_still_answers_and_releases_its_bytes() -> None:
+    b = Batcher(Recorder(), max_bytes=1, max_age_s=HOUR)
+    fut = b.add(Signal.TRACES, "t", b"x", 1, "c")  # full: flushed, its task not yet run
+    for task in list(b._inflight):
+        task.cancel()
+    with pytest.raises(BusUnavailable, match="stopping"):
+        await asyncio.wait_for(fut, 5)
+    await b.close()
+    assert b.pending_bytes == 0 and b.pending_items == 0

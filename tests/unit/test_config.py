@@ -41,6 +41,7 @@ def test_yaml_file_then_env_override(tmp_path: Path) -> None:
         ({"TG_AUTH__ENABLED": "yes please"}, "auth.enabled"),
         ({"TG_AUTH__ENABLED": "true"}, "needs auth.api_keys"),
         ({"TG_SERVER__HTTP_PORT": "70000"}, "is not a port"),
+        ({"TG_BATCH__MAX_PENDING_BYTES": "0"}, "batch.max_pending_bytes must be > 0"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(env: dict[str, str], message: str) -> None:

@@ -140,3 +140,33 @@ async def test_item_over_the_bus_limit_is_refused_for_good_and_the_rest_accepted
     assert alone.refused == "too_large" and alone.retry_after_s is None
     assert refused_items("too_large") == before + 2
     await batcher.close()
+
+
+def refused_requests(transport: str, reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("gateway_refused_requests_total",
+                                              {"signal": "traces", "transport": transport, "reason": reason})
+    return value or 0.0
+
+
+async def test_accepted_mode_refuses_when_data_waiting_for_a_stalled_bus_exceeds_the_budget() -> None:
+    one = len(spans(50))
+    ingest, bus, batcher = make({"TG_ACK": "accepted", "TG_BATCH__MAX_PENDING_BYTES": str(10 * one)})
+    bus.gate.clear()  # the bus takes nothing: every flushed batch waits for a publish slot
+    before = refused_requests("http", "overloaded")
+    answers = [await ingest.ingest(Signal.TRACES, "http", {}, spans(50)) for _ in range(100)]
+    ok = [a for a in answers if a.ok]
+    refused = [a for a in answers if not a.ok]
+    assert refused and all(a.refused == "overloaded" and a.retry_after_s for a in refused)
+    assert refused_requests("http", "overloaded") == before + len(refused)
+    # Refused from the first request that found the budget spent: at most one request over it.
+    assert answers.index(refused[0]) == len(ok)
+    assert 10 * one <= batcher.pending_bytes < 12 * one
+    bus.gate.set()
+
+    async def drained() -> bool:
+        return batcher.pending_bytes == 0
+
+    await await_for(drained, within=5, what="the stalled batches published")
+    assert (await ingest.ingest(Signal.TRACES, "http", {}, spans(1))).ok  # budget freed once published
+    await batcher.close()
+
