@@ -12,7 +12,6 @@ the OTLP spec asks of receivers.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import struct
 from collections.abc import Callable
@@ -123,7 +122,7 @@ def _to_bytes(v: Any, id_size: int) -> bytes:
             raise _PathError(f"{v[:40]!r} is not a hex-encoded id") from None
     try:
         return base64.b64decode(v.replace("-", "+").replace("_", "/") + "=" * (-len(v) % 4), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a non-ASCII character
         raise _PathError(f"{v[:40]!r} is not base64") from None
 
 
@@ -288,7 +287,9 @@ def _key_value_list(tag: bytes) -> Callable[[Any], bytes | None]:
                         vb = x.encode()
                         anyv = b"\x0a" + encode_varint(len(vb)) + vb
                     elif vname == "intValue" or vname == "int_value":
-                        if type(x) is str and x.lstrip("-").isdigit():
+                        # Only plain ASCII decimals of int64 length; anything else ("--5", "²",
+                        # thousands of digits) goes the generic way, which says what is wrong.
+                        if type(x) is str and len(x) <= 20 and x.isascii() and x.removeprefix("-").isdigit():
                             x = int(x)
                         if type(x) is int and -(1 << 63) <= x < 1 << 63:
                             anyv = b"\x18" + encode_varint(x & _MASK64)
@@ -338,6 +339,9 @@ def json_to_proto(signal: Signal, body: bytes) -> bytes:
         raise WireError(f"invalid OTLP/JSON {signal.value} request: {e.where()}: {e.message}") from None
     except RecursionError:  # AnyValue nests without bound; a hostile body must not cost more
         raise WireError(f"invalid OTLP/JSON {signal.value} request: values nested too deeply") from None
+    except Exception as e:  # a value a converter did not anticipate is still the client's 400, not a 500
+        raise WireError(f"invalid OTLP/JSON {signal.value} request: {type(e).__name__}: {str(e)[:200]}"
+                        ) from None
 
 
 def proto_to_json(signal: Signal, payload: bytes) -> bytes:

@@ -321,6 +321,10 @@ def test_optional_fields_keep_explicit_zero() -> None:
      "out of range"),
     ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"doubleValue": "fast"}}]}]}]},
      "not a number"),
+    ({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"bytesValue": "\u00e9"}}]}]}]}, "not base64"),
+    *[({"resourceLogs": [{"scopeLogs": [{"logRecords": [
+        {"attributes": [{"key": "n", "value": {"intValue": x}}]}]}]}]},
+       "logRecords[0].attributes[0].value.intValue: ") for x in ("--5", "\u00b2", "9" * 5000, "1" * 21)],
 ])
 def test_direct_encoding_errors_name_the_field(doc: dict[str, object], needle: str) -> None:
     with pytest.raises(WireError) as err:
@@ -399,6 +403,30 @@ def test_proto_to_json_on_corrupt_bytes_raises_only_wire_error(signal: Signal) -
             corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
         with contextlib.suppress(WireError):
             orjson.loads(proto_to_json(signal, bytes(corrupt)))
+
+
+_ODD_VALUES: list[object] = ["--5", "\u00b2", "9" * 5000, "\u00e9", "-", "", " 1", "1e999", "NaN", -1,
+                              1 << 63, 1e308, -0.0, True, None, [], {}, [1, "x"], {"a": "b"}, "AAAA",
+                              "zz" * 8]
+
+
+def _with_odd_leaves(node: object, rng: random.Random) -> object:
+    if isinstance(node, dict):
+        return {k: _with_odd_leaves(v, rng) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_with_odd_leaves(v, rng) for v in node]
+    return rng.choice(_ODD_VALUES) if rng.random() < 0.3 else node
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_json_to_proto_on_odd_values_raises_only_wire_error(signal: Signal) -> None:
+    small = {Signal.TRACES: {"spans_per_request": 4, "events": 1}, Signal.LOGS: {"records": 4},
+             Signal.METRICS: {"points": 1}}[signal]
+    doc = orjson.loads(proto_to_json(signal, payload(signal, **small)))
+    rng = random.Random(5)
+    for _ in range(200):
+        with contextlib.suppress(WireError):
+            json_to_proto(signal, orjson.dumps(_with_odd_leaves(doc, rng)))
 
 
 def test_deep_nesting_is_refused_not_crashed() -> None:
