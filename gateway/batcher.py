@@ -15,14 +15,18 @@ refuses new requests while it is over ``batch.max_pending_bytes``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from gateway import metrics
 from gateway.bus.base import Batch, BusUnavailable
 from gateway.signals import Signal
 
 __all__ = ["Batcher"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -127,8 +131,15 @@ class Batcher:
                 started = time.perf_counter()
                 await self._publish(batch)
                 took = time.perf_counter() - started
-        except Exception as e:  # any publish failure goes to every waiting request
+        except BusUnavailable as e:
             self._fail(batch, futures, e)
+        except Exception as e:
+            # A bus bug or an error it did not translate: still the client's retryable 503, not
+            # a 500/UNKNOWN; the traceback goes to the log once per batch, not once per request.
+            log.exception("publishing %d %s item(s) of tenant %r failed", batch.items, batch.signal.value,
+                          batch.tenant)
+            metrics.publish_errors.labels(batch.signal.value, type(e).__name__).inc()
+            self._fail(batch, futures, BusUnavailable(f"publish failed: {type(e).__name__}: {e}"))
         except asyncio.CancelledError:
             # Shutdown cancelled the publish: the requests get a retryable answer, not a hang.
             self._fail(batch, futures, BusUnavailable("publish cancelled: the gateway is stopping"))

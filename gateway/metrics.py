@@ -51,6 +51,10 @@ flush_seconds = Histogram(
     "gateway_flush_seconds", "Time to publish one batch to the bus.", ["signal"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+publish_errors = Counter(
+    "gateway_publish_errors", "Publishes that failed with an unexpected error (answered as 503).",
+    ["signal", "error"],
+)
 inflight_requests = Gauge(
     "gateway_inflight_requests", "Export requests being handled now.", ["transport"],
     multiprocess_mode="livesum",

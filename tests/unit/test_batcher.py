@@ -199,3 +199,14 @@ async def test_publish_cancelled_before_it_started_still_answers_and_releases_it
         await asyncio.wait_for(fut, 5)
     await b.close()
     assert b.pending_bytes == 0 and b.pending_items == 0
+
+
+async def test_unexpected_publish_error_becomes_bus_unavailable() -> None:
+    rec = Recorder()
+    rec.fail = KeyError("partition")
+    b = Batcher(rec, max_bytes=1, max_age_s=HOUR)
+    fut = b.add(Signal.TRACES, "t", b"x", 1, "c")
+    with pytest.raises(BusUnavailable, match="KeyError"):
+        await asyncio.wait_for(fut, 5)
+    await b.close()
+    assert b.pending_bytes == 0

@@ -170,3 +170,18 @@ async def test_accepted_mode_refuses_when_data_waiting_for_a_stalled_bus_exceeds
     assert (await ingest.ingest(Signal.TRACES, "http", {}, spans(1))).ok  # budget freed once published
     await batcher.close()
 
+
+async def test_unexpected_publish_error_is_a_retryable_bus_refusal() -> None:
+    ingest, bus, batcher = make({})
+    bus.error = RuntimeError("bus bug")
+
+    def errors() -> float:
+        value = metrics.REGISTRY.get_sample_value("gateway_publish_errors_total",
+                                                  {"signal": "traces", "error": "RuntimeError"})
+        return value or 0.0
+
+    before = errors()
+    out = await ingest.ingest(Signal.TRACES, "grpc", {}, spans(2))
+    assert out.refused == "bus_unavailable" and out.retry_after_s and "bus bug" in out.message
+    assert errors() == before + 1
+    await batcher.close()
