@@ -60,11 +60,13 @@ def handlers(ingest: Ingest) -> list[grpc.GenericRpcHandler]:
 async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on ``cfg.host:cfg.grpc_port``; return it and the port it bound.
 
-    No ``maximum_concurrent_rpcs``: ``Ingest`` applies ``server.max_concurrent_requests`` to both
-    transports together and counts what it refuses, which grpc's own limit would not.
+    ``maximum_concurrent_rpcs`` makes grpc refuse (RESOURCE_EXHAUSTED) before it reads and
+    inflates a request, which ``Ingest``'s own limit only sees afterwards; ``Ingest`` still
+    applies ``server.max_concurrent_requests`` to both transports together and counts its refusals.
     """
     server = grpc.aio.server(
         handlers=handlers(ingest),
+        maximum_concurrent_rpcs=cfg.max_concurrent_requests,
         options=[
             ("grpc.max_receive_message_length", cfg.max_decompressed_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),

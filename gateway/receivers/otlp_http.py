@@ -48,6 +48,11 @@ class OtlpHttp:
         if media not in (PROTOBUF, JSON):
             return self._refuse(signal, "unsupported_media_type",
                                 f"Content-Type {media or '(none)'} is not {PROTOBUF} or {JSON}", cid, False)
+        # Before inflating and converting: those cost more than the request an overloaded
+        # gateway is about to refuse anyway.
+        refused = self._ingest.admit(signal, TRANSPORT, cid)
+        if refused is not None:
+            return _render_refusal(refused, as_json)
         body = req.body
         encoding = req.headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":

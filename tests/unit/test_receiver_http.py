@@ -252,3 +252,21 @@ async def test_chunked_body_and_its_cap(handler: tuple[OtlpHttp, MemoryBus]) -> 
     proto.data_received(head + _chunked(b"\x0a" * 5000, 1000))  # no Content-Length to check first
     assert t.out.startswith(b"HTTP/1.1 413 ") and t.closed
     assert bus.end_offset == 1
+
+
+async def test_overloaded_gateway_refuses_before_inflating_the_body() -> None:
+    gate = asyncio.Event()
+
+    async def stalled(batch: Batch) -> None:
+        await gate.wait()
+
+    cfg = config.load(None, env={"TG_ACK": "accepted", "TG_BATCH__MAX_PENDING_BYTES": "1"})
+    batcher = Batcher(stalled, cfg.batch.max_bytes, 3600.0)
+    h = OtlpHttp(Ingest(cfg, batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits)), cfg.server)
+    assert (await h(Request("POST", "/v1/traces", dict(PB), spans(1)))).status == 200  # budget now spent
+    not_gzip = {**PB, "content-encoding": "gzip"}
+    resp = await h(Request("POST", "/v1/traces", not_gzip, b"certainly not gzip"))
+    assert resp.status == 503  # not the 400 that inflating it would have given
+    assert dict(resp.headers)["Retry-After"] == "1"
+    gate.set()
+    await batcher.close()

@@ -1,0 +1,55 @@
+"""OTLP/gRPC on a loopback port: the real grpc.aio server, Ingest and Batcher behind it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from gateway import config
+from gateway.batcher import Batcher
+from gateway.bus.base import Batch
+from gateway.ingest import Ingest
+from gateway.receivers import otlp_grpc
+from gateway.signals import Signal
+from gateway.tenancy import Authenticator, RateLimiter
+from tests.otlp_payloads import payload
+from tests.waiting import await_for
+
+TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+async def test_grpc_refuses_beyond_max_concurrent_requests_before_reading_the_request() -> None:
+    gate = asyncio.Event()
+
+    async def stalled(batch: Batch) -> None:
+        await gate.wait()
+
+    cfg = config.load(None, env={"TG_SERVER__HOST": "127.0.0.1", "TG_SERVER__GRPC_PORT": "0",
+                                 "TG_SERVER__MAX_CONCURRENT_REQUESTS": "1", "TG_BATCH__MAX_AGE_MS": "0"})
+    batcher = Batcher(stalled, cfg.batch.max_bytes, 0.0)
+    ingest = Ingest(cfg, batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits))
+    server, port = await otlp_grpc.serve(ingest, cfg.server, reuse_port=False)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            export = channel.unary_unary(TRACE_EXPORT)
+            body = payload(Signal.TRACES, spans_per_request=2)
+            first = asyncio.ensure_future(export(body, timeout=10))
+
+            async def first_in_flight() -> bool:
+                return ingest.inflight == 1
+
+            await await_for(first_in_flight, within=5, what="the first export in flight")
+            try:
+                await export(body, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                # grpc's refusal; Ingest's own (after grpc read the request) would be UNAVAILABLE.
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            else:
+                raise AssertionError("the second concurrent export was accepted")
+            gate.set()
+            await first
+    finally:
+        gate.set()
+        await server.stop(None)
+        await batcher.close()
