@@ -257,5 +257,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError("batch.max_bytes must be > 0 and batch.max_age_ms >= 0")
     if cfg.batch.max_pending_bytes <= 0:
         raise ConfigError("batch.max_pending_bytes must be > 0")
+    if cfg.bus.kind == "memory" and not cfg.embedded_pipeline:
+        raise ConfigError("bus.kind memory needs embedded_pipeline: true: nothing else reads the in-process "
+                          "log, so it would fill and every request would be refused; use bus.kind kafka "
+                          "to run the pipelines separately")
     if cfg.auth.enabled and not cfg.auth.api_keys and not cfg.auth.trust_tenant_header:
         raise ConfigError("auth.enabled: needs auth.api_keys or auth.trust_tenant_header")

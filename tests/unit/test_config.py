@@ -41,12 +41,18 @@ def test_yaml_file_then_env_override(tmp_path: Path) -> None:
         ({"TG_AUTH__ENABLED": "yes please"}, "auth.enabled"),
         ({"TG_AUTH__ENABLED": "true"}, "needs auth.api_keys"),
         ({"TG_SERVER__HTTP_PORT": "70000"}, "is not a port"),
+        ({"TG_EMBEDDED_PIPELINE": "false"}, "bus.kind memory needs embedded_pipeline: true"),
         ({"TG_BATCH__MAX_PENDING_BYTES": "0"}, "batch.max_pending_bytes must be > 0"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(env=env)
+
+
+def test_kafka_bus_runs_without_the_embedded_pipeline() -> None:
+    cfg = load(env={"TG_BUS__KIND": "kafka", "TG_EMBEDDED_PIPELINE": "false"})
+    assert cfg.bus.kind == "kafka" and not cfg.embedded_pipeline
 
 
 def test_non_mapping_file_is_refused(tmp_path: Path) -> None:
