@@ -36,7 +36,8 @@ class OtlpHttp:
     async def __call__(self, req: Request) -> Response:
         signal = _PATHS.get(req.path)
         cid = self._ingest.correlation_id(req.headers)
-        as_json = _media_type(req.headers) == JSON
+        media = _media_type(req.headers)
+        as_json = media == JSON
         if signal is None:
             return self._refuse(None, "not_found", f"no OTLP endpoint at {req.path}", cid, as_json)
         if req.method != "POST":
@@ -44,7 +45,6 @@ class OtlpHttp:
                                 as_json)
             resp.headers.append(("Allow", "POST"))
             return resp
-        media = _media_type(req.headers)
         if media not in (PROTOBUF, JSON):
             return self._refuse(signal, "unsupported_media_type",
                                 f"Content-Type {media or '(none)'} is not {PROTOBUF} or {JSON}", cid, False)
