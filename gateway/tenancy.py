@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -98,7 +99,9 @@ class RateLimiter:
 
     A request larger than the burst is admitted when the bucket is full and leaves it in debt,
     so big requests are slowed down rather than refused for ever. Full buckets carry no state
-    (a new bucket starts full), so they are forgotten when there are many tenants.
+    (a new bucket starts full), so they are forgotten when there are many tenants; if none is
+    full, the least recently used one goes, so tenants taken from a trusted header cannot grow
+    the table past ``MAX_TENANTS`` (its tenant starts again with a full bucket).
     """
 
     MAX_TENANTS = 10_000
@@ -107,7 +110,7 @@ class RateLimiter:
         self._cfg = cfg
         self._clock = clock
         self._limits: dict[str, tuple[_Limit | None, _Limit | None]] = {}
-        self._buckets: dict[str, tuple[_Bucket, _Bucket]] = {}
+        self._buckets: OrderedDict[str, tuple[_Bucket, _Bucket]] = OrderedDict()  # least recent first
 
     def _limits_for(self, tenant: str) -> tuple[_Limit | None, _Limit | None]:
         limits = self._limits.get(tenant)
@@ -127,9 +130,13 @@ class RateLimiter:
             return None
         now = self._clock()
         buckets = self._buckets.get(tenant)
-        if buckets is None:
+        if buckets is not None:
+            self._buckets.move_to_end(tenant)
+        else:
             if len(self._buckets) >= self.MAX_TENANTS:
                 self._forget_full(now)
+            while len(self._buckets) >= self.MAX_TENANTS:
+                self._buckets.popitem(last=False)
             buckets = (_Bucket(item_limit.burst if item_limit else 0.0, now),
                        _Bucket(byte_limit.burst if byte_limit else 0.0, now))
             self._buckets[tenant] = buckets

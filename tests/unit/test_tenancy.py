@@ -156,3 +156,23 @@ def test_many_tenants_forget_full_buckets() -> None:
     assert rl.admit("new", 1, 0) is None
     assert len(rl._buckets) == 1
     assert rl.admit("new", 1, 0) is not None
+
+
+def test_tenant_table_is_capped_by_evicting_the_least_recently_used() -> None:
+    clock = Clock()
+    rl = RateLimiter(LimitsConfig(default=RateLimit(items_per_second=1, items_burst=1)), clock=clock)
+    rl.MAX_TENANTS = 10
+    for i in range(10):
+        assert rl.admit(f"t{i}", 1, 0) is None  # every bucket now empty: none can be forgotten
+    assert rl.admit("t0", 1, 0) is not None  # t0 used again: t1 is now the least recent
+    for i in range(10, 100):
+        rl.admit(f"t{i}", 1, 0)
+        assert len(rl._buckets) <= 10
+    assert "t99" in rl._buckets and "t0" not in rl._buckets
+    rl2 = RateLimiter(LimitsConfig(default=RateLimit(items_per_second=1, items_burst=1)), clock=clock)
+    rl2.MAX_TENANTS = 3
+    for name in ("a", "b", "c"):
+        rl2.admit(name, 1, 0)
+    rl2.admit("a", 1, 0)
+    rl2.admit("d", 1, 0)
+    assert list(rl2._buckets) == ["c", "a", "d"]  # b, the least recently used, went
