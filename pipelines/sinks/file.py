@@ -12,8 +12,9 @@ another core. The helper is spawned, not forked, because the gateway process run
 A record that is framed correctly but does not convert (a span name that is not UTF-8 passes the
 ingest checks, which only look at the framing) is converted again per ResourceX: the batcher joins
 several acknowledged requests into one record, so one bad string must not cost the others. What
-still fails goes to ``<signal><suffix>.rejected.jsonl`` beside the data, with its coordinates, the
-error and the bytes, because the embedded pipeline has no dead-letter topic to park it in.
+still fails goes to ``<tenant>/rejected/<signal><suffix>.jsonl``, with its coordinates, the
+error and the bytes, because the embedded pipeline has no dead-letter topic to park it in. A
+directory of its own keeps readers that glob ``<tenant>/<signal>*.jsonl`` on the data alone.
 
 Not idempotent under redelivery: a record redelivered after a crash between write and commit
 is appended again. The memory bus does not outlive the process, so in the embedded setup that
@@ -46,7 +47,7 @@ from gateway.wire import WireError, read_varint
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_REJECTED = ".rejected"
+_REJECTS_DIR = "rejected"
 
 # What crosses to the helper process per record:
 # (tenant, signal value, protobuf bytes, topic, partition, offset).
@@ -67,8 +68,8 @@ def safe_name(tenant: str) -> str:
     return "_" + name if name.startswith(".") else name
 
 
-def _path(data_dir: Path, tenant: str, signal_name: str, suffix: str) -> Path:
-    return data_dir / safe_name(tenant) / f"{signal_name}{suffix}.jsonl"
+def _path(data_dir: Path, tenant: str, signal_name: str, suffix: str, subdir: str = "") -> Path:
+    return data_dir / safe_name(tenant) / subdir / f"{signal_name}{suffix}.jsonl"
 
 
 def _top_fields(buf: bytes) -> list[bytes]:
@@ -130,12 +131,13 @@ class JsonLinesWriter:
     def path(self, tenant: str, signal_name: str) -> Path:
         return _path(self.data_dir, tenant, signal_name, self._suffix)
 
-    def _file(self, tenant: str, signal_name: str, kind: str = "") -> IO[bytes]:
-        f = self._files.get((tenant, signal_name + kind))
+    def _file(self, tenant: str, signal_name: str, subdir: str = "") -> IO[bytes]:
+        key = (tenant, f"{subdir}/{signal_name}")
+        f = self._files.get(key)
         if f is None:
-            p = _path(self.data_dir, tenant, signal_name, self._suffix + kind)
+            p = _path(self.data_dir, tenant, signal_name, self._suffix, subdir)
             p.parent.mkdir(parents=True, exist_ok=True)
-            f = self._files[(tenant, signal_name + kind)] = p.open("ab")
+            f = self._files[key] = p.open("ab")
         return f
 
     def write(self, items: Sequence[_Item]) -> list[tuple[int, str]]:
@@ -148,7 +150,7 @@ class JsonLinesWriter:
             except WireError as exc:
                 line, bad = _salvage(Signal(signal_name), value, str(exc))
                 for part, reason in bad:
-                    f = self._file(tenant, signal_name, _REJECTED)
+                    f = self._file(tenant, signal_name, _REJECTS_DIR)
                     f.write(orjson.dumps({"topic": topic, "partition": partition, "offset": offset,
                                           "error": reason, "payload": base64.b64encode(part).decode()})
                             + b"\n")

@@ -52,7 +52,7 @@ async def test_malformed_record_is_kept_as_a_reject_rest_written(tmp_path: Path,
     await sink.write([record("acme", b"\x0a\xff\xff", 0), record("acme", spans("ok"), 1)])
     await sink.stop()
     assert (tmp_path / "acme" / "traces.jsonl").read_text().count("\n") == 1
-    [reject] = rejects(tmp_path / "acme" / "traces.rejected.jsonl")
+    [reject] = rejects(tmp_path / "acme" / "rejected" / "traces.jsonl")
     assert (reject["topic"], reject["partition"], reject["offset"]) == (Signal.TRACES.topic(), 0, 0)
     assert base64.b64decode(reject["payload"]) == b"\x0a\xff\xff"
 
@@ -70,7 +70,7 @@ async def test_one_bad_string_does_not_cost_the_requests_batched_with_it(tmp_pat
     await sink.stop()
     [line] = [json.loads(x) for x in (tmp_path / "acme" / "traces.jsonl").read_text().splitlines()]
     assert [rs["scopeSpans"][0]["spans"][0]["name"] for rs in line["resourceSpans"]] == ["a", "b"]
-    [reject] = rejects(tmp_path / "acme" / "traces.rejected.jsonl")
+    [reject] = rejects(tmp_path / "acme" / "rejected" / "traces.jsonl")
     assert reject["offset"] == 7 and reject["error"]
     assert base64.b64decode(reject["payload"]) == bad  # one ResourceX: a request of its own
     assert REJECTED_PARTS.labels("traces")._value.get() == before + 1
