@@ -24,6 +24,7 @@ import yaml
 
 from bench.subprocs import free_port, spawn, terminate
 from gateway.signals import Signal
+from pipelines.sinks.file import complete_lines
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_COLLECTOR_CONFIG = Path(__file__).resolve().parent / "collector-otlp-kafka.yaml"
@@ -156,10 +157,7 @@ class GatewaySystem(_Subprocess):
         total = 0
         for sig in signals:
             for path in sorted(self.data_dir.glob(f"*/{sig.value}*.jsonl")):
-                with path.open() as f:
-                    for line in f:
-                        if line.endswith("\n"):  # a line being written is not delivered yet
-                            total += count_json_items(sig, json.loads(line))
+                total += sum(count_json_items(sig, json.loads(line)) for line in complete_lines(path))
         return total
 
 

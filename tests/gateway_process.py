@@ -34,6 +34,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.subprocs import free_port, kill_group, spawn, terminate
+from pipelines.sinks.file import complete_lines
 from tests.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -160,9 +161,7 @@ class GatewayProcess:
         """Every complete line the file sink wrote for this tenant and signal, as OTLP JSON."""
         out: list[dict[str, Any]] = []
         for path in self.sink_files(tenant, signal_name):
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    out.append(json.loads(line))
+            out.extend(json.loads(line) for line in complete_lines(path))
         return out
 
 

@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import re
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import IO
@@ -70,6 +70,15 @@ def safe_name(tenant: str) -> str:
 
 def _path(data_dir: Path, tenant: str, signal_name: str, suffix: str, subdir: str = "") -> Path:
     return data_dir / safe_name(tenant) / subdir / f"{signal_name}{suffix}.jsonl"
+
+
+def complete_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a sink file that are whole: a reader may look while a line is being written,
+    and a line without its newline is not delivered yet."""
+    with path.open("rb") as f:
+        for line in f:
+            if line.endswith(b"\n"):
+                yield line
 
 
 def _top_fields(buf: bytes) -> list[bytes]:

@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.subprocs import kill_group, spawn, terminate
+from pipelines.sinks.file import complete_lines
 from tests.gateway_process import REPO_ROOT, GatewayProcess, free_port
 from tests.waiting import wait_for
 
@@ -136,7 +137,7 @@ class PipelineProcess:
         """Every line the file sink wrote for ``signal_name`` (all tenants, all files)."""
         out: list[dict[str, Any]] = []
         for path in sorted(self.data_dir.glob(f"*/{signal_name}*.jsonl")):
-            out.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+            out.extend(json.loads(line) for line in complete_lines(path))
         return out
 
 

@@ -92,11 +92,12 @@ def post(gw: GatewayProcess, path: str, body: bytes, headers: dict[str, str],
 Metadata = tuple[tuple[str, str], ...]
 
 
-def grpc_export(gw: GatewayProcess, body: bytes, metadata: Metadata) -> grpc.RpcError | bytes:
+def grpc_export(gw: GatewayProcess, body: bytes, metadata: Metadata,
+                compression: grpc.Compression | None = None) -> grpc.RpcError | bytes:
     with grpc.insecure_channel(gw.grpc_target) as channel:
         call = channel.unary_unary(TRACE_EXPORT)  # no (de)serializers: raw bytes both ways
         try:
-            out: bytes = call(body, metadata=metadata, timeout=10)
+            out: bytes = call(body, metadata=metadata, timeout=10, compression=compression)
             return out
         except grpc.RpcError as exc:
             return exc
@@ -184,10 +185,13 @@ def test_too_large_body(gateway: GatewayProcess) -> None:
     assert headers.get("connection") == "close"
     assert refused(gateway, "too_large", "http") == before + 1
 
-    # gRPC: grpc enforces max_receive_message_length (= max_decompressed_bytes) itself.
+    # gRPC: grpc enforces max_receive_message_length (= max_decompressed_bytes) itself, and
+    # the gateway counts it.
+    before = refused(gateway, "too_large", "grpc")
     err = grpc_export(gateway, b"\x1a\x80\x80\x80\x01" + b"x" * (MAX_INFLATED + 100), tuple(ACME.items()))
     assert isinstance(err, grpc.RpcError)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused(gateway, "too_large", "grpc") == before + 1
     assert_still_serving(gateway)
 
 
@@ -199,7 +203,8 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 def test_gzip_bomb_is_refused_without_inflating_it(gateway: GatewayProcess) -> None:
-    """200 MiB of zeros compress to ~200 KiB; refusing must not cost anything like 200 MiB."""
+    """200 MiB of zeros compress to ~200 KiB; refusing must not cost anything like 200 MiB.
+    Over both transports: HTTP inflates in the gateway's code, gRPC in grpc's."""
     comp = zlib.compressobj(9, zlib.DEFLATED, 31)
     chunk = b"\0" * (1024 * 1024)
     bomb = b"".join(comp.compress(chunk) for _ in range(200)) + comp.flush()
@@ -211,6 +216,13 @@ def test_gzip_bomb_is_refused_without_inflating_it(gateway: GatewayProcess) -> N
     assert status == 413
     assert "decompressed" in pb_status(body).message
     assert refused(gateway, "too_large", "http") == before + 1
+
+    # gRPC: the client compresses 64 MiB of zeros; grpc stops inflating at the cap.
+    before = refused(gateway, "too_large", "grpc")
+    err = grpc_export(gateway, b"\0" * (64 * 1024 * 1024), tuple(ACME.items()), grpc.Compression.Gzip)
+    assert isinstance(err, grpc.RpcError)
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused(gateway, "too_large", "grpc") == before + 1
     assert _peak_rss_kib(gateway.proc.pid) < 150 * 1024, "the bomb was inflated far past the cap"
     assert_still_serving(gateway)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from prometheus_client import REGISTRY
 
 from gateway import config
 from gateway.batcher import Batcher
@@ -19,7 +20,12 @@ from tests.waiting import await_for
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
-async def test_grpc_refuses_beyond_max_concurrent_requests_before_reading_the_request() -> None:
+def _refused(reason: str) -> float:
+    return REGISTRY.get_sample_value("gateway_refused_requests_total",
+                                     {"signal": "traces", "transport": "grpc", "reason": reason}) or 0.0
+
+
+async def test_grpc_refuses_beyond_max_concurrent_requests_as_overloaded_and_counts_it() -> None:
     gate = asyncio.Event()
 
     async def stalled(batch: Batch) -> None:
@@ -40,13 +46,15 @@ async def test_grpc_refuses_beyond_max_concurrent_requests_before_reading_the_re
                 return ingest.inflight == 1
 
             await await_for(first_in_flight, within=5, what="the first export in flight")
+            before = _refused("overloaded")
             try:
                 await export(body, timeout=10)
             except grpc.aio.AioRpcError as exc:
-                # grpc's refusal; Ingest's own (after grpc read the request) would be UNAVAILABLE.
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE  # retryable, as OTLP asks
+                assert "too many concurrent requests" in (exc.details() or "")
             else:
                 raise AssertionError("the second concurrent export was accepted")
+            assert _refused("overloaded") == before + 1
             gate.set()
             await first
     finally:
