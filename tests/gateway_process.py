@@ -33,7 +33,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.subprocs import free_port, kill_group, spawn, terminate
+from bench.subprocs import free_port as free_port  # re-exported: tests take their ports here
+from bench.subprocs import kill_group, spawn, terminate
 from pipelines.sinks.file import complete_lines
 from tests.waiting import wait_for
 
@@ -45,8 +46,11 @@ class GatewayProcess:
 
     def __init__(self, env: Mapping[str, str] | None = None, *, workers: int = 1,
                  workdir: Path | None = None, extra_args: list[str] | None = None) -> None:
-        self._own_tmp = tempfile.TemporaryDirectory(prefix="tg-gw-") if workdir is None else None
-        self.workdir = Path(self._own_tmp.name) if self._own_tmp else workdir  # type: ignore[assignment]
+        self._own_tmp: tempfile.TemporaryDirectory[str] | None = None
+        if workdir is None:
+            self._own_tmp = tempfile.TemporaryDirectory(prefix="tg-gw-")
+            workdir = Path(self._own_tmp.name)
+        self.workdir = workdir
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "gateway.log"
         self.grpc_port = free_port()
@@ -200,7 +204,7 @@ def resource_attrs(resource: dict[str, Any]) -> dict[str, Any]:
 def sink_items(lines: list[dict[str, Any]], signal_name: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(resource attributes, item) for every span / log record / metric in file-sink lines."""
     rx_key, sx_key, item_key = _OTLP_JSON_KEYS[signal_name]
-    out = []
+    out: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for line in lines:
         for rx in line.get(rx_key, []):
             attrs = resource_attrs(rx.get("resource", {}))

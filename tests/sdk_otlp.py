@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from gateway.bus.base import BusRecord
 from gateway.signals import (
@@ -84,7 +85,8 @@ def finished_spans(res: Resource, traces: int = 2, children: int = 2) -> tuple[l
     tracer = provider.get_tracer("sink-tests", "1.2.3")
     trace_ids = []
     for t in range(traces):
-        attrs = {"http.request.method": "GET", "http.response.status_code": 200, "trace.no": t}
+        attrs: dict[str, AttributeValue] = {"http.request.method": "GET", "http.response.status_code": 200,
+                                            "trace.no": t}
         with tracer.start_as_current_span("GET /cart", kind=SpanKind.SERVER, attributes=attrs) as root:
             root.add_event("cache.miss", {"cache.key": "cart-1"})
             trace_ids.append(format(root.get_span_context().trace_id, "032x"))

@@ -228,6 +228,7 @@ class Clients:
         for item in ids:
             counter.add(1, {"item.id": item})
         data = reader.get_metrics_data()
+        assert data is not None
         headers = {"x-correlation-id": cid}
         exporter = (GrpcMetricExporter(endpoint=self._gw.grpc_target, insecure=True, headers=headers,
                                        timeout=self._timeout)
@@ -246,6 +247,10 @@ class Clients:
             self.sent.refused_exports += 1
         return ok
 
+    def rounds(self, n: int) -> None:
+        for _ in range(n):
+            self.round()
+
     def round(self) -> None:
         """One export of each signal over each transport."""
         for transport in ("grpc", "http"):
@@ -260,10 +265,13 @@ def _attrs(attributes: list[dict[str, Any]]) -> dict[str, Any]:
     return {a["key"]: next(iter(a.get("value", {}).values()), None) for a in attributes}
 
 
-def received(pipeline: PipelineProcess) -> dict[str, Counter[tuple[str, str, str]]]:
+# (item name, tenant.id, correlation.id) of an item at the sink; the ids are None when missing.
+Landed = tuple[str, str | None, str | None]
+
+
+def received(pipeline: PipelineProcess) -> dict[str, Counter[Landed]]:
     """signal -> Counter of (item id, tenant, correlation id) over everything the sink wrote."""
-    out: dict[str, Counter[tuple[str, str, str]]] = {"traces": Counter(), "logs": Counter(),
-                                                     "metrics": Counter()}
+    out: dict[str, Counter[Landed]] = {"traces": Counter(), "logs": Counter(), "metrics": Counter()}
     for line in pipeline.read("traces"):
         for rs in line.get("resourceSpans", []):
             res = _attrs(rs.get("resource", {}).get("attributes", []))
@@ -289,7 +297,7 @@ def received(pipeline: PipelineProcess) -> dict[str, Counter[tuple[str, str, str
     return out
 
 
-def missing(sent: Sent, got: dict[str, Counter[tuple[str, str, str]]], tenant: str = "default") -> int:
+def missing(sent: Sent, got: dict[str, Counter[Landed]], tenant: str = "default") -> int:
     """How many acknowledged items are not (yet) in the sink with the right tenant and correlation id."""
     n = 0
     for signal_name, items in (("traces", sent.spans), ("logs", sent.logs), ("metrics", sent.points)):

@@ -78,6 +78,16 @@ def _landed(gw: GatewayProcess, signal: str, service: str) -> list[tuple[dict[st
             if attrs.get("service.name") == service]
 
 
+def _wait_landed(gw: GatewayProcess, signal: str, service: str,
+                 n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """At least ``n`` items of ``service`` in the file sink, within a deadline."""
+    def enough() -> list[tuple[dict[str, Any], dict[str, Any]]] | None:
+        found = _landed(gw, signal, service)
+        return found if len(found) >= n else None
+
+    return wait_for(enough, within=15, what=f"{n} {signal} items of {service} in the file sink")
+
+
 def _assert_stamped(found: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
     for attrs, _item in found:
         assert attrs["tenant.id"] == "default"
@@ -105,8 +115,7 @@ def export_spans(gw: GatewayProcess, transport: str, service: str, n: int) -> No
 def test_spans_land_in_file_sink(gateway: GatewayProcess, transport: str) -> None:
     service = f"svc-{uuid.uuid4().hex[:8]}"
     export_spans(gateway, transport, service, 25)
-    found = wait_for(lambda: (f := _landed(gateway, "traces", service)) and len(f) >= 25 and f,
-                     within=15, what=f"25 spans of {service} in the file sink")
+    found = _wait_landed(gateway, "traces", service, 25)
     assert len(found) == 25
     assert sorted(item["name"] for _a, item in found) == sorted(f"op-{i}" for i in range(25))
     _assert_stamped(found)
@@ -127,8 +136,7 @@ def test_logs_land_in_file_sink(gateway: GatewayProcess, transport: str) -> None
         assert exporter.export(memory.get_finished_logs()) == LogRecordExportResult.SUCCESS
     finally:
         exporter.shutdown()
-    found = wait_for(lambda: (f := _landed(gateway, "logs", service)) and len(f) >= 7 and f,
-                     within=15, what=f"7 log records of {service} in the file sink")
+    found = _wait_landed(gateway, "logs", service, 7)
     assert sorted(item["body"]["stringValue"] for _a, item in found) == [f"line {i}" for i in range(7)]
     _assert_stamped(found)
 
@@ -150,8 +158,7 @@ def test_metrics_land_in_file_sink(gateway: GatewayProcess, transport: str) -> N
         assert exporter.export(data) == MetricExportResult.SUCCESS
     finally:
         exporter.shutdown()
-    found = wait_for(lambda: (f := _landed(gateway, "metrics", service)) and len(f) >= 3 and f,
-                     within=15, what=f"3 metrics of {service} in the file sink")
+    found = _wait_landed(gateway, "metrics", service, 3)
     assert sorted(item["name"] for _a, item in found) == ["latency", "orders", "temperature"]
     _assert_stamped(found)
 

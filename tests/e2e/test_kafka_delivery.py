@@ -73,7 +73,7 @@ def test_nothing_lost_when_the_worker_is_killed_mid_stream() -> None:
             clients = Clients(gw)
             # Traffic keeps flowing in a thread while the worker is killed and restarted.
             with ThreadPoolExecutor(max_workers=1) as pool:
-                sending = pool.submit(lambda: [clients.round() for _ in range(2 * ROUNDS)])
+                sending = pool.submit(clients.rounds, 2 * ROUNDS)
                 wait_for(lambda: sum(sum(c.values()) for c in received(pipeline).values()) > 0,
                          within=60, what="the worker to write something before it is killed")
                 pipeline.kill()

@@ -13,6 +13,7 @@ import json
 import urllib.parse
 import urllib.request
 import uuid
+from functools import partial
 from typing import Any
 
 import pytest
@@ -82,17 +83,18 @@ def promql(expr: str) -> list[dict[str, Any]]:
     return body["data"]["result"] if body and body.get("status") == "success" else []
 
 
-def jaeger_trace(trace_id: str) -> dict[str, Any] | None:
+def jaeger_trace(trace_id: str, spans: int) -> dict[str, Any] | None:
+    """The trace as Jaeger's query API returns it, once it holds ``spans`` spans."""
     body = _get_json(f"{stackenv.JAEGER_QUERY_URL}/api/traces/{trace_id}")
     data = (body or {}).get("data") or []
-    return data[0] if data else None
+    return data[0] if data and len(data[0]["spans"]) == spans else None
 
 
-def es_count(es: Elasticsearch, index: str) -> int:
+def es_holds(es: Elasticsearch, index: str, n: int) -> bool:
     if not es.indices.exists(index=index):
-        return 0
+        return False
     es.indices.refresh(index=index)
-    return int(es.count(index=index).body["count"])
+    return int(es.count(index=index).body["count"]) == n
 
 
 def test_sdk_data_reaches_every_store_through_kafka() -> None:
@@ -120,9 +122,9 @@ def test_sdk_data_reaches_every_store_through_kafka() -> None:
                 spans, logs, _ = sent[t.name]
                 traces_index = index_name(Signal.TRACES, t.name)
                 logs_index = index_name(Signal.LOGS, t.name)
-                wait_for(lambda ti=traces_index, n=spans: es_count(es, ti) == n, within=TIMEOUT,
+                wait_for(partial(es_holds, es, traces_index, spans), within=TIMEOUT,
                          what=f"{spans} spans in {traces_index}")
-                wait_for(lambda li=logs_index, n=logs: es_count(es, li) == n, within=TIMEOUT,
+                wait_for(partial(es_holds, es, logs_index, logs), within=TIMEOUT,
                          what=f"{logs} log records in {logs_index}")
                 hit = es.search(index=traces_index, size=1).body["hits"]["hits"][0]["_source"]
                 assert hit["resource"]["attributes"]["tenant.id"] == t.name
@@ -133,23 +135,23 @@ def test_sdk_data_reaches_every_store_through_kafka() -> None:
 
         for t in (acme, beta):
             _, _, trace_ids = sent[t.name]
-            tr = wait_for(lambda tid=trace_ids[0]: (lambda x: x if x and len(x["spans"]) == 4 else None)(
-                jaeger_trace(tid)), within=TIMEOUT, what=f"trace {trace_ids[0]} whole in Jaeger")
+            tr = wait_for(partial(jaeger_trace, trace_ids[0], spans=4), within=TIMEOUT,
+                          what=f"trace {trace_ids[0]} whole in Jaeger")
             (process,) = tr["processes"].values()
             tags = {tag["key"]: tag["value"] for tag in process["tags"]}
             assert tags["tenant.id"] == t.name and process["serviceName"] == t.service
 
             sel = f'tenant="{t.name}"'
-            total = wait_for(lambda s=sel: promql(f"sum(orders_total{{{s}}})"), within=TIMEOUT,
+            total = wait_for(partial(promql, f"sum(orders_total{{{sel}}})"), within=TIMEOUT,
                              what=f"orders_total for {t.name} in Prometheus")
             assert float(total[0]["value"][1]) == 7.0
             assert not promql('orders_total{tenant="forged"}')
             assert total and promql(f'orders_total{{{sel},job="shop/{t.service}"}}')
-            p50 = wait_for(lambda s=sel: promql(
-                f"histogram_quantile(0.5, sum by (le) (http_server_request_duration_seconds_bucket{{{s}}}))"),
-                within=TIMEOUT, what="histogram_quantile over the buckets")
+            p50 = wait_for(partial(promql, "histogram_quantile(0.5, sum by (le) "
+                                   f"(http_server_request_duration_seconds_bucket{{{sel}}}))"),
+                           within=TIMEOUT, what="histogram_quantile over the buckets")
             assert 0.01 < float(p50[0]["value"][1]) <= 0.025
-            count = wait_for(lambda s=sel: promql(f"histogram_count(payload_size_bytes{{{s}}})"),
+            count = wait_for(partial(promql, f"histogram_count(payload_size_bytes{{{sel}}})"),
                              within=TIMEOUT, what="the native histogram")
             assert float(count[0]["value"][1]) == 6
             assert promql(f"http_server_request_duration_seconds_count{{{sel}}}")[0]["value"][1] == \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
@@ -26,7 +28,7 @@ def test_span_documents_carry_otel_mode_fields() -> None:
     docs = list(span_documents(payload))
     assert len(docs) == 6
     assert {t for t, _ in docs} == {"acme"}
-    by_name: dict[str, dict] = {}
+    by_name: dict[str, dict[str, Any]] = {}
     for _, d in docs:
         by_name.setdefault(d["name"], d)
     root = by_name["GET /cart"]

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Mapping
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client import REGISTRY
 
-from gateway import config, metrics
+from gateway import config
 from gateway.batcher import Batcher
 from gateway.bus.base import Batch, BusUnavailable
 from gateway.ingest import Ingest
@@ -48,7 +49,7 @@ def make(env: Mapping[str, str]) -> tuple[Ingest, ScriptedBus, Batcher]:
 
 
 def refused_items(reason: str) -> float:
-    value = metrics.REGISTRY.get_sample_value("gateway_refused_items_total",
+    value = REGISTRY.get_sample_value("gateway_refused_items_total",
                                               {"signal": "traces", "reason": reason})
     return value or 0.0
 
@@ -143,7 +144,7 @@ async def test_item_over_the_bus_limit_is_refused_for_good_and_the_rest_accepted
 
 
 def refused_requests(transport: str, reason: str) -> float:
-    value = metrics.REGISTRY.get_sample_value("gateway_refused_requests_total",
+    value = REGISTRY.get_sample_value("gateway_refused_requests_total",
                                               {"signal": "traces", "transport": transport, "reason": reason})
     return value or 0.0
 
@@ -176,7 +177,7 @@ async def test_unexpected_publish_error_is_a_retryable_bus_refusal() -> None:
     bus.error = RuntimeError("bus bug")
 
     def errors() -> float:
-        value = metrics.REGISTRY.get_sample_value("gateway_publish_errors_total",
+        value = REGISTRY.get_sample_value("gateway_publish_errors_total",
                                                   {"signal": "traces", "error": "RuntimeError"})
         return value or 0.0
 
