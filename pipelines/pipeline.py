@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from prometheus_client import Counter
@@ -51,6 +52,14 @@ class PausableSource(Protocol):
 
 class _Stopped(Exception):
     """Stop was asked while the batch in hand could not be delivered: leave it uncommitted."""
+
+
+@dataclass
+class _InHand:
+    """A fetched batch on its way through the sink: what is left to write, what was refused."""
+
+    pending: list[BusRecord]
+    rejected: list[Rejection] = field(default_factory=list)
 
 
 class Pipeline:
@@ -103,8 +112,12 @@ class Pipeline:
                 await self.source.commit(records)
 
     async def _deliver(self, records: Sequence[BusRecord]) -> None:
+        """Write until every record is written or rejected, then park the rejected ones."""
+        batch = _InHand(list(records))
         try:
-            await self._retrying(lambda: self._write(records), on_retry=self._pause)
+            await self._retrying(lambda: self._write(batch), on_retry=self._pause)
+            if batch.rejected:
+                await self._retrying(lambda: self._park(batch.rejected), on_retry=self._pause)
         finally:
             self._resume()
 
@@ -118,19 +131,29 @@ class Pipeline:
             self.source.resume()
         self._paused = False
 
-    async def _write(self, records: Sequence[BusRecord]) -> None:
-        try:
-            await self.sink.write(records)
-        except PermanentSinkError as exc:
-            SINK_ERRORS.labels(self.sink.name, "permanent").inc()
-            rejected = exc.rejected
-            ok = len(records) - len(rejected)
-            self.written += ok
-            self._acked.inc(ok)
-            await self._retrying(lambda: self._park(rejected), on_retry=self._pause)
+    async def _write(self, batch: _InHand) -> None:
+        if not batch.pending:  # a failed attempt settled everything it had
             return
-        self.written += len(records)
-        self._acked.inc(len(records))
+        try:
+            await self.sink.write(batch.pending)
+        except TransientSinkError as exc:
+            self._settle(batch, exc.written, exc.rejected)
+            raise
+        except PermanentSinkError as exc:
+            refused = {id(rej.record) for rej in exc.rejected}
+            self._settle(batch, [r for r in batch.pending if id(r) not in refused], exc.rejected)
+            return
+        self._settle(batch, batch.pending, ())
+
+    def _settle(self, batch: _InHand, written: Sequence[BusRecord], rejected: Sequence[Rejection]) -> None:
+        """Take what the sink finished out of the batch, so a retry sends only the rest."""
+        done = {id(r) for r in written} | {id(rej.record) for rej in rejected}
+        batch.pending = [r for r in batch.pending if id(r) not in done]
+        batch.rejected.extend(rejected)
+        if rejected:
+            SINK_ERRORS.labels(self.sink.name, "permanent").inc()
+        self.written += len(written)
+        self._acked.inc(len(written))
 
     async def _park(self, rejected: Sequence[Rejection]) -> None:
         if self._dead_letter is None:
@@ -143,7 +166,7 @@ class Pipeline:
         self._dead.inc(len(rejected))
 
     async def _retrying(self, attempt: Callable[[], Awaitable[None]], on_retry: Callable[[], None]) -> None:
-        """Run ``attempt`` until it succeeds (PermanentSinkError is handled inside), backing off."""
+        """Run ``attempt`` until it succeeds, backing off on every failure but a stop."""
         delay = self._backoff_initial_s
         while True:
             try:

@@ -10,14 +10,26 @@ from gateway.bus.base import BusRecord
 from gateway.signals import Signal
 
 
-class TransientSinkError(Exception):
-    """The store cannot take the write now (5xx, 429, connection): retry the same records later."""
-
-
 @dataclass(frozen=True, slots=True)
 class Rejection:
     record: BusRecord
     reason: str
+
+
+class TransientSinkError(Exception):
+    """The store cannot take the write now (5xx, 429, connection): retry later.
+
+    A write that got part of the way names what it settled: ``written`` and ``rejected`` (the
+    record objects ``write`` was given). The pipeline's retry then sends only the rest, so a sink
+    keeps no memory between attempts, and a store that is not idempotent (Jaeger) gets no
+    duplicates from a batch that failed half-way.
+    """
+
+    def __init__(self, message: str, *, written: Sequence[BusRecord] = (),
+                 rejected: Sequence[Rejection] = ()) -> None:
+        super().__init__(message)
+        self.written = list(written)
+        self.rejected = list(rejected)
 
 
 class PermanentSinkError(Exception):

@@ -24,7 +24,8 @@ Errors. Only a 400 (the document does not parse or fit the mapping) rejects a re
 settings keep one odd attribute from doing that in the common cases. Everything else is about
 the store, not the data, and raises ``TransientSinkError``: 429 and 5xx, connection failures,
 and also 403 (a write block, e.g. the disk flood stage) and 404 (auto-create disabled), which
-an operator fixes while the data waits in Kafka. The retry skips records already fully written.
+an operator fixes while the data waits in Kafka. The transient error names the records fully
+written or rejected, so the pipeline's retry sends only the rest.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ DOCUMENTS = Counter(
     ["signal", "outcome"],
 )
 
-Coords = tuple[str, int, int]
 # The data's fault: retrying cannot help. 413: larger than the node's http.max_content_length.
 PERMANENT_STATUS = frozenset({400, 413})
 
@@ -157,9 +157,6 @@ class ElasticsearchSink:
         # What the node accepts, settled by _install_templates.
         self.data_streams = True
         self.attributes_type = "passthrough"
-        # Records fully handled by a failed attempt; the pipeline's retry skips them.
-        self._done: set[Coords] = set()
-        self._rejected: dict[Coords, Rejection] = {}
         self._sem = asyncio.Semaphore(max(cfg.concurrency, 1))
 
     @property
@@ -223,12 +220,6 @@ class ElasticsearchSink:
         items: list[BulkItem] = []
         rejected: dict[int, Rejection] = {}
         for i, rec in enumerate(records):
-            coords = (rec.topic, rec.partition, rec.offset)
-            if coords in self._done:
-                continue
-            if coords in self._rejected:
-                rejected[i] = self._rejected[coords]
-                continue
             try:
                 rec_items = bulk_items(rec)
             except DecodeError as exc:
@@ -259,15 +250,9 @@ class ElasticsearchSink:
             DOCUMENTS.labels(signal, outcome).inc(n)
 
         if transient:
-            for i, rec in enumerate(records):
-                coords = (rec.topic, rec.partition, rec.offset)
-                if i in rejected:
-                    self._rejected[coords] = rejected[i]
-                elif i not in transient:
-                    self._done.add(coords)
-            raise TransientSinkError(f"elasticsearch: {len(transient)} record(s) hit 429/5xx; retrying")
-        self._done.clear()
-        self._rejected.clear()
+            written = [rec for i, rec in enumerate(records) if i not in transient and i not in rejected]
+            raise TransientSinkError(f"elasticsearch: {len(transient)} record(s) hit 429/5xx; retrying",
+                                     written=written, rejected=list(rejected.values()))
         if rejected:
             raise PermanentSinkError(list(rejected.values()))
 

@@ -14,8 +14,9 @@ that answer is taken as bad data too; otherwise one garbage record would block t
 forever. Every other
 failure (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED``, and configuration
 problems such as ``UNIMPLEMENTED``) says nothing against the data, so it is transient: the
-pipeline retries with backoff and the data waits in Kafka. A retry skips records an earlier
-attempt already delivered, since Jaeger does not deduplicate spans.
+pipeline retries with backoff and the data waits in Kafka. The transient error names the
+records that did go through, so the pipeline's retry skips them: Jaeger does not deduplicate
+spans.
 """
 
 from __future__ import annotations
@@ -42,9 +43,6 @@ UNMARSHAL_ERROR = "grpc: error unmarshalling request"
 REQUESTS = Counter("pipeline_jaeger_requests", "Export calls to Jaeger by gRPC status code.", ["code"])
 REJECTED_SPANS = Counter("pipeline_jaeger_rejected_spans",
                          "Spans Jaeger reported as rejected in a partial-success answer.")
-
-Coords = tuple[str, int, int]
-
 
 def _identity(b: bytes) -> bytes:
     return b
@@ -79,9 +77,6 @@ class JaegerSink:
         self._sem = asyncio.Semaphore(concurrency)
         self._channel: grpc.aio.Channel | None = None
         self._export: grpc.aio.UnaryUnaryMultiCallable | None = None
-        # What a failed attempt already settled; its retry does not send these again.
-        self._done: set[Coords] = set()
-        self._rejected: dict[Coords, Rejection] = {}
 
     async def start(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.endpoint, options=[
@@ -137,27 +132,18 @@ class JaegerSink:
         return delivered, rejected, transient
 
     async def write(self, records: Sequence[BusRecord]) -> None:
-        todo = [r for r in records if (r.topic, r.partition, r.offset) not in self._done]
-        groups = join_records(todo, self.max_request_bytes)
+        groups = join_records(records, self.max_request_bytes)
         delivered: list[BusRecord] = []
-        rejected = [self._rejected[c] for c in ((r.topic, r.partition, r.offset) for r in records)
-                    if c in self._rejected]
+        rejected: list[Rejection] = []
         transient = False
         for part in await asyncio.gather(*(self._deliver(g) for g in groups)):
             delivered += part[0]
             rejected += part[1]
             transient |= part[2]
         if transient:
-            # Rejected records are settled too (a retry would only be rejected again); they are
-            # reported once the whole batch is through.
-            self._done.update((r.topic, r.partition, r.offset) for r in delivered)
-            for j in rejected:
-                coords = (j.record.topic, j.record.partition, j.record.offset)
-                self._done.add(coords)
-                self._rejected[coords] = j
-            raise TransientSinkError(f"jaeger at {self.endpoint} unavailable; retrying")
-        self._done.clear()
-        self._rejected.clear()
+            # What went through is settled: the retry must not send it to Jaeger twice.
+            raise TransientSinkError(f"jaeger at {self.endpoint} unavailable; retrying",
+                                     written=delivered, rejected=rejected)
         if rejected:
             raise PermanentSinkError(rejected)
 

@@ -127,6 +127,24 @@ async def test_permanent_rejection_goes_to_dead_letter_and_pipeline_goes_on() ->
     assert DEAD_LETTER_RECORDS.labels("unit-perm")._value.get() == 1
 
 
+async def test_retry_after_a_partial_transient_failure_sends_only_the_unsettled_records() -> None:
+    parked: list[Rejection] = []
+
+    async def dead_letter(rejected: Sequence[Rejection]) -> None:
+        parked.extend(rejected)
+
+    r0, bad, r2 = rec(0), rec(1), rec(2)
+    half_way = TransientSinkError("503 on one chunk", written=[r0], rejected=[Rejection(bad, "mapping")])
+    source = ListSource([[r0, bad, r2]])
+    sink = ScriptedSink("unit-partial", [half_way])
+    pipeline = Pipeline(source, sink, dead_letter=dead_letter, poll_timeout_ms=10, backoff_initial_s=0.01)
+    await run_until(pipeline, lambda: source.committed == [0, 1, 2])
+    assert sink.attempts == 2 and sink.written == [2]  # r0 is not written twice
+    assert [r.record.offset for r in parked] == [1]
+    assert pipeline.written == 2 and pipeline.dead_lettered == 1
+    assert ACKED_RECORDS.labels("unit-partial")._value.get() == 2
+
+
 async def test_dead_letter_failure_is_retried_before_commit() -> None:
     calls = 0
 
