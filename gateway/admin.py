@@ -4,20 +4,17 @@
 ``/readyz`` answers 200 only when the receivers listen and the bus says it can take data, so a
 load balancer stops sending to a gateway whose Kafka is gone instead of collecting 503s.
 With ``--workers N`` the port is shared: a scrape of ``/metrics`` covers all workers (see
-gateway.metrics), ``/readyz`` reports the worker that happened to answer.
+gateway.metrics) and ``/readyz`` answers for all of them (see gateway.readiness).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import metrics
+from gateway.readiness import Readiness
 from gateway.receivers import httpserver
 from gateway.receivers.httpserver import Request, Response
-
-Readiness = Callable[[], tuple[bool, str]]
 
 
 class Admin:

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -67,8 +68,11 @@ def main(ns: argparse.Namespace) -> int:
 def _supervise(cfg: Config) -> int:
     """Fork the workers, forward stop signals to them, exit 0 when all exited cleanly."""
     n = cfg.server.workers
-    metrics_dir = tempfile.mkdtemp(prefix="telemetry-gateway-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client on import
+    run_dir = Path(tempfile.mkdtemp(prefix="telemetry-gateway-"))
+    metrics_dir, ready_dir = run_dir / "metrics", run_dir / "ready"
+    metrics_dir.mkdir()
+    ready_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # read by prometheus_client on import
     children: dict[int, int] = {}
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # no signal between fork and handlers
     for index in range(n):
@@ -79,7 +83,7 @@ def _supervise(cfg: Config) -> int:
                 for s in _SIGNALS:
                     signal.signal(s, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                code = _run_worker(cfg, index)
+                code = _run_worker(cfg, index, ready_dir)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -116,30 +120,31 @@ def _supervise(cfg: Config) -> int:
             log.error("worker %d (pid %d) exited with %d", index, pid, code)
             if not stopping:
                 forward(signal.SIGTERM, None)  # one worker down: stop the rest rather than limp
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     return rc
 
 
 # --- worker ---------------------------------------------------------------------------------
 
 
-def _run_worker(cfg: Config, index: int) -> int:
+def _run_worker(cfg: Config, index: int, ready_dir: Path | None = None) -> int:
+    """``ready_dir``: where the workers of a multi-worker gateway share their readiness."""
     import uvloop
 
     try:
-        return uvloop.run(_serve(cfg, index))
+        return uvloop.run(_serve(cfg, index, ready_dir))
     except OSError as exc:  # a port in use, a data dir that cannot be created: say so, no traceback
         log.error("worker %d cannot start: %s", index, exc)
         return 1
 
 
-async def _serve(cfg: Config, index: int) -> int:
+async def _serve(cfg: Config, index: int, ready_dir: Path | None) -> int:
     """Run one worker until SIGTERM/SIGINT (exit 0) or until its embedded pipeline fails (1)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for s in _SIGNALS:
         loop.add_signal_handler(s, stop.set)
-    worker = _Worker(cfg, index, stop)
+    worker = _Worker(cfg, index, stop, ready_dir)
     await worker.start()
     await stop.wait()
     await worker.stop()
@@ -149,11 +154,12 @@ async def _serve(cfg: Config, index: int) -> int:
 class _Worker:
     """Receivers, batcher, bus and (embedded) pipeline of one process, started and stopped in order."""
 
-    def __init__(self, cfg: Config, index: int, stop: asyncio.Event) -> None:
+    def __init__(self, cfg: Config, index: int, stop: asyncio.Event, ready_dir: Path | None = None) -> None:
         # Imported here, in the worker, after any fork (grpc) and after PROMETHEUS_MULTIPROC_DIR.
         from gateway.batcher import Batcher
         from gateway.bus.factory import make_bus, max_item_bytes
         from gateway.ingest import Ingest, observe_flush
+        from gateway.readiness import SharedReadiness
         from gateway.tenancy import Authenticator, RateLimiter
 
         self.cfg = cfg
@@ -167,6 +173,10 @@ class _Worker:
         self.ingest = Ingest(cfg, self.batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits),
                              max_item_bytes=max_item_bytes(cfg))
         self._embedded: _Embedded | None = None
+        # With several workers /readyz answers for all of them (gateway.readiness).
+        self.shared = (SharedReadiness(ready_dir, index, cfg.server.workers, self.readiness)
+                       if ready_dir is not None else None)
+        self._publishing: asyncio.Task[None] | None = None
 
     def readiness(self) -> tuple[bool, str]:
         if not self._listening:
@@ -185,13 +195,18 @@ class _Worker:
         if isinstance(self.bus, MemoryBus) and cfg.embedded_pipeline:
             self._embedded = _Embedded(cfg, self.index, self.bus)
             await self._embedded.start(on_failure=self._pipeline_failed)
-        self.admin = await Admin(self.readiness).serve(cfg.admin.host, cfg.admin.port, reuse_port=reuse_port)
+        if self.shared is not None:
+            self._publishing = asyncio.get_running_loop().create_task(self.shared.run())
+        self.admin = await Admin(self.shared or self.readiness).serve(cfg.admin.host, cfg.admin.port,
+                                                                      reuse_port=reuse_port)
         self.grpc, grpc_port = await otlp_grpc.serve(self.ingest, server_cfg, reuse_port=reuse_port)
         otlp_http = OtlpHttp(self.ingest, server_cfg)
         self.http = await httpserver.serve(otlp_http, server_cfg.host, server_cfg.http_port,
                                            max_body=server_cfg.max_request_bytes,
                                            too_large=otlp_http.too_large, reuse_port=reuse_port)
         self._listening = True
+        if self.shared is not None:
+            self.shared.publish()  # ready now, not at the next period
         if self.index == 0:
             log.info("telemetry-gateway listening: OTLP/gRPC %s:%d, OTLP/HTTP %s:%d, admin http://%s:%d "
                      "(/metrics /healthz /readyz); workers %d; %s",
@@ -207,6 +222,8 @@ class _Worker:
     async def stop(self) -> None:
         log.info("worker %d stopping: closing receivers, flushing", self.index)
         self._listening = False
+        if self.shared is not None:
+            self.shared.publish()  # the host stops being ready at once
         self.ingest.close_intake()
         await asyncio.gather(self.http.shutdown(grace_s=5.0), self.grpc.stop(grace=5.0))
         await self.batcher.close()
@@ -214,6 +231,11 @@ class _Worker:
             await self._embedded.stop()
         await self.bus.stop()
         await self.admin.shutdown(grace_s=1.0)
+        if self._publishing is not None:
+            self._publishing.cancel()
+            await asyncio.wait((self._publishing,))
+        if self.shared is not None:
+            self.shared.close()
         log.info("worker %d stopped", self.index)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
+import signal
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -312,6 +314,25 @@ def test_two_workers_serve_and_shut_down() -> None:
                  within=15, what="40 spans in the workers' files")
         files = gw.sink_files("default", "traces")
         assert [p.name for p in files] == ["traces-w0.jsonl", "traces-w1.jsonl"]  # both workers served
+
+
+def test_readyz_answers_for_every_worker_whichever_answers() -> None:
+    """A wedged worker (SIGSTOP) makes the host not ready, also through the worker that answers."""
+    with running_gateway(workers=2) as gw:
+        assert gw.proc is not None
+        workers = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+        assert len(workers) == 2
+        status, why = gw.readyz()
+        assert status == 200 and "2 workers ready" in why
+        wedged = int(workers[1])
+        os.kill(wedged, signal.SIGSTOP)
+        try:
+            # Probes reaching the stopped worker time out (status 0); the live one answers 503.
+            wait_for(lambda: (a := gw.readyz())[0] == 503 and "worker 1: no report" in a[1], within=20,
+                     what="/readyz 503 for the stopped worker")
+        finally:
+            os.kill(wedged, signal.SIGCONT)
+        wait_for(lambda: gw.readyz()[0] == 200, within=15, what="/readyz 200 once the worker runs again")
 
 
 def test_correlation_id_in_grpc_initial_metadata(gateway: GatewayProcess) -> None:

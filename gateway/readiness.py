@@ -1,0 +1,94 @@
+"""``/readyz`` for a gateway of N workers, whichever worker the probe reaches.
+
+The workers share the admin port through SO_REUSEPORT, so a load balancer's probe lands on one
+of them at random. If each answered for itself, a host with one worker whose bus is gone (or
+whose event loop is wedged) would pass half the probes and keep getting traffic that fails.
+So every worker writes its own state to a small file in a directory of the run, about once a
+second, and ``/readyz`` answers for the host: ready only when every worker reported recently
+and each said it is ready; otherwise 503 with the reasons, worker by worker.
+
+A report older than a few periods counts as not ready: a worker that cannot write one cannot
+serve requests either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+Readiness = Callable[[], tuple[bool, str]]
+
+PERIOD_S = 1.0
+STALE_AFTER_PERIODS = 3
+
+
+class SharedReadiness:
+    """One worker's side: publish its own state, answer for all ``workers``."""
+
+    def __init__(self, directory: Path, index: int, workers: int, own: Readiness, *,
+                 period_s: float = PERIOD_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._dir = directory
+        self._index = index
+        self._workers = workers
+        self._own = own
+        self._period_s = period_s
+        self._clock = clock  # CLOCK_MONOTONIC: one clock for all processes of the host
+
+    def _path(self, index: int) -> Path:
+        return self._dir / f"worker-{index}.json"
+
+    def publish(self) -> None:
+        """Write this worker's state; the rename makes a reader see a whole report or the last one."""
+        ready, reason = self._own()
+        tmp = self._dir / f".worker-{self._index}.tmp"
+        tmp.write_bytes(orjson.dumps({"ready": ready, "reason": reason, "at": self._clock()}))
+        os.replace(tmp, self._path(self._index))
+
+    async def run(self) -> None:
+        """Publish every period until cancelled. A failed write is logged and tried again: the
+        others read a missing report as not ready, which is what such a worker is."""
+        while True:
+            try:
+                self.publish()
+            except OSError as exc:
+                log.warning("worker %d cannot publish its readiness: %s", self._index, exc)
+            await asyncio.sleep(self._period_s)
+
+    def _report(self, index: int) -> tuple[bool, str]:
+        try:
+            report = orjson.loads(self._path(index).read_bytes())
+        except FileNotFoundError:
+            return False, "not started"
+        except (OSError, orjson.JSONDecodeError) as exc:
+            return False, f"unreadable report: {exc}"
+        age = self._clock() - float(report["at"])
+        if age > STALE_AFTER_PERIODS * self._period_s:
+            return False, f"no report for {age:.0f}s"
+        return bool(report["ready"]), str(report["reason"])
+
+    def __call__(self) -> tuple[bool, str]:
+        not_ready: list[str] = []
+        own_reason = ""
+        for index in range(self._workers):
+            ready, reason = self._own() if index == self._index else self._report(index)
+            if index == self._index:
+                own_reason = reason
+            if not ready:
+                not_ready.append(f"worker {index}: {reason}")
+        if not_ready:
+            return False, "; ".join(not_ready)
+        return True, f"{self._workers} workers ready ({own_reason})"
+
+    def close(self) -> None:
+        """Leave no report behind: a stopped worker must read as not started, not as ready."""
+        with contextlib.suppress(FileNotFoundError):
+            self._path(self._index).unlink()

@@ -1,0 +1,87 @@
+"""Shared readiness of N workers: files in a directory, a clock injected (pure logic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.readiness import STALE_AFTER_PERIODS, SharedReadiness
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Worker:
+    """A worker's own state, settable by the test."""
+
+    def __init__(self) -> None:
+        self.state = (True, "bus ready")
+
+    def __call__(self) -> tuple[bool, str]:
+        return self.state
+
+
+Pair = tuple[tuple[Worker, Worker], tuple[SharedReadiness, SharedReadiness]]
+
+
+def _pair(tmp_path: Path, clock: Clock) -> Pair:
+    own = (Worker(), Worker())
+    shared = tuple(SharedReadiness(tmp_path, i, 2, own[i], period_s=1.0, clock=clock) for i in range(2))
+    return own, (shared[0], shared[1])
+
+
+def test_ready_only_when_every_worker_reported_ready(tmp_path: Path) -> None:
+    clock = Clock()
+    _own, (w0, w1) = _pair(tmp_path, clock)
+    w0.publish()
+    ready, reason = w0()
+    assert not ready and reason == "worker 1: not started"
+    w1.publish()
+    assert w0()[0] and w1()[0]
+    assert w1()[1] == "2 workers ready (bus ready)"
+
+
+def test_a_worker_that_is_not_ready_makes_every_answer_not_ready(tmp_path: Path) -> None:
+    clock = Clock()
+    own, (w0, w1) = _pair(tmp_path, clock)
+    own[1].state = (False, "kafka: broker unreachable")
+    w0.publish()
+    w1.publish()
+    assert w0() == (False, "worker 1: kafka: broker unreachable")
+    assert w1() == (False, "worker 1: kafka: broker unreachable")
+    own[1].state = (True, "bus ready")
+    w1.publish()
+    assert w0()[0]
+
+
+def test_a_worker_that_stops_reporting_counts_as_not_ready(tmp_path: Path) -> None:
+    clock = Clock()
+    _own, (w0, w1) = _pair(tmp_path, clock)
+    w0.publish()
+    w1.publish()
+    clock.now += STALE_AFTER_PERIODS * 1.0 + 0.5
+    w0.publish()  # worker 0 goes on reporting; worker 1 is wedged
+    ready, reason = w0()
+    assert not ready and reason.startswith("worker 1: no report for")
+
+
+def test_own_state_is_read_live_not_from_the_last_report(tmp_path: Path) -> None:
+    clock = Clock()
+    own, (w0, w1) = _pair(tmp_path, clock)
+    w0.publish()
+    w1.publish()
+    own[0].state = (False, "receivers not listening")
+    assert w0() == (False, "worker 0: receivers not listening")
+
+
+def test_a_stopped_worker_leaves_no_report_behind(tmp_path: Path) -> None:
+    clock = Clock()
+    _own, (w0, w1) = _pair(tmp_path, clock)
+    w0.publish()
+    w1.publish()
+    w1.close()
+    assert w0() == (False, "worker 1: not started")
