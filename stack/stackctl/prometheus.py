@@ -1,5 +1,5 @@
 """Prometheus from Debian's package, started by hand (not as the package's service) with the
-remote-write receiver and native histograms, its TSDB in the cache.
+remote-write receiver, native histograms and exemplar storage, its TSDB in the cache.
 
 Installing the package may enable (and on a systemd host start) its own service, which would
 take port 9090; the install step stops and disables it. Recommends (the node exporter) are not
@@ -50,7 +50,9 @@ class Prometheus(Service):
         argv = [str(self.s.prometheus_bin), f"--config.file={base / 'prometheus.yml'}",
                 f"--storage.tsdb.path={base / 'data'}", "--storage.tsdb.retention.time=2d",
                 f"--web.listen-address={self.s.host}:{self.s.prometheus_port}",
-                "--web.enable-remote-write-receiver", "--enable-feature=native-histograms",
+                "--web.enable-remote-write-receiver",
+                # Without exemplar storage, remote-written exemplars are accepted and thrown away.
+                "--enable-feature=native-histograms,exemplar-storage",
                 "--web.enable-admin-api", "--web.enable-lifecycle"]
         return [self.unit("prometheus", argv, cwd=base)]
 

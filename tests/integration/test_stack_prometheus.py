@@ -30,6 +30,7 @@ def test_buildinfo_says_remote_write_receiver_is_there() -> None:
     flags = _get("/api/v1/status/flags")["data"]
     assert flags["web.enable-remote-write-receiver"] == "true"
     assert "native-histograms" in flags["enable-feature"]
+    assert "exemplar-storage" in flags["enable-feature"]
     assert _get("/api/v1/status/buildinfo")["status"] == "success"
 
 
