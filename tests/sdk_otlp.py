@@ -44,6 +44,10 @@ from gateway.signals import (
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 DURATION_VALUES = (0.003, 0.02, 0.02, 0.2, 0.7, 3.0)
 PAYLOAD_VALUES = (100, 200, 400, 800, 1600, 0)
+# The scope of ``metrics_data``: every series it makes carries these as otel_scope_* labels.
+SCOPE_NAME, SCOPE_VERSION = "sink-tests", "1.2.3"
+SCOPE_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+SCOPE_ATTRIBUTES = {"test.suite": "sinks"}
 
 
 def resource(tenant: str, service: str = "checkout", extra: Mapping[str, str] | None = None) -> Resource:
@@ -144,7 +148,8 @@ def metrics_data(res: Resource, scale: float = 1.0) -> MetricsData:
                  aggregation=ExplicitBucketHistogramAggregation(DURATION_BOUNDS)),
         ],
     )
-    meter = provider.get_meter("sink-tests", "1.2.3")
+    meter = provider.get_meter(SCOPE_NAME, SCOPE_VERSION, schema_url=SCOPE_SCHEMA_URL,
+                               attributes=SCOPE_ATTRIBUTES)
     counter = meter.create_counter("orders", unit="{order}", description="orders placed")
     updown = meter.create_up_down_counter("queue.depth", unit="{item}")
     gauge = meter.create_gauge("cpu.utilization", unit="1")

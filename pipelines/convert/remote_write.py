@@ -7,9 +7,16 @@ Follows the OpenTelemetry "Prometheus and OpenMetrics Compatibility" spec:
 - exponential histograms -> native histograms (schema = scale, capped at 8 by merging buckets;
   scales below -4 are dropped), integer counts with delta-encoded buckets and a zero bucket;
 - summaries -> ``{quantile}``, ``_sum``, ``_count``;
-- ``job`` = ``service.namespace/service.name``, ``instance`` = ``service.instance.id``,
-  ``otel_scope_name``/``otel_scope_version``, and a ``target_info`` series carrying the other
-  resource attributes.
+- ``job`` = ``service.namespace/service.name``, ``instance`` = ``service.instance.id``, and a
+  ``target_info`` series carrying the other resource attributes;
+- the instrumentation scope on every series: ``otel_scope_name``, ``otel_scope_version``,
+  ``otel_scope_schema_url`` (the ``ScopeMetrics`` schema URL) and each scope attribute as
+  ``otel_scope_<key>``. The spec makes scope attributes identifying, so two scopes that differ only
+  in an attribute stay two series; an attribute that would land on one of the three names above is
+  dropped, as the spec says. ``target_info`` describes the resource, not a scope, so it carries
+  none of them and stays one series per ``job``/``instance``. A data point attribute that
+  sanitises to one of these names loses to the scope's label (where the spec would join the
+  values with ``;``): a point cannot pose as another scope, as it cannot as another tenant.
 
 Delta temporality is dropped and counted (reason ``delta_temporality``): turning deltas into
 cumulative series needs state across records and replicas, which a stateless consumer group
@@ -26,7 +33,7 @@ from __future__ import annotations
 import math
 import struct
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import cramjam
@@ -47,11 +54,13 @@ STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 MAX_SCHEMA = 8
 MIN_SCHEMA = -4
 TENANT_LABEL = "tenant"
+SCOPE_PREFIX = "otel_scope_"
 
 _CUMULATIVE = otlp.AGGREGATION_TEMPORALITY_CUMULATIVE
 _NO_RECORDED_VALUE = otlp.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 _RESOURCE_IDENTITY = frozenset({"service.name", "service.namespace", "service.instance.id",
                                 ATTR_TENANT, ATTR_CORRELATION})
+_SCOPE_IDENTITY = frozenset({"otel_scope_name", "otel_scope_version", "otel_scope_schema_url"})
 _META_TYPE = {
     Kind.COUNTER: types_pb2.MetricMetadata.COUNTER,
     Kind.GAUGE: types_pb2.MetricMetadata.GAUGE,
@@ -102,12 +111,17 @@ class Conversion:
     malformed: list[int] = field(default_factory=list)
 
 
-def _attr_labels(kvs: Sequence[KeyValue]) -> dict[str, str]:
-    """Attributes as labels; keys that sanitise to the same name join values with ``;``."""
+def _attr_labels(kvs: Sequence[KeyValue], name_of: Callable[[str], str] = label_name) -> dict[str, str]:
+    """Attributes as labels; keys that sanitise to the same name join values with ``;``.
+
+    ``name_of`` makes the label name of a key: scope attributes get their prefix before the key
+    is sanitised, as the spec has it. A function rather than a prefix argument, so the per-point
+    calls do not pay a string concatenation per attribute.
+    """
     out: dict[str, str] = {}
     collided = False
     for kv in kvs:
-        name = label_name(kv.key)
+        name = name_of(kv.key)
         if name in out:
             collided = True
             break
@@ -116,7 +130,7 @@ def _attr_labels(kvs: Sequence[KeyValue]) -> dict[str, str]:
     if collided:
         grouped: dict[str, list[str]] = {}
         for kv in sorted(kvs, key=lambda k: k.key):
-            grouped.setdefault(label_name(kv.key), []).append(as_label_value(kv.value))
+            grouped.setdefault(name_of(kv.key), []).append(as_label_value(kv.value))
         out = {n: ";".join(v) for n, v in grouped.items()}
     return {n: v for n, v in out.items() if v}
 
@@ -137,12 +151,25 @@ def _resource_labels(kvs: Sequence[KeyValue], tenant: str) -> tuple[dict[str, st
     return labels, info
 
 
-def _scope_labels(scope_name: str, scope_version: str) -> dict[str, str]:
-    out = {}
-    if scope_name:
-        out["otel_scope_name"] = scope_name
-    if scope_version:
-        out["otel_scope_version"] = scope_version
+def _scope_label_name(key: str) -> str:
+    return label_name(SCOPE_PREFIX + key)
+
+
+def _scope_labels(sm: otlp.ScopeMetrics) -> dict[str, str]:
+    """The labels a scope puts on each of its series; computed once per scope, not per point.
+
+    Empty values are left out: to Prometheus an empty label is no label, so a scope without a
+    version or schema URL makes the same series either way.
+    """
+    scope = sm.scope
+    out = {n: v for n, v in _attr_labels(scope.attributes, _scope_label_name).items()
+           if n not in _SCOPE_IDENTITY} if scope.attributes else {}
+    if scope.name:
+        out["otel_scope_name"] = scope.name
+    if scope.version:
+        out["otel_scope_version"] = scope.version
+    if sm.schema_url:
+        out["otel_scope_schema_url"] = sm.schema_url
     return out
 
 
@@ -296,7 +323,7 @@ def to_write_requests(payloads: Iterable[tuple[bytes, str]]) -> Conversion:
             res_labels, info = _resource_labels(rm.resource.attributes, tenant)
             newest = 0
             for sm in rm.scope_metrics:
-                base = {**_scope_labels(sm.scope.name, sm.scope.version), **res_labels}
+                base = {**_scope_labels(sm), **res_labels}
                 for metric in sm.metrics:
                     newest = max(newest, _convert_metric(metric, base, out, dropped))
             if info and newest:

@@ -30,7 +30,14 @@ from pipelines.convert.es_docs import index_name
 from tests import stackenv
 from tests.e2e.kafka_pipeline import kafka_env, running_pipeline, unique_prefix
 from tests.gateway_process import GatewayProcess, running_gateway
-from tests.sdk_otlp import DURATION_VALUES, client_resource, finished_logs, finished_spans, metrics_data
+from tests.sdk_otlp import (
+    DURATION_VALUES,
+    SCOPE_SCHEMA_URL,
+    client_resource,
+    finished_logs,
+    finished_spans,
+    metrics_data,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -147,6 +154,9 @@ def test_sdk_data_reaches_every_store_through_kafka() -> None:
             assert float(total[0]["value"][1]) == 7.0
             assert not promql('orders_total{tenant="forged"}')
             assert total and promql(f'orders_total{{{sel},job="shop/{t.service}"}}')
+            scope = (f'otel_scope_name="sink-tests",otel_scope_schema_url="{SCOPE_SCHEMA_URL}",'
+                     'otel_scope_test_suite="sinks"')
+            assert float(promql(f"sum(orders_total{{{sel},{scope}}})")[0]["value"][1]) == 7.0
             p50 = wait_for(partial(promql, "histogram_quantile(0.5, sum by (le) "
                                    f"(http_server_request_duration_seconds_bucket{{{sel}}}))"),
                            within=TIMEOUT, what="histogram_quantile over the buckets")

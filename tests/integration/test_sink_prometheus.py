@@ -1,4 +1,5 @@
-"""Prometheus remote-write sink against a real Prometheus: every SDK instrument kind by PromQL."""
+"""Prometheus remote-write sink against a real Prometheus: every SDK instrument kind by PromQL,
+with its scope labels."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from gateway.signals import Signal
 from pipelines.sinks.prometheus import PrometheusSink
 from tests import stackenv
 from tests.integration.sink_checks import assert_write_is_transient
-from tests.sdk_otlp import DURATION_VALUES, PAYLOAD_VALUES, bus_record, metrics_payload
+from tests.sdk_otlp import DURATION_VALUES, PAYLOAD_VALUES, SCOPE_SCHEMA_URL, bus_record, metrics_payload
 from tests.waiting import await_for
 
 pytestmark = pytest.mark.integration
@@ -62,6 +63,7 @@ async def test_every_instrument_kind_is_queryable_under_its_spec_name(sink: Prom
     labels = card["metric"]
     assert labels["job"] == "shop/checkout" and labels["instance"] == "pod-1"
     assert labels["otel_scope_name"] == "sink-tests" and labels["otel_scope_version"] == "1.2.3"
+    assert labels["otel_scope_schema_url"] == SCOPE_SCHEMA_URL and labels["otel_scope_test_suite"] == "sinks"
     assert value(await one(f'sum(orders_total{{{sel}}})')) == 7.0
     assert value(await one(f"queue_depth{{{sel}}}")) == 7.0
     cpu = await one(f"cpu_utilization_ratio{{{sel}}}")

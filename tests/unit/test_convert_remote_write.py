@@ -1,4 +1,5 @@
-"""OTLP metrics -> remote-write: every metric kind, names, labels, units, native histograms."""
+"""OTLP metrics -> remote-write: every metric kind, names, labels, units, native histograms,
+instrumentation scope labels."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import struct
 
 import cramjam
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
 
 from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_name
@@ -18,7 +19,13 @@ from pipelines.convert.remote_write import (
     to_write_requests,
 )
 from protos import remote_pb2, types_pb2
-from tests.sdk_otlp import DURATION_BOUNDS, DURATION_VALUES, PAYLOAD_VALUES, metrics_payload
+from tests.sdk_otlp import (
+    DURATION_BOUNDS,
+    DURATION_VALUES,
+    PAYLOAD_VALUES,
+    SCOPE_SCHEMA_URL,
+    metrics_payload,
+)
 
 TS_NS = 1_700_000_000_000_000_000
 TS_MS = TS_NS // 1_000_000
@@ -37,16 +44,31 @@ def by_name(req: remote_pb2.WriteRequest, name: str) -> list[tuple[dict[str, str
     return out
 
 
+def kvs(attrs: dict[str, str]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attrs.items()]
+
+
 def one_metric_request(metric: otlp.Metric, tenant: str = "acme",
                        resource: dict[str, str] | None = None) -> bytes:
+    return scopes_request([(otlp.ScopeMetrics(scope=InstrumentationScope(name="lib")), [metric])],
+                          tenant, resource)
+
+
+def scopes_request(scopes: list[tuple[otlp.ScopeMetrics, list[otlp.Metric]]], tenant: str = "acme",
+                   resource: dict[str, str] | None = None) -> bytes:
     req = ExportMetricsServiceRequest()
     rm = req.resource_metrics.add()
-    attrs = {"service.name": "svc", "tenant.id": tenant, **(resource or {})}
-    rm.resource.attributes.extend(KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attrs.items())
-    sm = rm.scope_metrics.add()
-    sm.scope.name = "lib"
-    sm.metrics.append(metric)
+    rm.resource.attributes.extend(kvs({"service.name": "svc", "tenant.id": tenant, **(resource or {})}))
+    for sm, metrics in scopes:
+        added = rm.scope_metrics.add()
+        added.CopyFrom(sm)
+        added.metrics.extend(metrics)
     return req.SerializeToString()
+
+
+def gauge(name: str = "g", value: float = 1.0) -> otlp.Metric:
+    return otlp.Metric(name=name, gauge=otlp.Gauge(data_points=[otlp.NumberDataPoint(
+        time_unix_nano=TS_NS, as_double=value)]))
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -100,7 +122,8 @@ def test_sdk_instruments_convert_under_spec_names_with_resource_labels() -> None
     assert conv.samples["acme"] == len(req.timeseries)  # one sample or histogram per series here
 
     common = {"job": "shop/checkout", "instance": "pod-1", "tenant": "acme",
-              "otel_scope_name": "sink-tests", "otel_scope_version": "1.2.3"}
+              "otel_scope_name": "sink-tests", "otel_scope_version": "1.2.3",
+              "otel_scope_schema_url": SCOPE_SCHEMA_URL, "otel_scope_test_suite": "sinks"}
     counters = {labels["payment_method"]: ts.samples[0].value for labels, ts in by_name(req, "orders_total")}
     assert counters == {"card": 5.0, "cash": 2.0}
     for labels, _ in by_name(req, "orders_total"):
@@ -139,6 +162,7 @@ def test_sdk_instruments_convert_under_spec_names_with_resource_labels() -> None
     assert info_labels["job"] == "shop/checkout" and info_labels["tenant"] == "acme"
     assert "correlation_id" not in info_labels and "tenant_id" not in info_labels
     assert "service_name" not in info_labels
+    assert not [n for n in info_labels if n.startswith("otel_scope_")]
 
     types = {m.metric_family_name: m.type for m in req.metadata}
     assert types["orders_total"] == types_pb2.MetricMetadata.COUNTER
@@ -291,3 +315,47 @@ def test_encode_is_snappy_block_of_the_protobuf() -> None:
     req = to_write_requests([(metrics_payload("acme"), "")]).requests["acme"]
     body = encode(req)
     assert remote_pb2.WriteRequest.FromString(bytes(cramjam.snappy.decompress_raw(body))) == req
+
+
+# --- instrumentation scope ---------------------------------------------------------------------
+
+def test_scope_name_version_schema_url_and_attributes_label_every_series() -> None:
+    schema_url = "https://opentelemetry.io/schemas/1.26.0"
+    scope = otlp.ScopeMetrics(schema_url=schema_url, scope=InstrumentationScope(
+        name="io.acme.lib", version="2.0.1", attributes=kvs({
+            "team.owner": "payments", "a.b": "1", "a-b": "2",
+            # Would become otel_scope_name / _version / _schema_url: the spec drops them.
+            "name": "shadow", "version": "shadow", "schema_url": "shadow", "schema.url": "shadow"})))
+    hist = otlp.Metric(name="h", histogram=otlp.Histogram(
+        aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        data_points=[otlp.HistogramDataPoint(time_unix_nano=TS_NS, count=1, explicit_bounds=[1.0],
+                                             bucket_counts=[1, 0])]))
+    req = to_write_requests([(scopes_request([(scope, [gauge(), hist])]), "")]).requests["acme"]
+    want = {"otel_scope_name": "io.acme.lib", "otel_scope_version": "2.0.1",
+            "otel_scope_schema_url": schema_url,
+            "otel_scope_team_owner": "payments",
+            "otel_scope_a_b": "2;1"}  # keys that sanitise alike join, ordered by the original key
+    for name in ("g", "h_bucket", "h_count"):
+        for labels, _ in by_name(req, name):
+            assert {n: v for n, v in labels.items() if n.startswith("otel_scope_")} == want, name
+
+
+def test_scope_without_version_or_schema_url_adds_no_empty_labels() -> None:
+    scope = otlp.ScopeMetrics(scope=InstrumentationScope(name="lib"))
+    req = to_write_requests([(scopes_request([(scope, [gauge()])]), "")]).requests["acme"]
+    ((labels, _),) = by_name(req, "g")
+    assert {n for n in labels if n.startswith("otel_scope_")} == {"otel_scope_name"}
+
+
+def test_scopes_differing_in_an_attribute_stay_apart_and_target_info_stays_one() -> None:
+    def shard(n: str) -> otlp.ScopeMetrics:
+        return otlp.ScopeMetrics(scope=InstrumentationScope(name="lib", version="1",
+                                                            attributes=kvs({"shard": n})))
+    payload = scopes_request([(shard("1"), [gauge(value=1.0)]), (shard("2"), [gauge(value=2.0)])],
+                             resource={"host.name": "h1"})
+    req = to_write_requests([(payload, "")]).requests["acme"]
+    assert sorted((lb["otel_scope_shard"], ts.samples[0].value) for lb, ts in by_name(req, "g")) == \
+        [("1", 1.0), ("2", 2.0)]
+    ((info, _),) = by_name(req, "target_info")  # it describes the resource, not a scope
+    assert info == {"__name__": "target_info", "host_name": "h1", "job": "svc", "tenant": "acme"}
+
