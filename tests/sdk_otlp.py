@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
@@ -48,6 +49,9 @@ PAYLOAD_VALUES = (100, 200, 400, 800, 1600, 0)
 SCOPE_NAME, SCOPE_VERSION = "sink-tests", "1.2.3"
 SCOPE_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 SCOPE_ATTRIBUTES = {"test.suite": "sinks"}
+# What ``exemplar_metrics_data`` records inside its span.
+EXEMPLAR_DURATION = 0.02  # falls in the (0.01, 0.025] bucket
+EXEMPLAR_SIZE = 512
 
 
 def resource(tenant: str, service: str = "checkout", extra: Mapping[str, str] | None = None) -> Resource:
@@ -168,6 +172,52 @@ def metrics_data(res: Resource, scale: float = 1.0) -> MetricsData:
     provider.shutdown()
     assert data is not None
     return data
+
+
+@dataclass(frozen=True)
+class Exemplified:
+    """SDK metrics with exemplars, and the (hex) ids of the span they were recorded in."""
+
+    data: MetricsData
+    trace_id: str
+    span_id: str
+
+
+def exemplar_metrics_data(res: Resource) -> Exemplified:
+    """Measurements taken inside a sampled span, so the SDK's default (trace-based) exemplar
+    filter gives each point an exemplar, as it would in a traced service.
+
+    counter ``checkouts`` -> ``checkouts_total``; histogram ``checkout.duration`` s (classic
+    buckets, one measurement of ``EXEMPLAR_DURATION``); exponential histogram ``checkout.size``
+    By (``EXEMPLAR_SIZE``); up-down counter ``checkout.queue`` (a gauge: its exemplar is dropped).
+    Views keep only ``http.route`` on the counter and the histogram, so ``user.id`` arrives as an
+    exemplar's filtered attribute.
+    """
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(resource=res, metric_readers=[reader], views=[
+        View(instrument_name="checkouts", attribute_keys={"http.route"}),
+        View(instrument_name="checkout.duration", attribute_keys={"http.route"},
+             aggregation=ExplicitBucketHistogramAggregation(DURATION_BOUNDS)),
+        View(instrument_name="checkout.size", aggregation=ExponentialBucketHistogramAggregation(max_size=40)),
+    ])
+    meter = provider.get_meter("exemplar-tests", "0.1.0")
+    counter = meter.create_counter("checkouts", unit="{checkout}")
+    hist = meter.create_histogram("checkout.duration", unit="s")
+    exph = meter.create_histogram("checkout.size", unit="By")
+    updown = meter.create_up_down_counter("checkout.queue", unit="{item}")
+    tracer_provider = TracerProvider(resource=res)
+    attrs: dict[str, AttributeValue] = {"http.route": "/cart", "user.id": "u-42"}
+    with tracer_provider.get_tracer("exemplar-tests").start_as_current_span("POST /checkout") as span:
+        counter.add(1, attrs)
+        hist.record(EXEMPLAR_DURATION, attrs)
+        exph.record(EXEMPLAR_SIZE)
+        updown.add(1)
+        ctx = span.get_span_context()
+    data = reader.get_metrics_data()
+    provider.shutdown()
+    tracer_provider.shutdown()
+    assert data is not None
+    return Exemplified(data, format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
 
 
 def bus_record(signal: Signal, value: bytes, tenant: str, offset: int, partition: int = 0,

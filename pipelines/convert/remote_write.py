@@ -16,7 +16,12 @@ Follows the OpenTelemetry "Prometheus and OpenMetrics Compatibility" spec:
   dropped, as the spec says. ``target_info`` describes the resource, not a scope, so it carries
   none of them and stays one series per ``job``/``instance``. A data point attribute that
   sanitises to one of these names loses to the scope's label (where the spec would join the
-  values with ``;``): a point cannot pose as another scope, as it cannot as another tenant.
+  values with ``;``): a point cannot pose as another scope, as it cannot as another tenant;
+- exemplars of monotonic sums and histograms become remote-write exemplars (``trace_id``,
+  ``span_id`` in hex, then the filtered attributes while the label set stays within the
+  OpenMetrics limit of 128 characters; the rest are left off and counted). A classic histogram's
+  exemplar goes on the ``_bucket`` series whose ``le`` it falls under. Exemplars of gauges and
+  non-monotonic sums are dropped and counted, as the spec says.
 
 Delta temporality is dropped and counted (reason ``delta_temporality``): turning deltas into
 cumulative series needs state across records and replicas, which a stateless consumer group
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import math
 import struct
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,12 +54,16 @@ from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_
 from protos import remote_pb2, types_pb2
 
 Labels = tuple[tuple[str, str], ...]
+# An exemplar until it is written: (time in ns, value, labels).
+_Held = tuple[int, float, list[tuple[str, str]]]
 
 # Prometheus' staleness marker: a specific NaN bit pattern, not any NaN.
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 MAX_SCHEMA = 8
 MIN_SCHEMA = -4
 TENANT_LABEL = "tenant"
+# OpenMetrics: an exemplar's label names and values together, in code points.
+EXEMPLAR_LABELS_MAX = 128
 SCOPE_PREFIX = "otel_scope_"
 
 _CUMULATIVE = otlp.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -61,6 +71,7 @@ _NO_RECORDED_VALUE = otlp.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 _RESOURCE_IDENTITY = frozenset({"service.name", "service.namespace", "service.instance.id",
                                 ATTR_TENANT, ATTR_CORRELATION})
 _SCOPE_IDENTITY = frozenset({"otel_scope_name", "otel_scope_version", "otel_scope_schema_url"})
+_EXEMPLAR_IDS = frozenset({"trace_id", "span_id"})
 _META_TYPE = {
     Kind.COUNTER: types_pb2.MetricMetadata.COUNTER,
     Kind.GAUGE: types_pb2.MetricMetadata.GAUGE,
@@ -74,7 +85,12 @@ class _TenantSeries:
     floats: dict[Labels, dict[int, float]] = field(default_factory=dict)
     histograms: dict[Labels, dict[int, types_pb2.Histogram]] = field(default_factory=dict)
     metadata: dict[str, types_pb2.MetricMetadata] = field(default_factory=dict)
+    # Per series and millisecond. Prometheus' exemplar storage keeps one exemplar per series and
+    # timestamp (a second one is "out of order"), so the later one wins here.
+    exemplars: dict[Labels, dict[int, _Held]] = field(default_factory=dict)
     added: int = 0
+    dropped_exemplars: Counter[str] = field(default_factory=Counter)
+    dropped_exemplar_labels: int = 0
 
     def add(self, labels: dict[str, str], ts_ms: int, value: float) -> None:
         key = tuple(sorted(labels.items()))
@@ -86,18 +102,57 @@ class _TenantSeries:
         self.histograms.setdefault(key, {})[h.timestamp] = h
         self.added += 1
 
+    def add_exemplars(self, labels: dict[str, str], exemplars: Iterable[otlp.Exemplar]) -> None:
+        """Exemplars of the series ``labels`` (which must also get a sample or histogram)."""
+        slot = self.exemplars.setdefault(tuple(sorted(labels.items())), {})
+        for ex in exemplars:
+            ns = ex.time_unix_nano
+            ms = ns // 1_000_000
+            held = slot.get(ms)
+            if held is not None and held[0] != ns:  # the same one twice (a resent point) is no drop
+                self.dropped_exemplars["same_millisecond"] += 1
+                if held[0] > ns:
+                    continue
+            pairs, left_off = exemplar_labels(ex)
+            self.dropped_exemplar_labels += left_off
+            slot[ms] = (ns, _exemplar_value(ex), pairs)
+
     def request(self) -> remote_pb2.WriteRequest:
         req = remote_pb2.WriteRequest()
+        exemplars = self.exemplars
         for key, points in self.floats.items():
             ts = req.timeseries.add()
             ts.labels.extend(types_pb2.Label(name=n, value=v) for n, v in key)
             ts.samples.extend(types_pb2.Sample(value=points[t], timestamp=t) for t in sorted(points))
+            if exemplars and key in exemplars:
+                _write_exemplars(ts, exemplars[key])
         for key, hpoints in self.histograms.items():
             ts = req.timeseries.add()
             ts.labels.extend(types_pb2.Label(name=n, value=v) for n, v in key)
             ts.histograms.extend(hpoints[t] for t in sorted(hpoints))
+        # A remote-write 1.0 receiver (Prometheus' write handler) appends a series' exemplars
+        # before its histograms, and an exemplar of a series the head does not have yet is
+        # dropped: a new native histogram would lose its first exemplars. So they ride in a
+        # second entry with the same labels, after the one that creates the series.
+        for key, held in exemplars.items():
+            if key in self.histograms:
+                ts = req.timeseries.add()
+                ts.labels.extend(types_pb2.Label(name=n, value=v) for n, v in key)
+                _write_exemplars(ts, held)
         req.metadata.extend(self.metadata.values())
         return req
+
+
+def _write_exemplars(ts: types_pb2.TimeSeries, held: dict[int, _Held]) -> None:
+    """Oldest first: the receiver refuses an exemplar older than the newest it holds for the series.
+
+    Built in place with ``add``: constructing messages and then extending copies each of them.
+    """
+    for ms in sorted(held):
+        _, value, labels = held[ms]
+        add_label = ts.exemplars.add(value=value, timestamp=ms).labels.add
+        for name, text in labels:
+            add_label(name=name, value=text)
 
 
 @dataclass
@@ -109,6 +164,9 @@ class Conversion:
     dropped: Counter[str]
     # Positions (in the input) of payloads that are not valid OTLP; the rest still converts.
     malformed: list[int] = field(default_factory=list)
+    # Whole exemplars not written, by reason; exemplar attributes left off for the label limit.
+    dropped_exemplars: Counter[str] = field(default_factory=Counter)
+    dropped_exemplar_labels: int = 0
 
 
 def _attr_labels(kvs: Sequence[KeyValue], name_of: Callable[[str], str] = label_name) -> dict[str, str]:
@@ -171,6 +229,41 @@ def _scope_labels(sm: otlp.ScopeMetrics) -> dict[str, str]:
     if sm.schema_url:
         out["otel_scope_schema_url"] = sm.schema_url
     return out
+
+
+def exemplar_labels(ex: otlp.Exemplar) -> tuple[list[tuple[str, str]], int]:
+    """(An exemplar's labels, how many filtered attributes did not fit the label limit).
+
+    ``trace_id``/``span_id`` come first and win over attributes of the same name; attributes
+    follow in name order, each kept only if the whole label set stays within 128 characters, so
+    which ones survive does not depend on the order the SDK sent them in.
+    """
+    labels = []
+    used = 0
+    trace_id, span_id, attributes = ex.trace_id, ex.span_id, ex.filtered_attributes
+    if trace_id:
+        text = trace_id.hex()
+        labels.append(("trace_id", text))
+        used = 8 + len(text)
+    if span_id:
+        text = span_id.hex()
+        labels.append(("span_id", text))
+        used += 7 + len(text)
+    left_off = 0
+    if attributes:
+        for name, text in sorted(_attr_labels(attributes).items()):
+            if name in _EXEMPLAR_IDS:
+                continue
+            if used + len(name) + len(text) > EXEMPLAR_LABELS_MAX:
+                left_off += 1
+                continue
+            labels.append((name, text))
+            used += len(name) + len(text)
+    return labels, left_off
+
+
+def _exemplar_value(ex: otlp.Exemplar) -> float:
+    return float(ex.as_int) if ex.WhichOneof("value") == "as_int" else ex.as_double
 
 
 def _number(dp: otlp.NumberDataPoint) -> float:
@@ -242,6 +335,24 @@ def _kind(data: str, metric: otlp.Metric) -> Kind:
     return Kind.GAUGE if data == "gauge" else Kind.HISTOGRAM
 
 
+def _bucket_exemplars(hp: otlp.HistogramDataPoint, bounds: Sequence[float], labels: dict[str, str],
+                      out: _TenantSeries) -> None:
+    """Each exemplar on the ``_bucket`` series of the bucket its value falls in.
+
+    OTLP buckets include their upper bound, as ``le`` does, hence ``bisect_left``. A point with
+    fewer bucket counts than bounds only has series for the buckets it counts: an exemplar
+    beyond them goes on the last one.
+    """
+    written = min(len(hp.bucket_counts), len(bounds))
+    by_bucket: dict[int, list[otlp.Exemplar]] = {}
+    for ex in hp.exemplars:
+        bucket = min(bisect_left(bounds, _exemplar_value(ex)), max(written - 1, 0))
+        by_bucket.setdefault(bucket, []).append(ex)
+    for i, exemplars in by_bucket.items():
+        le = format_bound(bounds[i]) if written else "+Inf"
+        out.add_exemplars({**labels, "le": le}, exemplars)
+
+
 def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSeries,
                     dropped: Counter[str]) -> int:
     """Add one metric's series; returns the newest timestamp (ms) among its points."""
@@ -258,10 +369,17 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
     _metadata(out, name, kind, metric)
     newest = 0
     if data in ("gauge", "sum"):
+        counter = kind is Kind.COUNTER
         for dp in body.data_points:
             ts = dp.time_unix_nano // 1_000_000
-            out.add({**_attr_labels(dp.attributes), **base, "__name__": name}, ts, _number(dp))
+            labels = {**_attr_labels(dp.attributes), **base, "__name__": name}
+            out.add(labels, ts, _number(dp))
             newest = max(newest, ts)
+            if dp.exemplars:
+                if counter:
+                    out.add_exemplars(labels, dp.exemplars)
+                else:
+                    out.dropped_exemplars["gauge"] += len(dp.exemplars)
     elif data == "histogram":
         for hp in body.data_points:
             ts = hp.time_unix_nano // 1_000_000
@@ -277,6 +395,8 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
             if not hp.bucket_counts:  # a point without buckets: +Inf alone, holding the count
                 out.add({**labels, "__name__": name + "_bucket", "le": "+Inf"}, ts,
                         STALE_NAN if stale else float(hp.count))
+            if hp.exemplars:
+                _bucket_exemplars(hp, bounds, {**labels, "__name__": name + "_bucket"}, out)
             out.add({**labels, "__name__": name + "_count"}, ts, STALE_NAN if stale else float(hp.count))
             if hp.HasField("sum"):
                 out.add({**labels, "__name__": name + "_sum"}, ts, STALE_NAN if stale else hp.sum)
@@ -290,8 +410,11 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
             if h is None:
                 dropped["unsupported_scale"] += 1
                 continue
-            out.add_histogram({**_attr_labels(ep.attributes), **base, "__name__": name}, h)
+            labels = {**_attr_labels(ep.attributes), **base, "__name__": name}
+            out.add_histogram(labels, h)
             newest = max(newest, ts)
+            if ep.exemplars:
+                out.add_exemplars(labels, ep.exemplars)
     else:  # summary
         for sp in body.data_points:
             ts = sp.time_unix_nano // 1_000_000
@@ -331,8 +454,12 @@ def to_write_requests(payloads: Iterable[tuple[bytes, str]]) -> Conversion:
                 out.metadata.setdefault("target_info", types_pb2.MetricMetadata(
                     type=types_pb2.MetricMetadata.GAUGE, metric_family_name="target_info",
                     help="Target metadata"))
+    dropped_exemplars: Counter[str] = Counter()
+    for s in by_tenant.values():
+        dropped_exemplars.update(s.dropped_exemplars)
     return Conversion({t: s.request() for t, s in by_tenant.items()},
-                      {t: s.added for t, s in by_tenant.items()}, dropped, malformed)
+                      {t: s.added for t, s in by_tenant.items()}, dropped, malformed,
+                      dropped_exemplars, sum(s.dropped_exemplar_labels for s in by_tenant.values()))
 
 
 def split(req: remote_pb2.WriteRequest, max_series: int) -> list[remote_pb2.WriteRequest]:

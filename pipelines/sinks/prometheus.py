@@ -17,6 +17,14 @@ its out-of-order window with ``500 too old sample``, which retried would block t
 forever. The answer does not say which samples of the request were kept, so all of the
 request's samples are counted. Conversion drops (delta temporality, unsupported scale) are
 counted under the same metric.
+
+Exemplars the conversion drops are counted by reason in
+``pipeline_remote_write_dropped_exemplars_total{reason}`` (``gauge``: the spec drops exemplars
+of gauges and non-monotonic sums; ``same_millisecond``: the store keeps one per series and
+timestamp), and attributes left off an exemplar to stay within its 128-character label limit in
+``pipeline_remote_write_dropped_exemplar_labels_total``. Exemplars the store itself refuses
+(older than the newest it holds for the series) are not reported back by remote write 1.0: the
+request still succeeds.
 """
 
 from __future__ import annotations
@@ -41,6 +49,10 @@ SENT_SAMPLES = Counter("pipeline_remote_write_samples",
                        "Samples (and native histogram samples) accepted by remote write.")
 DROPPED_SAMPLES = Counter("pipeline_remote_write_dropped_samples",
                           "Samples not written, by reason (conversion or a 4xx answer).", ["reason"])
+DROPPED_EXEMPLARS = Counter("pipeline_remote_write_dropped_exemplars",
+                            "Exemplars not written by the conversion, by reason.", ["reason"])
+DROPPED_EXEMPLAR_LABELS = Counter("pipeline_remote_write_dropped_exemplar_labels",
+                                  "Exemplar attributes left off to keep the label set within 128 characters.")
 REQUESTS = Counter("pipeline_remote_write_requests", "Remote-write requests by HTTP status.", ["status"])
 
 # Not the data's fault: wait (in Kafka) until the store or its configuration is fixed.
@@ -128,6 +140,10 @@ class PrometheusSink:
         # Counted only once the batch went through, so a retried batch does not count twice.
         for reason, n in conv.dropped.items():
             DROPPED_SAMPLES.labels(reason).inc(n)
+        for reason, n in conv.dropped_exemplars.items():
+            DROPPED_EXEMPLARS.labels(reason).inc(n)
+        if conv.dropped_exemplar_labels:
+            DROPPED_EXEMPLAR_LABELS.inc(conv.dropped_exemplar_labels)
         if conv.malformed:
             raise PermanentSinkError([Rejection(records[i], "malformed OTLP metrics")
                                       for i in conv.malformed])

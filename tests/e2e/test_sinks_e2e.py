@@ -4,12 +4,14 @@ The whole path with real parts only: the OpenTelemetry SDK's OTLP exporters (gRP
 HTTP/protobuf) authenticate with API keys of two tenants; three pipelines workers (one per
 sink) consume the same topics in their own consumer groups; Elasticsearch, Jaeger and
 Prometheus are read back through their query APIs. Clients put a forged ``tenant.id`` in their
-resource; every store must show the tenant of the API key.
+resource; every store must show the tenant of the API key. A histogram recorded inside a span
+reaches Prometheus' exemplar storage with that span's trace id.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -32,8 +34,10 @@ from tests.e2e.kafka_pipeline import kafka_env, running_pipeline, unique_prefix
 from tests.gateway_process import GatewayProcess, running_gateway
 from tests.sdk_otlp import (
     DURATION_VALUES,
+    EXEMPLAR_DURATION,
     SCOPE_SCHEMA_URL,
     client_resource,
+    exemplar_metrics_data,
     finished_logs,
     finished_spans,
     metrics_data,
@@ -88,6 +92,13 @@ def _get_json(url: str) -> Any:
 def promql(expr: str) -> list[dict[str, Any]]:
     body = _get_json(f"{stackenv.PROMETHEUS_URL}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
     return body["data"]["result"] if body and body.get("status") == "success" else []
+
+
+def prom_exemplars(expr: str, since: float) -> list[dict[str, Any]]:
+    """Series with exemplars that ``expr`` selects, from ``since`` (epoch s) to a minute ahead."""
+    query = urllib.parse.urlencode({"query": expr, "start": since, "end": time.time() + 60})
+    body = _get_json(f"{stackenv.PROMETHEUS_URL}/api/v1/query_exemplars?{query}")
+    return body["data"] if body and body.get("status") == "success" else []
 
 
 def jaeger_trace(trace_id: str, spans: int) -> dict[str, Any] | None:
@@ -166,3 +177,33 @@ def test_sdk_data_reaches_every_store_through_kafka() -> None:
             assert float(count[0]["value"][1]) == 6
             assert promql(f"http_server_request_duration_seconds_count{{{sel}}}")[0]["value"][1] == \
                 str(len(DURATION_VALUES))
+
+
+def test_sdk_histogram_exemplar_reaches_prometheus_with_the_span_trace_id() -> None:
+    stackenv.require("kafka", "prometheus")
+    run = uuid.uuid4().hex[:8]
+    tenant, key = f"e2e-exemplars-{run}", f"exkey{run}"
+    env = kafka_env(stackenv.KAFKA_BOOTSTRAP, unique_prefix("exemplars"),
+                    TG_AUTH__ENABLED="true", **{f"TG_AUTH__API_KEYS__{key}": tenant},
+                    TG_PIPELINES__PROMETHEUS__URL=stackenv.PROMETHEUS_URL + "/api/v1/write")
+    since = time.time() - 60
+    sent = exemplar_metrics_data(client_resource(f"svc-{run}"))
+
+    with running_gateway(env) as gw, running_pipeline(env, "prometheus") as pipeline:
+        exporter = HttpMetricExporter(endpoint=gw.http_url + "/v1/metrics", headers={"x-api-key": key})
+        try:
+            assert exporter.export(sent.data).name == "SUCCESS"
+        finally:
+            exporter.shutdown()
+
+        (bucket,) = wait_for(partial(prom_exemplars, f'checkout_duration_seconds_bucket{{tenant="{tenant}"}}',
+                                     since), within=TIMEOUT, what="the histogram's exemplar in Prometheus")
+        assert bucket["seriesLabels"]["le"] == "0.025"
+        (ex,) = bucket["exemplars"]
+        assert ex["labels"]["trace_id"] == sent.trace_id and ex["labels"]["span_id"] == sent.span_id
+        assert ex["labels"]["user_id"] == "u-42" and float(ex["value"]) == EXEMPLAR_DURATION
+
+        # The up-down counter's exemplar is dropped (a gauge's, by the spec) and counted.
+        gauge_drops = ("pipeline_remote_write_dropped_exemplars_total", frozenset({("reason", "gauge")}))
+        wait_for(lambda: pipeline.metrics().get(gauge_drops), within=TIMEOUT,
+                 what="the gauge's exemplar counted as dropped")

@@ -1,15 +1,17 @@
 """Prometheus remote-write sink against a real Prometheus: every SDK instrument kind by PromQL,
-with its scope labels."""
+scope labels, and exemplars by the exemplar query API."""
 
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from prometheus_client import REGISTRY
 
@@ -18,7 +20,17 @@ from gateway.signals import Signal
 from pipelines.sinks.prometheus import PrometheusSink
 from tests import stackenv
 from tests.integration.sink_checks import assert_write_is_transient
-from tests.sdk_otlp import DURATION_VALUES, PAYLOAD_VALUES, SCOPE_SCHEMA_URL, bus_record, metrics_payload
+from tests.sdk_otlp import (
+    DURATION_VALUES,
+    EXEMPLAR_DURATION,
+    EXEMPLAR_SIZE,
+    PAYLOAD_VALUES,
+    SCOPE_SCHEMA_URL,
+    bus_record,
+    exemplar_metrics_data,
+    metrics_payload,
+    resource,
+)
 from tests.waiting import await_for
 
 pytestmark = pytest.mark.integration
@@ -51,6 +63,19 @@ async def one(promql: str) -> dict[str, Any]:
 
 def value(series: dict[str, Any]) -> float:
     return float(series["value"][1])
+
+
+async def exemplars_of(promql: str, since: float) -> dict[str, Any]:
+    """The one series ``promql`` selects in Prometheus' exemplar storage, once it is there."""
+    async def check() -> dict[str, Any] | None:
+        params = {"query": promql, "start": str(since), "end": str(time.time() + 60)}
+        async with aiohttp.ClientSession() as http, \
+                http.get(stackenv.PROMETHEUS_URL + "/api/v1/query_exemplars", params=params) as resp:
+            body = await resp.json()
+        assert body["status"] == "success", body
+        data: list[dict[str, Any]] = body["data"]
+        return data[0] if len(data) == 1 else None
+    return await await_for(check, within=20, interval=0.2, what=f"exemplars of {promql}")
 
 
 async def test_every_instrument_kind_is_queryable_under_its_spec_name(sink: PrometheusSink) -> None:
@@ -91,6 +116,34 @@ async def test_every_instrument_kind_is_queryable_under_its_spec_name(sink: Prom
     info = await one(f"target_info{{{sel}}}")
     assert info["metric"]["deployment_environment"] == "test"
     assert "correlation_id" not in info["metric"]
+
+
+async def test_exemplars_are_stored_with_the_trace_and_span_of_the_measurement(sink: PrometheusSink) -> None:
+    tenant = f"it-ex-{uuid.uuid4().hex[:8]}"
+    since = time.time() - 60
+    sent = exemplar_metrics_data(resource(tenant))
+    name = "pipeline_remote_write_dropped_exemplars_total"
+    gauge_drops = REGISTRY.get_sample_value(name, {"reason": "gauge"}) or 0.0
+    payload = encode_metrics(sent.data).SerializeToString()
+    await sink.write([bus_record(Signal.METRICS, payload, tenant, offset=1)])
+    ids = {"trace_id": sent.trace_id, "span_id": sent.span_id}
+    sel = f'tenant="{tenant}"'
+
+    counter = await exemplars_of(f"checkouts_total{{{sel}}}", since)
+    (ex,) = counter["exemplars"]
+    assert ex["labels"] == {**ids, "user_id": "u-42"} and float(ex["value"]) == 1.0
+
+    bucket = await exemplars_of(f"checkout_duration_seconds_bucket{{{sel}}}", since)
+    assert bucket["seriesLabels"]["le"] == "0.025"
+    (ex,) = bucket["exemplars"]
+    assert ex["labels"] == {**ids, "user_id": "u-42"} and float(ex["value"]) == EXEMPLAR_DURATION
+
+    # A native histogram series that did not exist before this request keeps its exemplar.
+    native = await exemplars_of(f"checkout_size_bytes{{{sel}}}", since)
+    (ex,) = native["exemplars"]
+    assert ex["labels"] == ids and float(ex["value"]) == EXEMPLAR_SIZE
+
+    assert (REGISTRY.get_sample_value(name, {"reason": "gauge"}) or 0.0) == gauge_drops + 1  # checkout.queue
 
 
 async def test_tenants_get_their_own_series_and_requests(sink: PrometheusSink) -> None:

@@ -1,5 +1,5 @@
 """OTLP metrics -> remote-write: every metric kind, names, labels, units, native histograms,
-instrumentation scope labels."""
+instrumentation scope labels and exemplars."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import math
 import struct
 
 import cramjam
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
 
 from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_name
 from pipelines.convert.remote_write import (
+    EXEMPLAR_LABELS_MAX,
     STALE_NAN,
     encode,
+    exemplar_labels,
     native_histogram,
     to_write_requests,
 )
@@ -22,9 +25,13 @@ from protos import remote_pb2, types_pb2
 from tests.sdk_otlp import (
     DURATION_BOUNDS,
     DURATION_VALUES,
+    EXEMPLAR_DURATION,
+    EXEMPLAR_SIZE,
     PAYLOAD_VALUES,
     SCOPE_SCHEMA_URL,
+    exemplar_metrics_data,
     metrics_payload,
+    resource,
 )
 
 TS_NS = 1_700_000_000_000_000_000
@@ -163,6 +170,9 @@ def test_sdk_instruments_convert_under_spec_names_with_resource_labels() -> None
     assert "correlation_id" not in info_labels and "tenant_id" not in info_labels
     assert "service_name" not in info_labels
     assert not [n for n in info_labels if n.startswith("otel_scope_")]
+    # Recorded outside any span: the SDK attaches no exemplars, and none appear here.
+    assert not any(ts.exemplars for ts in req.timeseries)
+    assert not conv.dropped_exemplars and not conv.dropped_exemplar_labels
 
     types = {m.metric_family_name: m.type for m in req.metadata}
     assert types["orders_total"] == types_pb2.MetricMetadata.COUNTER
@@ -359,3 +369,125 @@ def test_scopes_differing_in_an_attribute_stay_apart_and_target_info_stays_one()
     ((info, _),) = by_name(req, "target_info")  # it describes the resource, not a scope
     assert info == {"__name__": "target_info", "host_name": "h1", "job": "svc", "tenant": "acme"}
 
+
+# --- exemplars -------------------------------------------------------------------------------
+
+TRACE_ID = bytes.fromhex("5b8efff798038103d269b633813fc60c")
+SPAN_ID = bytes.fromhex("eee19b7ec3c1b174")
+
+
+def otlp_exemplar(value: float, ts_ns: int = TS_NS, attrs: dict[str, str] | None = None) -> otlp.Exemplar:
+    return otlp.Exemplar(as_double=value, time_unix_nano=ts_ns, trace_id=TRACE_ID, span_id=SPAN_ID,
+                         filtered_attributes=kvs(attrs or {}))
+
+
+def labels_of(ex: types_pb2.Exemplar) -> dict[str, str]:
+    return {lb.name: lb.value for lb in ex.labels}
+
+
+def counter_with(*exemplars: otlp.Exemplar) -> otlp.Metric:
+    return otlp.Metric(name="requests", sum=otlp.Sum(
+        is_monotonic=True, aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        data_points=[otlp.NumberDataPoint(time_unix_nano=TS_NS, as_int=3, exemplars=exemplars)]))
+
+
+def test_sdk_exemplars_land_on_the_counter_the_bucket_and_the_native_histogram() -> None:
+    sent = exemplar_metrics_data(resource("acme"))
+    conv = to_write_requests([(encode_metrics(sent.data).SerializeToString(), "")])
+    req = conv.requests["acme"]
+    ids = {"trace_id": sent.trace_id, "span_id": sent.span_id}
+
+    ((_, counter),) = by_name(req, "checkouts_total")
+    (ex,) = counter.exemplars
+    assert labels_of(ex) == {**ids, "user_id": "u-42"} and ex.value == 1.0 and ex.timestamp > 0
+
+    buckets = by_name(req, "checkout_duration_seconds_bucket")
+    with_exemplars = {lb["le"]: list(ts.exemplars) for lb, ts in buckets if ts.exemplars}
+    assert list(with_exemplars) == ["0.025"]  # 0.02 falls in (0.01, 0.025]
+    (ex,) = with_exemplars["0.025"]
+    assert labels_of(ex) == {**ids, "user_id": "u-42"} and ex.value == EXEMPLAR_DURATION
+
+    # The native histogram's exemplars follow in a second entry with the same labels, after the
+    # entry that carries the histogram (a receiver needs the series before its exemplars).
+    entries = [(i, ts) for i, ts in enumerate(req.timeseries)
+               if {lb.name: lb.value for lb in ts.labels}["__name__"] == "checkout_size_bytes"]
+    ((i_hist, hist), (i_ex, only_ex)) = entries
+    assert i_hist < i_ex and hist.labels == only_ex.labels
+    assert len(hist.histograms) == 1 and not hist.exemplars
+    assert not only_ex.histograms and not only_ex.samples
+    (ex,) = only_ex.exemplars
+    assert labels_of(ex) == ids and ex.value == EXEMPLAR_SIZE
+
+    ((_, queue),) = by_name(req, "checkout_queue")  # an up-down counter is a gauge: no exemplars
+    assert not queue.exemplars
+    assert conv.dropped_exemplars == {"gauge": 1}
+    assert conv.samples["acme"] == sum(len(ts.samples) + len(ts.histograms) for ts in req.timeseries)
+
+
+def test_classic_bucket_exemplars_fall_under_their_le() -> None:
+    values = (0.5, 1.0, 3.0, 5.0, 7.0)
+    hist = otlp.Metric(name="h", histogram=otlp.Histogram(
+        aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        data_points=[otlp.HistogramDataPoint(
+            time_unix_nano=TS_NS, count=5, explicit_bounds=[1.0, 5.0], bucket_counts=[2, 2, 1],
+            exemplars=[otlp_exemplar(v, TS_NS + i * 1_000_000) for i, v in enumerate(values)])]))
+    req = to_write_requests([(one_metric_request(hist), "")]).requests["acme"]
+    got = {lb["le"]: [e.value for e in ts.exemplars] for lb, ts in by_name(req, "h_bucket")}
+    # Bounds are inclusive, as in OTLP and in ``le``.
+    assert got == {"1": [0.5, 1.0], "5": [3.0, 5.0], "+Inf": [7.0]}
+
+    no_buckets = otlp.Metric(name="n", histogram=otlp.Histogram(
+        aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        data_points=[otlp.HistogramDataPoint(time_unix_nano=TS_NS, count=1, exemplars=[otlp_exemplar(2.0)])]))
+    req = to_write_requests([(one_metric_request(no_buckets), "")]).requests["acme"]
+    assert [(lb["le"], len(ts.exemplars)) for lb, ts in by_name(req, "n_bucket")] == [("+Inf", 1)]
+
+
+def test_exemplars_of_gauges_and_non_monotonic_sums_are_dropped_and_counted() -> None:
+    g = otlp.Metric(name="g", gauge=otlp.Gauge(data_points=[otlp.NumberDataPoint(
+        time_unix_nano=TS_NS, as_double=1.0, exemplars=[otlp_exemplar(1.0)])]))
+    updown = otlp.Metric(name="active", sum=otlp.Sum(
+        is_monotonic=False, aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        data_points=[otlp.NumberDataPoint(time_unix_nano=TS_NS, as_int=2,
+                                          exemplars=[otlp_exemplar(1.0), otlp_exemplar(1.0, TS_NS + 1)])]))
+    conv = to_write_requests([(one_metric_request(g), ""), (one_metric_request(updown), "")])
+    assert not any(ts.exemplars for ts in conv.requests["acme"].timeseries)
+    assert conv.dropped_exemplars == {"gauge": 3}
+
+
+def test_exemplar_label_set_stays_within_the_openmetrics_limit() -> None:
+    # trace_id + 32 hex and span_id + 16 hex: 63 characters, leaving 65 for attributes.
+    ex = otlp_exemplar(1.0, attrs={"trace_id": "forged", "a": "x" * 40, "b": "y" * 30, "c": "é" * 20})
+    pairs, left_off = exemplar_labels(ex)
+    labels = dict(pairs)
+    # Name order: "a" (41) fits, "b" (31) would make 135 and is left off, "c" (21 code points,
+    # 41 bytes) fits; the ids win over the attribute named trace_id.
+    assert labels == {"trace_id": TRACE_ID.hex(), "span_id": SPAN_ID.hex(), "a": "x" * 40, "c": "é" * 20}
+    assert left_off == 1
+    assert sum(len(n) + len(v) for n, v in labels.items()) <= EXEMPLAR_LABELS_MAX
+
+    conv = to_write_requests([(one_metric_request(counter_with(ex)), "")])
+    assert conv.dropped_exemplar_labels == 1
+    (written,) = by_name(conv.requests["acme"], "requests_total")[0][1].exemplars
+    assert [(lb.name, lb.value) for lb in written.labels] == pairs
+    assert written.value == 1.0 and written.timestamp == TS_MS
+
+
+def test_exemplars_go_oldest_first_one_per_millisecond() -> None:
+    point = one_metric_request(counter_with(
+        otlp_exemplar(3.0, TS_NS + 3_000_000),
+        otlp_exemplar(1.0, TS_NS + 1_000_500),
+        otlp_exemplar(2.0, TS_NS + 1_000_000),  # same millisecond, earlier: the later one stays
+        otlp.Exemplar(as_int=4, time_unix_nano=TS_NS + 5_000_000),  # no trace: no id labels
+    ))
+    conv = to_write_requests([(point, "")])
+    ((_, ts),) = by_name(conv.requests["acme"], "requests_total")
+    assert [(e.timestamp, e.value) for e in ts.exemplars] == \
+        [(TS_MS + 1, 1.0), (TS_MS + 3, 3.0), (TS_MS + 5, 4.0)]
+    assert not ts.exemplars[-1].labels
+    assert conv.dropped_exemplars == {"same_millisecond": 1}
+
+    resent = one_metric_request(counter_with(otlp_exemplar(1.0)))
+    conv = to_write_requests([(resent, ""), (resent, "")])  # the same exemplar twice is not a drop
+    assert len(by_name(conv.requests["acme"], "requests_total")[0][1].exemplars) == 1
+    assert not conv.dropped_exemplars
