@@ -8,10 +8,12 @@ a clean shutdown is part of what is tested, with SIGKILL only as the last resort
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,10 +24,20 @@ def free_port() -> int:
     Binding port 0 lets the kernel choose, so parallel and repeated runs never collide on a
     fixed port; the socket is closed at once, for the child to bind the port itself.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports, for a child that binds several (a Kafka cluster's nodes).
+
+    Every socket stays bound until all are chosen: ports asked for one at a time may come back
+    equal once the previous socket is closed.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def spawn(args: Sequence[str], log_path: Path, *, env: Mapping[str, str] | None = None,
@@ -62,6 +74,20 @@ def terminate(proc: subprocess.Popen[bytes], within_s: float, *, group: bool = F
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         return None
+
+
+def terminate_together(procs: Sequence[subprocess.Popen[bytes]], within_s: float) -> list[int | None]:
+    """SIGTERM the process groups of ``procs`` at once, then wait for each as ``terminate`` does.
+
+    At once, because peers may wait for each other to shut down cleanly (a KRaft node waits for a
+    controller quorum): stopping them one by one leaves the last ones waiting for peers that are gone.
+    """
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + within_s
+    return [terminate(proc, max(0.1, deadline - time.monotonic()), group=True) for proc in procs]
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -10,6 +10,7 @@ import base64
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import maven, probes
@@ -35,6 +36,70 @@ def java() -> str:
     if not exe:
         raise RuntimeError("no java on PATH (Kafka needs Java 17+)")
     return exe
+
+
+# The layout of a KRaft node, shared by the stack's brokers and the private clusters that fault
+# tests start and kill (tests/e2e/private_kafka.py): a fault test proves what the stack runs only
+# if both write the same configuration and start the same way.
+
+def new_cluster_id() -> str:
+    """What ``kafka-storage random-uuid`` prints: a url-safe base64 UUID without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def write_log4j(path: Path) -> Path:
+    path.write_text(_LOG4J2)
+    return path
+
+
+def node_properties(node: int, host: str, ports: Sequence[tuple[int, int]], data: Path) -> str:
+    """``server.properties`` of node ``node`` (1-based) of a cluster whose nodes listen on ``ports``.
+
+    ``ports`` holds (broker port, controller port) of every node. Every node is broker and
+    controller. Replication follows the node count: every topic on every node, and a majority of
+    the replicas in sync before ``acks=all`` answers, so a cluster of three keeps taking writes
+    with one node down and loses nothing it acknowledged.
+    """
+    n = len(ports)
+    isr = n // 2 + 1
+    voters = ",".join(f"{i}@{host}:{ctl}" for i, (_, ctl) in enumerate(ports, start=1))
+    port, controller = ports[node - 1]
+    return "\n".join([
+        "process.roles=broker,controller",
+        f"node.id={node}",
+        f"controller.quorum.voters={voters}",
+        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
+        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={data}",
+        "num.partitions=3",
+        f"default.replication.factor={n}",
+        f"min.insync.replicas={isr}",
+        f"offsets.topic.replication.factor={n}",
+        f"transaction.state.log.replication.factor={n}",
+        f"transaction.state.log.min.isr={isr}",
+        f"share.coordinator.state.topic.replication.factor={n}",
+        f"share.coordinator.state.topic.min.isr={isr}",
+        "auto.create.topics.enable=true",
+        "group.initial.rebalance.delay.ms=0",
+        "log.retention.hours=24",
+        "",
+    ])
+
+
+def format_argv(home: Path, log4j: Path, cluster_id: str, props: Path) -> list[str]:
+    """The command that initialises a node's storage (once, before its first start)."""
+    return [java(), f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{home / 'libs'}/*",
+            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
+
+
+def node_argv(home: Path, log4j: Path, props: Path, heap: tuple[str, str]) -> list[str]:
+    """The command that runs one node; ``heap`` is (-Xms, -Xmx)."""
+    return [java(), f"-Xms{heap[0]}", f"-Xmx{heap[1]}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
+            "-cp", f"{home / 'libs'}/*", "kafka.Kafka", str(props)]
 
 
 class Kafka(Service):
@@ -63,10 +128,7 @@ class Kafka(Service):
         units = []
         for node, _ in enumerate(self._ports(brokers), start=1):
             props = self._layout_dir(brokers) / f"node-{node}" / "server.properties"
-            argv = [java(), f"-Xms{self.s.kafka_heap[0]}", f"-Xmx{self.s.kafka_heap[1]}", "-XX:+UseG1GC",
-                    "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
-                    f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-                    "-cp", f"{self.home / 'libs'}/*", "kafka.Kafka", str(props)]
+            argv = node_argv(self.home, self._log4j, props, self.s.kafka_heap)
             units.append(self.unit(self._unit_name(brokers, node), argv))
         return units
 
@@ -100,54 +162,28 @@ class Kafka(Service):
             "org.apache.logging.log4j:log4j-slf4j-impl:2.25.5",
         ], self.home / "libs")
 
-    def _properties(self, node: int, port: int, data: Path) -> str:
-        n = self.brokers
-        voters = ",".join(f"{i}@{self.s.host}:{p + 1}" for i, p in enumerate(self._ports(n), start=1))
-        isr = 2 if n == 3 else 1
-        return "\n".join([
-            "process.roles=broker,controller",
-            f"node.id={node}",
-            f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://{self.s.host}:{port},CONTROLLER://{self.s.host}:{port + 1}",
-            f"advertised.listeners=PLAINTEXT://{self.s.host}:{port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"log.dirs={data}",
-            "num.partitions=3",
-            f"default.replication.factor={n}",
-            f"min.insync.replicas={isr}",
-            f"offsets.topic.replication.factor={n}",
-            f"transaction.state.log.replication.factor={n}",
-            f"transaction.state.log.min.isr={isr}",
-            f"share.coordinator.state.topic.replication.factor={n}",
-            f"share.coordinator.state.topic.min.isr={isr}",
-            "auto.create.topics.enable=true",
-            "group.initial.rebalance.delay.ms=0",
-            "log.retention.hours=24",
-            "",
-        ])
+    @property
+    def _log4j(self) -> Path:
+        return self.home / "log4j2.properties"
 
     def prepare(self) -> None:
-        (self.home / "log4j2.properties").write_text(_LOG4J2)
+        write_log4j(self._log4j)
         layout = self._layout_dir(self.brokers)
         id_file = layout / "cluster.id"
         layout.mkdir(parents=True, exist_ok=True)
         if not id_file.exists():
-            # What `kafka-storage random-uuid` prints: a url-safe base64 UUID without padding.
-            id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+            id_file.write_text(new_cluster_id() + "\n")
         cluster_id = id_file.read_text().strip()
-        for node, port in enumerate(self._ports(self.brokers), start=1):
+        ports = [(p, p + 1) for p in self._ports(self.brokers)]
+        for node in range(1, len(ports) + 1):
             node_dir = layout / f"node-{node}"
             data = node_dir / "data"
             node_dir.mkdir(parents=True, exist_ok=True)
             props = node_dir / "server.properties"
-            props.write_text(self._properties(node, port, data))
+            props.write_text(node_properties(node, self.s.host, ports, data))
             if (data / "meta.properties").exists():
                 continue
-            run_logged([java(), f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}", "-cp",
-                        f"{self.home / 'libs'}/*", "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                        "-c", str(props)],
+            run_logged(format_argv(self.home, self._log4j, cluster_id, props),
                        self.s.log_dir / "install-kafka-format.log", f"formatting kafka node {node} storage")
 
     def health(self) -> Health:

@@ -108,7 +108,7 @@ def test_outage_refuses_retryably_and_sdk_retries_deliver_everything() -> None:
         with ThreadPoolExecutor(max_workers=6) as pool:
             pending = [pool.submit(fn, transport) for transport in ("grpc", "http")
                        for fn in (clients.spans, clients.logs, clients.metrics)]
-            broker.wait_listening()
+            broker.wait_ready()
             results = [f.result(timeout=120) for f in pending]
         assert all(results), f"{results.count(False)} export(s) failed even after Kafka returned"
         refused_during = gw.metric(refusals, reason="bus_unavailable") - refused_before
