@@ -91,8 +91,13 @@ class KafkaConfig:
     linger_ms: int = 5
     request_timeout_ms: int = 30_000
     client_id: str = "telemetry-gateway"
+    # Topics the gateway and the pipelines create (when ``create_topics``); a topic that exists keeps
+    # its own settings. Replicas of each partition, and how many must hold a message before Kafka
+    # acknowledges it (acks=all): 3 and 2 keep acknowledged data and keep taking writes with one
+    # broker down. 0 leaves min.insync.replicas to the broker's default (Kafka's own is 1).
     partitions: int = 6
     replication_factor: int = 1
+    min_insync_replicas: int = 0
     create_topics: bool = True
     # A publish Kafka has not acknowledged within this time is refused as retryable (503).
     publish_timeout_ms: int = 5_000
@@ -257,6 +262,13 @@ def _check(cfg: Config) -> None:
         raise ConfigError("batch.max_bytes must be > 0 and batch.max_age_ms >= 0")
     if cfg.batch.max_pending_bytes <= 0:
         raise ConfigError("batch.max_pending_bytes must be > 0")
+    k = cfg.bus.kafka
+    if k.partitions < 1 or k.replication_factor < 1:
+        raise ConfigError("bus.kafka.partitions and bus.kafka.replication_factor must be at least 1")
+    if not 0 <= k.min_insync_replicas <= k.replication_factor:
+        raise ConfigError(f"bus.kafka.min_insync_replicas: {k.min_insync_replicas} must be between 0 (the "
+                          f"broker's default) and bus.kafka.replication_factor ({k.replication_factor}): "
+                          "with more, Kafka refuses every write")
     if cfg.bus.kind == "memory" and not cfg.embedded_pipeline:
         raise ConfigError("bus.kind memory needs embedded_pipeline: true: nothing else reads the in-process "
                           "log, so it would fill and every request would be refused; use bus.kind kafka "

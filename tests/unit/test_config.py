@@ -43,6 +43,9 @@ def test_yaml_file_then_env_override(tmp_path: Path) -> None:
         ({"TG_SERVER__HTTP_PORT": "70000"}, "is not a port"),
         ({"TG_EMBEDDED_PIPELINE": "false"}, "bus.kind memory needs embedded_pipeline: true"),
         ({"TG_BATCH__MAX_PENDING_BYTES": "0"}, "batch.max_pending_bytes must be > 0"),
+        ({"TG_BUS__KAFKA__REPLICATION_FACTOR": "0"}, "bus.kafka.partitions and bus.kafka.replication_factor"),
+        ({"TG_BUS__KAFKA__MIN_INSYNC_REPLICAS": "2"}, r"min_insync_replicas: 2 .*replication_factor \(1\)"),
+        ({"TG_BUS__KAFKA__MIN_INSYNC_REPLICAS": "-1"}, "bus.kafka.min_insync_replicas: -1"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(env: dict[str, str], message: str) -> None:
@@ -60,3 +63,9 @@ def test_non_mapping_file_is_refused(tmp_path: Path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load(path, env={})
+
+
+def test_replicated_topics_are_configurable() -> None:
+    cfg = load(env={"TG_BUS__KAFKA__REPLICATION_FACTOR": "3", "TG_BUS__KAFKA__MIN_INSYNC_REPLICAS": "2"})
+    assert (cfg.bus.kafka.replication_factor, cfg.bus.kafka.min_insync_replicas) == (3, 2)
+    assert load(env={}).bus.kafka.min_insync_replicas == 0, "unset: the broker's default applies"

@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from gateway.bus.base import Batch, BusUnavailable
-from gateway.bus.kafka import KafkaBus, message_pieces
+from gateway.bus.kafka import KafkaBus, message_pieces, new_topics
 from gateway.config import KafkaConfig
 from gateway.signals import Signal
 from tests import otlp_payloads
@@ -57,6 +57,15 @@ def test_trace_partitioning_leaves_logs_keyed_by_tenant() -> None:
     assert message_pieces(b, "trace_id", 1_000_000, b.headers()) == [(b"acme", b.payload)]
 
 
+def test_topics_carry_replication_and_min_insync_replicas_when_set() -> None:
+    cfg = KafkaConfig(partitions=4, replication_factor=3, min_insync_replicas=2, max_message_bytes=1_000_000)
+    topics = new_topics(cfg, ["a", "b"])
+    assert [(t.name, t.num_partitions, t.replication_factor) for t in topics] == [("a", 4, 3), ("b", 4, 3)]
+    assert topics[0].topic_configs == {"max.message.bytes": "1065536", "min.insync.replicas": "2"}
+    # Unset: the topic inherits the broker's min.insync.replicas instead of overriding it.
+    assert "min.insync.replicas" not in new_topics(KafkaConfig(), ["a"])[0].topic_configs
+
+
 async def test_gateway_starts_unready_and_refuses_quickly_without_kafka() -> None:
     cfg = KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}", start_wait_ms=300,
                       request_timeout_ms=2000)
@@ -73,3 +82,4 @@ async def test_gateway_starts_unready_and_refuses_quickly_without_kafka() -> Non
         assert time.monotonic() - t1 < 0.5
     finally:
         await bus.stop()
+
