@@ -74,6 +74,7 @@ class KafkaBus:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._topics_created = False
         self._timeout_s = cfg.publish_timeout_ms / 1000
         self._retry_after_s = cfg.unavailable_retry_after_ms / 1000
 
@@ -113,8 +114,14 @@ class KafkaBus:
             producer = self._new_producer()
             try:
                 await asyncio.wait_for(producer.start(), self._cfg.request_timeout_ms / 1000)
-                if self._cfg.create_topics:
+                # Once per process: a reconnect after a broker failure needs only a producer. And
+                # CreateTopics waits up to request_timeout_ms for the broker that metadata names
+                # as controller, which until the cluster fences a crashed broker may be that one:
+                # asking again on every reconnect kept the gateway refusing for 30 s while the
+                # brokers left were taking writes.
+                if self._cfg.create_topics and not self._topics_created:
                     await ensure_topics(self._cfg, [s.topic(self._prefix) for s in Signal])
+                    self._topics_created = True
             except asyncio.CancelledError:
                 await _close(producer, 1.0)  # stop() while connecting: leave no client behind
                 raise

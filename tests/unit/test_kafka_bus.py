@@ -6,16 +6,19 @@ Against the real broker see tests/integration/test_kafka_*.py and tests/e2e/test
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from gateway.bus import kafka as kafka_bus
 from gateway.bus.base import Batch, BusUnavailable
 from gateway.bus.kafka import KafkaBus, message_pieces, new_topics
 from gateway.config import KafkaConfig
 from gateway.signals import Signal
 from tests import otlp_payloads
 from tests.gateway_process import free_port
+from tests.waiting import await_for
 
 
 def batch(signal: Signal, payload: bytes, cids: int = 3) -> Batch:
@@ -83,3 +86,40 @@ async def test_gateway_starts_unready_and_refuses_quickly_without_kafka() -> Non
     finally:
         await bus.stop()
 
+
+async def test_a_reconnect_creates_no_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reconnecting after a broker failure must not wait on CreateTopics (see KafkaBus._maintain)."""
+    created: list[list[str]] = []
+    producers: list[object] = []
+
+    async def ensure_topics(cfg: KafkaConfig, names: list[str]) -> None:
+        created.append(list(names))
+
+    class Producer:
+        def __init__(self) -> None:
+            self.client = SimpleNamespace(fetch_all_metadata=self.nothing)
+
+        async def start(self) -> None:
+            producers.append(self)
+
+        async def stop(self) -> None:
+            pass
+
+        async def nothing(self) -> None:
+            pass
+
+    monkeypatch.setattr(kafka_bus, "ensure_topics", ensure_topics)
+    bus = KafkaBus(KafkaConfig(start_wait_ms=2000))
+    monkeypatch.setattr(bus, "_new_producer", Producer)
+    await bus.start()
+    try:
+        assert bus.readiness()[0] and len(created) == 1
+        bus._mark_broken(producers[0], "publish failed")  # type: ignore[arg-type]
+
+        async def reconnected() -> bool:
+            return len(producers) == 2 and bus.readiness()[0]
+
+        await await_for(reconnected, within=5, what="a second producer")
+        assert len(created) == 1
+    finally:
+        await bus.stop()
