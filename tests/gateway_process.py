@@ -148,12 +148,21 @@ class GatewayProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples called ``name`` whose labels include ``labels`` (0 when absent)."""
-        total = 0.0
+        return sum(value for _, value in self._samples(name, labels))
+
+    def metric_by(self, name: str, label: str, **labels: str) -> dict[str, float]:
+        """Like ``metric``, summed per value of ``label``: which reasons, signals, ... occurred."""
+        out: dict[str, float] = {}
+        for sample_labels, value in self._samples(name, labels):
+            key = sample_labels.get(label, "")
+            out[key] = out.get(key, 0.0) + value
+        return out
+
+    def _samples(self, name: str, labels: Mapping[str, str]) -> Iterator[tuple[dict[str, str], float]]:
         for family in text_string_to_metric_families(self.metrics_text()):
             for sample in family.samples:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+                    yield sample.labels, sample.value
 
     # -- file sink ----------------------------------------------------------------------------
     def sink_files(self, tenant: str, signal_name: str) -> list[Path]:

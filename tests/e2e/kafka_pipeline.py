@@ -9,11 +9,13 @@ arrived with the correlation id of the request that brought it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -40,8 +42,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.subprocs import kill_group, spawn, terminate
+from gateway.otlp_json import proto_to_json
+from gateway.signals import Signal
 from pipelines.sinks.file import complete_lines
 from tests.gateway_process import REPO_ROOT, GatewayProcess, free_port
+from tests.integration.kafka_read import read_topic
 from tests.waiting import wait_for
 
 RESOURCE = Resource.create({"service.name": "kafka-e2e"})
@@ -154,6 +159,19 @@ def running_pipeline(env: Mapping[str, str], sink: str = "file") -> Iterator[Pip
 
 # -- SDK clients ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Export:
+    """One export call: when it ran (``time.monotonic``) and whether the SDK reported success.
+
+    Fault tests place exports against the moments a fault began and ended, to show what the
+    gateway acknowledged while it lasted.
+    """
+
+    started: float
+    ended: float
+    ok: bool
+
+
 @dataclass
 class Sent:
     """What the gateway acknowledged: item id -> correlation id of the request that carried it."""
@@ -162,6 +180,7 @@ class Sent:
     logs: dict[str, str] = field(default_factory=dict)
     points: dict[str, str] = field(default_factory=dict)
     refused_exports: int = 0
+    exports: list[Export] = field(default_factory=list)
 
 
 class Clients:
@@ -196,8 +215,7 @@ class Clients:
                     if transport == "grpc" else
                     HttpSpanExporter(endpoint=self._gw.http_url + "/v1/traces", headers=headers,
                                      timeout=self._timeout))
-        ok = exporter.export(memory.get_finished_spans()).name == "SUCCESS"
-        exporter.shutdown()
+        ok = self._export(exporter, memory.get_finished_spans())
         return self._record(ok, self.sent.spans, ids, cid)
 
     def logs(self, transport: str, count: int = 20) -> bool:
@@ -215,8 +233,7 @@ class Clients:
                     if transport == "grpc" else
                     HttpLogExporter(endpoint=self._gw.http_url + "/v1/logs", headers=headers,
                                     timeout=self._timeout))
-        ok = exporter.export(memory.get_finished_logs()).name == "SUCCESS"
-        exporter.shutdown()
+        ok = self._export(exporter, memory.get_finished_logs())
         return self._record(ok, self.sent.logs, ids, cid)
 
     def metrics(self, transport: str, count: int = 10) -> bool:
@@ -235,10 +252,16 @@ class Clients:
                     if transport == "grpc" else
                     HttpMetricExporter(endpoint=self._gw.http_url + "/v1/metrics", headers=headers,
                                        timeout=self._timeout))
-        ok = exporter.export(data).name == "SUCCESS"
-        exporter.shutdown()
+        ok = self._export(exporter, data)
         provider.shutdown()
         return self._record(ok, self.sent.points, ids, cid)
+
+    def _export(self, exporter: Any, data: Any) -> bool:
+        started = time.monotonic()
+        ok: bool = exporter.export(data).name == "SUCCESS"
+        self.sent.exports.append(Export(started, time.monotonic(), ok))
+        exporter.shutdown()
+        return ok
 
     def _record(self, ok: bool, into: dict[str, str], ids: list[str], cid: str) -> bool:
         if ok:
@@ -265,27 +288,46 @@ def _attrs(attributes: list[dict[str, Any]]) -> dict[str, Any]:
     return {a["key"]: next(iter(a.get("value", {}).values()), None) for a in attributes}
 
 
-# (item name, tenant.id, correlation.id) of an item at the sink; the ids are None when missing.
+# (item name, tenant.id, correlation.id) of an item at the sink or in Kafka; the ids are None when missing.
 Landed = tuple[str, str | None, str | None]
+ItemCounts = dict[str, Counter[Landed]]
 
 
-def received(pipeline: PipelineProcess) -> dict[str, Counter[Landed]]:
+def received(pipeline: PipelineProcess) -> ItemCounts:
     """signal -> Counter of (item id, tenant, correlation id) over everything the sink wrote."""
-    out: dict[str, Counter[Landed]] = {"traces": Counter(), "logs": Counter(), "metrics": Counter()}
-    for line in pipeline.read("traces"):
+    return count_items({name: pipeline.read(name) for name in ("traces", "logs", "metrics")})
+
+
+def in_kafka(bootstrap: str, prefix: str) -> ItemCounts:
+    """The same count over the records in the topics themselves, before any pipeline.
+
+    Set beside ``received`` it tells where a duplicate came from: stored twice in Kafka (a
+    publish retried), or read twice from it (a record redelivered to the sink).
+    """
+    lines = {}
+    for signal in Signal:
+        records = asyncio.run(read_topic(bootstrap, signal.topic(prefix)))
+        lines[signal.value] = [json.loads(proto_to_json(signal, r.value or b"")) for r in records]
+    return count_items(lines)
+
+
+def count_items(lines: Mapping[str, list[dict[str, Any]]]) -> ItemCounts:
+    """signal -> Counter of (item id, tenant, correlation id) over OTLP/JSON requests by signal."""
+    out: ItemCounts = {"traces": Counter(), "logs": Counter(), "metrics": Counter()}
+    for line in lines["traces"]:
         for rs in line.get("resourceSpans", []):
             res = _attrs(rs.get("resource", {}).get("attributes", []))
             for ss in rs.get("scopeSpans", []):
                 for span in ss.get("spans", []):
                     out["traces"][(span["name"], res.get("tenant.id"), res.get("correlation.id"))] += 1
-    for line in pipeline.read("logs"):
+    for line in lines["logs"]:
         for rl in line.get("resourceLogs", []):
             res = _attrs(rl.get("resource", {}).get("attributes", []))
             for sl in rl.get("scopeLogs", []):
                 for rec in sl.get("logRecords", []):
                     body = rec.get("body", {}).get("stringValue", "")
                     out["logs"][(body, res.get("tenant.id"), res.get("correlation.id"))] += 1
-    for line in pipeline.read("metrics"):
+    for line in lines["metrics"]:
         for rm in line.get("resourceMetrics", []):
             res = _attrs(rm.get("resource", {}).get("attributes", []))
             for sm in rm.get("scopeMetrics", []):
@@ -297,7 +339,7 @@ def received(pipeline: PipelineProcess) -> dict[str, Counter[Landed]]:
     return out
 
 
-def missing(sent: Sent, got: dict[str, Counter[Landed]], tenant: str = "default") -> int:
+def missing(sent: Sent, got: ItemCounts, tenant: str = "default") -> int:
     """How many acknowledged items are not (yet) in the sink with the right tenant and correlation id."""
     n = 0
     for signal_name, items in (("traces", sent.spans), ("logs", sent.logs), ("metrics", sent.points)):
