@@ -122,6 +122,12 @@ def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int, in
     return out
 
 
+def top_level_fields(buf: bytes) -> list[bytes]:
+    """Each top-level field of a message with its tag, so each is a message of the same type on
+    its own: for an Export request, one ResourceX as a request of its own."""
+    return [buf[start:end] for _num, _wt, start, _vs, end in _fields(buf, 0, len(buf))]
+
+
 class _Counted(WireError):
     """A malformed message, with how many items were counted before the fault (including a
     broken one), so a dropped ResourceX reports what the client loses."""

@@ -42,7 +42,7 @@ from gateway.bus.base import BusRecord
 from gateway.config import Config
 from gateway.otlp_json import proto_to_json
 from gateway.signals import Signal
-from gateway.wire import WireError, read_varint
+from gateway.wire import WireError, top_level_fields
 
 log = logging.getLogger(__name__)
 
@@ -81,35 +81,11 @@ def complete_lines(path: Path) -> Iterator[bytes]:
                 yield line
 
 
-def _top_fields(buf: bytes) -> list[bytes]:
-    """Each top-level field of a request with its tag, so each is a request on its own: for
-    field 1 that is one ResourceX."""
-    parts = []
-    pos, end = 0, len(buf)
-    while pos < end:
-        start = pos
-        tag, pos = read_varint(buf, pos, end)
-        wt = tag & 7
-        if wt == 0:
-            _, pos = read_varint(buf, pos, end)
-        elif wt == 2:
-            ln, pos = read_varint(buf, pos, end)
-            pos += ln
-        elif wt in (1, 5):
-            pos += 8 if wt == 1 else 4
-        else:
-            raise WireError(f"unsupported wire type {wt}")
-        if pos > end:
-            raise WireError("length past the end of the message")
-        parts.append(buf[start:pos])
-    return parts
-
-
 def _salvage(signal: Signal, value: bytes, error: str) -> tuple[bytes | None, list[tuple[bytes, str]]]:
     """For a record that does not convert: the JSON line of the parts that do (None if none),
     and (part, reason) for each part that does not."""
     try:
-        parts = _top_fields(value)
+        parts = top_level_fields(value)
     except WireError:
         return None, [(value, error)]
     good: list[bytes] = []
