@@ -54,6 +54,26 @@ class StartError(RuntimeError):
     """A system under test did not come up; the message carries the tail of its log."""
 
 
+def gateway_env(grpc_port: int, http_port: int, admin_port: int, data_dir: Path,
+                overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a gateway child on loopback ports, then ``overrides``.
+
+    This process's own ``TG_*`` settings are left out (a developer's shell must not change what a
+    bench or a test measures), except the stack's addresses.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TG_") or k.startswith("TG_STACK")}
+    env.update({
+        "TG_SERVER__HOST": "127.0.0.1",
+        "TG_SERVER__GRPC_PORT": str(grpc_port),
+        "TG_SERVER__HTTP_PORT": str(http_port),
+        "TG_ADMIN__HOST": "127.0.0.1",
+        "TG_ADMIN__PORT": str(admin_port),
+        "TG_PIPELINES__FILE__DATA_DIR": str(data_dir),
+    })
+    env.update(overrides)
+    return env
+
+
 class _Subprocess:
     name = "system"
 
@@ -124,22 +144,14 @@ class GatewaySystem(_Subprocess):
         self.topic_prefix = topic_prefix
         self.admin_port = free_port()
         self.data_dir = workdir / "data"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("TG_") or k.startswith("TG_STACK")}
-        base.update({
-            "TG_SERVER__HOST": "127.0.0.1",
-            "TG_SERVER__GRPC_PORT": str(self.grpc_port),
-            "TG_SERVER__HTTP_PORT": str(self.http_port),
-            "TG_ADMIN__HOST": "127.0.0.1",
-            "TG_ADMIN__PORT": str(self.admin_port),
+        self.env = gateway_env(self.grpc_port, self.http_port, self.admin_port, self.data_dir, {
             "TG_BUS__KIND": bus,
             "TG_BUS__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
             "TG_BUS__KAFKA__TOPIC_PREFIX": topic_prefix,
-            "TG_PIPELINES__FILE__DATA_DIR": str(self.data_dir),
             "TG_ACK": "durable",
             "TG_LOG_LEVEL": "WARNING",
+            **(env or {}),
         })
-        base.update(env or {})
-        self.env = base
 
     def start(self, within_s: float = 60.0) -> None:
         self._spawn([sys.executable, "-m", "gateway.cli", "run", "--workers", str(self.workers)], self.env)

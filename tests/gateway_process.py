@@ -20,7 +20,6 @@ failure rather than a timeout.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.subprocs import free_port as free_port  # re-exported: tests take their ports here
 from bench.subprocs import kill_group, spawn, terminate
+from bench.systems import gateway_env
 from pipelines.sinks.file import complete_lines
 from tests.waiting import wait_for
 
@@ -57,18 +57,8 @@ class GatewayProcess:
         self.http_port = free_port()
         self.admin_port = free_port()
         self.workers = workers
-        base = {k: v for k, v in os.environ.items() if not k.startswith("TG_") or k.startswith("TG_STACK")}
-        base.update({
-            "TG_SERVER__HOST": "127.0.0.1",
-            "TG_SERVER__GRPC_PORT": str(self.grpc_port),
-            "TG_SERVER__HTTP_PORT": str(self.http_port),
-            "TG_ADMIN__HOST": "127.0.0.1",
-            "TG_ADMIN__PORT": str(self.admin_port),
-            "TG_PIPELINES__FILE__DATA_DIR": str(self.data_dir),
-            "PYTHONUNBUFFERED": "1",
-        })
-        base.update(env or {})
-        self.env = base
+        self.env = gateway_env(self.grpc_port, self.http_port, self.admin_port, self.data_dir,
+                               {"PYTHONUNBUFFERED": "1", **(env or {})})
         self.args = [sys.executable, "-m", "gateway.cli", "run", "--workers", str(workers),
                      *(extra_args or [])]
         self.proc: subprocess.Popen[bytes] | None = None
