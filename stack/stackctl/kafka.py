@@ -92,7 +92,9 @@ def node_properties(node: int, host: str, ports: Sequence[tuple[int, int]], data
 def format_argv(home: Path, log4j: Path, cluster_id: str, props: Path) -> list[str]:
     """The command that initialises a node's storage (once, before its first start)."""
     return [java(), f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{home / 'libs'}/*",
-            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
+            # ``--cluster-id=ID`` in one word: an id may start with "-" (base64url), which argparse
+            # would take for an option when it is a separate word.
+            "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)]
 
 
 def node_argv(home: Path, log4j: Path, props: Path, heap: tuple[str, str]) -> list[str]:
