@@ -146,6 +146,9 @@ class PipelinesConfig:
     group_prefix: str = "telemetry-gateway-"
     dead_letter_topic: str = "otlp_dead_letter"
     max_inflight_records: int = 500
+    # Retries of a sink write failing with an error the sink did not classify, before its records
+    # are written one at a time and a record still failing goes to the dead letters.
+    max_unexpected_retries: int = 3
     # Prometheus /metrics of a pipelines worker (consumer lag, acked and dead-lettered records).
     admin_host: str = "0.0.0.0"
     admin_port: int = 8889
@@ -269,6 +272,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"bus.kafka.min_insync_replicas: {k.min_insync_replicas} must be between 0 (the "
                           f"broker's default) and bus.kafka.replication_factor ({k.replication_factor}): "
                           "with more, Kafka refuses every write")
+    if cfg.pipelines.max_unexpected_retries < 0:
+        raise ConfigError("pipelines.max_unexpected_retries: must be >= 0")
     if cfg.bus.kind == "memory" and not cfg.embedded_pipeline:
         raise ConfigError("bus.kind memory needs embedded_pipeline: true: nothing else reads the in-process "
                           "log, so it would fill and every request would be refused; use bus.kind kafka "

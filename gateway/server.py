@@ -28,6 +28,7 @@ from gateway import config
 from gateway.config import Config
 
 if TYPE_CHECKING:  # the worker imports these itself, after the fork
+    from gateway.bus.base import BusRecord
     from gateway.bus.memory import MemoryBus, MemorySource
 
 log = logging.getLogger("gateway.server")
@@ -227,8 +228,8 @@ class _Worker:
         self.ingest.close_intake()
         await asyncio.gather(self.http.shutdown(grace_s=5.0), self.grpc.stop(grace=5.0))
         await self.batcher.close()
-        if self._embedded is not None:
-            await self._embedded.stop()
+        if self._embedded is not None and not await self._embedded.stop():
+            self.failed = True  # acknowledged data was lost: the exit code must say so
         await self.bus.stop()
         await self.admin.shutdown(grace_s=1.0)
         if self._publishing is not None:
@@ -254,7 +255,10 @@ class _Embedded:
         # Records here are whole batches (up to batch.max_bytes); committing every few of them
         # frees room in the bounded memory bus early, so waiting clients are not held for the
         # conversion of a large backlog at once.
-        self.pipeline = Pipeline(self.source, self.sink, max_records=_EMBEDDED_RECORDS_PER_WRITE)
+        # Records the sink sets aside for good go to its rejects files: no dead-letter topic here.
+        self.pipeline = Pipeline(self.source, self.sink, dead_letter=self.sink.park,
+                                 max_records=_EMBEDDED_RECORDS_PER_WRITE,
+                                 max_unexpected_retries=cfg.pipelines.max_unexpected_retries)
         self._task: asyncio.Task[None] | None = None
 
     def describe(self) -> str:
@@ -272,13 +276,23 @@ class _Embedded:
 
         self._task.add_done_callback(check)
 
-    async def stop(self) -> None:
-        """Let the pipeline write what the bus holds (bounded), then stop it and close the files."""
+    async def stop(self) -> bool:
+        """Let the pipeline write what the bus holds (bounded), then stop it and close the files.
+
+        False (and an error log saying how many records and items) when acknowledged data
+        was not written.
+        """
         if self._task is not None and not self._task.done():
             await _drain(self.source, self._bus)
             self.pipeline.stop()
             await asyncio.wait((self._task,))
         await self.sink.stop()
+        # The log keeps every record this (only) source has not committed.
+        lost = [r for r in self._bus._log if r.offset >= self.source.committed]
+        if lost:
+            log.error("embedded pipeline: %d acknowledged record(s), %d item(s), were not written to "
+                      "the file sink", len(lost), sum(_items(r) for r in lost))
+        return not lost
 
 
 async def _drain(source: MemorySource, bus: MemoryBus) -> None:
@@ -289,5 +303,25 @@ async def _drain(source: MemorySource, bus: MemoryBus) -> None:
             break
         await asyncio.sleep(_DRAIN_POLL_S)
     if source.committed < bus.end_offset:
-        log.error("embedded pipeline did not drain within %.0fs; %d record(s) not written",
-                  _DRAIN_S, bus.end_offset - source.committed)
+        log.error("embedded pipeline did not drain within %.0fs", _DRAIN_S)
+
+
+def _items(record: BusRecord) -> int:
+    """Spans, log records or metrics in a bus record (0 if it does not even parse)."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from gateway.signals import Signal
+
+    try:
+        if record.signal is Signal.TRACES:
+            req = ExportTraceServiceRequest.FromString(record.value)
+            return sum(len(s.spans) for r in req.resource_spans for s in r.scope_spans)
+        if record.signal is Signal.LOGS:
+            logs = ExportLogsServiceRequest.FromString(record.value)
+            return sum(len(s.log_records) for r in logs.resource_logs for s in r.scope_logs)
+        metrics = ExportMetricsServiceRequest.FromString(record.value)
+        return sum(len(s.metrics) for r in metrics.resource_metrics for s in r.scope_metrics)
+    except Exception:  # a record that does not parse still counts as a record lost
+        return 0

@@ -6,7 +6,16 @@ runner, so at-least-once behaviour is the same code in both.
 While the sink fails transiently the same records are retried with exponential backoff and a
 source that can pause (Kafka) is paused, so nothing new is fetched and the consumer group keeps
 the member. Records the sink rejects for good go to the dead-letter callback (a Kafka topic in
-the runner) and are then committed: one poison record must not stop the pipeline.
+the runner, the rejects files of the embedded file sink) and are then committed: one poison
+record must not stop the pipeline.
+
+An error the sink did not classify (any other exception: a converter bug, a crashed helper) is
+retried ``max_unexpected_retries`` times with backoff; then the records still pending are written
+one at a time, each with the same budget, and a record that still fails goes to the dead letters
+with the error as the reason. So no record, whatever it holds, stalls the pipeline for more than
+a few backoffs. A sink that raises such an error must have written none of the records it was
+given (what a partial write settled it names in TransientSinkError), so retrying never writes a
+record twice.
 """
 
 from __future__ import annotations
@@ -34,8 +43,14 @@ DEAD_LETTER_RECORDS = Counter(
     ["sink"],
 )
 SINK_ERRORS = Counter(
-    "pipeline_sink_errors_total", "Sink write failures by kind (transient: retried; permanent).",
+    "pipeline_sink_errors_total",
+    "Sink write failures by kind (transient: retried; permanent: dead-lettered; unexpected: "
+    "retried a few times, then per record; gave_up: a record dead-lettered after unexpected errors).",
     ["sink", "kind"],
+)
+ISOLATED_BATCHES = Counter(
+    "pipeline_isolated_batches_total",
+    "Batches written one record at a time after repeated unexpected sink errors.", ["sink"],
 )
 
 
@@ -75,6 +90,7 @@ class Pipeline:
         poll_timeout_ms: int = 200,
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
+        max_unexpected_retries: int = 3,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -83,6 +99,7 @@ class Pipeline:
         self._poll_timeout_ms = poll_timeout_ms
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
+        self._max_unexpected_retries = max_unexpected_retries
         self._stopping = asyncio.Event()
         self._paused = False
         self.written = 0
@@ -115,11 +132,41 @@ class Pipeline:
         """Write until every record is written or rejected, then park the rejected ones."""
         batch = _InHand(list(records))
         try:
-            await self._retrying(lambda: self._write(batch), on_retry=self._pause)
+            await self._write_all(batch)
             if batch.rejected:
-                await self._retrying(lambda: self._park(batch.rejected), on_retry=self._pause)
+                await self._retrying(lambda: self._park(batch))
         finally:
             self._resume()
+
+    async def _write_all(self, batch: _InHand) -> None:
+        """Write ``batch`` until every record is written or rejected; isolate on repeated bugs."""
+        failure = await self._attempts(batch)
+        if failure is None:
+            return
+        if len(batch.pending) > 1:
+            ISOLATED_BATCHES.labels(self.sink.name).inc()
+            log.warning("sink %s: %d record(s) keep failing together; writing them one at a time",
+                        self.sink.name, len(batch.pending))
+            alone, batch.pending = [_InHand([r]) for r in batch.pending], []
+            for one in alone:
+                failed = await self._attempts(one)
+                batch.rejected.extend(one.rejected)
+                if failed is not None:
+                    batch.rejected.append(self._give_up(one.pending[0], failed))
+        else:
+            batch.rejected.append(self._give_up(batch.pending[0], failure))
+            batch.pending = []
+
+    async def _attempts(self, batch: _InHand) -> Exception | None:
+        return await self._retrying(lambda: self._write(batch), self._max_unexpected_retries)
+
+    def _give_up(self, record: BusRecord, failure: Exception) -> Rejection:
+        SINK_ERRORS.labels(self.sink.name, "gave_up").inc()
+        reason = (f"unexpected sink error, {self._max_unexpected_retries + 1} attempts: "
+                  f"{type(failure).__name__}: {failure}")
+        log.error("sink %s: giving up on %s/%d@%d: %s", self.sink.name, record.topic, record.partition,
+                  record.offset, reason)
+        return Rejection(record, reason)
 
     def _pause(self) -> None:
         if not self._paused and isinstance(self.source, PausableSource):
@@ -155,34 +202,58 @@ class Pipeline:
         self.written += len(written)
         self._acked.inc(len(written))
 
-    async def _park(self, rejected: Sequence[Rejection]) -> None:
+    async def _park(self, batch: _InHand) -> None:
+        """Hand ``batch.rejected`` to the dead letters; on a partial failure keep only the rest."""
+        rejected = batch.rejected
         if self._dead_letter is None:
             for rej in rejected:
                 log.error("sink %s rejected %s/%d@%d: %s", self.sink.name, rej.record.topic,
                           rej.record.partition, rej.record.offset, rej.reason)
         else:
-            await self._dead_letter(rejected)
-        self.dead_lettered += len(rejected)
-        self._dead.inc(len(rejected))
+            try:
+                await self._dead_letter(rejected)
+            except TransientSinkError as exc:
+                parked = {id(r) for r in exc.written}
+                batch.rejected = [rej for rej in rejected if id(rej.record) not in parked]
+                self._count_parked(len(rejected) - len(batch.rejected))
+                raise
+        batch.rejected = []
+        self._count_parked(len(rejected))
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[None]], on_retry: Callable[[], None]) -> None:
-        """Run ``attempt`` until it succeeds, backing off on every failure but a stop."""
+    def _count_parked(self, n: int) -> None:
+        self.dead_lettered += n
+        self._dead.inc(n)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[None]],
+                        max_unexpected: int | None = None) -> Exception | None:
+        """Run ``attempt`` until it succeeds (None), backing off on every failure but a stop.
+
+        Transient errors are retried for ever; unexpected ones up to ``max_unexpected`` times
+        (None: for ever), after which the last one is returned.
+        """
+        unexpected = 0
         delay = self._backoff_initial_s
         while True:
             try:
                 await attempt()
-                return
+                return None
             except TransientSinkError as exc:
                 SINK_ERRORS.labels(self.sink.name, "transient").inc()
                 log.warning("sink %s: transient error, retrying in %.1fs: %s", self.sink.name, delay, exc)
             except (_Stopped, asyncio.CancelledError):
                 raise
-            except Exception:
-                # A sink bug or an error it did not classify: retrying keeps the records (nothing
-                # is committed), where crashing would only restart the same retry elsewhere.
+            except Exception as exc:
+                # A sink bug or an error it did not classify: retried (it may pass), but only so
+                # often where a budget is given, or one record that always trips it would hold
+                # up everything behind it.
                 SINK_ERRORS.labels(self.sink.name, "unexpected").inc()
+                unexpected += 1
+                if max_unexpected is not None and unexpected > max_unexpected:
+                    log.error("sink %s: unexpected error on attempt %d, giving up on this write: %s",
+                              self.sink.name, unexpected, exc)
+                    return exc
                 log.exception("sink %s: unexpected error, retrying in %.1fs", self.sink.name, delay)
-            on_retry()
+            self._pause()
             await self._backoff(delay)
             delay = min(delay * 2, self._backoff_max_s)
 

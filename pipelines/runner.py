@@ -77,7 +77,8 @@ async def run(cfg: Config, sink_name: str) -> int:
     source = KafkaSource(kcfg, group, sink.signals, max_records=cfg.pipelines.max_inflight_records)
     dead_letter = KafkaDeadLetter(kcfg, cfg.pipelines.dead_letter_topic, sink_name)
     pipeline = Pipeline(source, sink, dead_letter=dead_letter,
-                        max_records=cfg.pipelines.max_inflight_records)
+                        max_records=cfg.pipelines.max_inflight_records,
+                        max_unexpected_retries=cfg.pipelines.max_unexpected_retries)
     start_http_server(cfg.pipelines.admin_port, addr=cfg.pipelines.admin_host)
 
     stopping = asyncio.Event()

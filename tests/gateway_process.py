@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.subprocs import free_port as free_port  # re-exported: tests take their ports here
 from bench.subprocs import kill_group, spawn, terminate
 from bench.systems import gateway_env
-from pipelines.sinks.file import complete_lines
+from pipelines.sinks.file import complete_lines, safe_name
 from tests.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ class GatewayProcess:
     # -- file sink ----------------------------------------------------------------------------
     def sink_files(self, tenant: str, signal_name: str) -> list[Path]:
         """The file-sink files for one tenant and signal (one per worker process)."""
-        d = self.data_dir / tenant
+        d = self.data_dir / safe_name(tenant)
         return sorted(d.glob(f"{signal_name}*.jsonl")) if d.is_dir() else []
 
     def read_sink(self, tenant: str, signal_name: str) -> list[dict[str, Any]]:

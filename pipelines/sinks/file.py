@@ -1,20 +1,30 @@
-"""File sink for the embedded default: OTLP/JSON lines under ``<data_dir>/<tenant>/``.
+"""File sink for the embedded default: OTLP/JSON lines under ``<data_dir>/<tenant dir>/``.
 
 One line per consumed record (a whole Export request, as OTLP/JSON), so the files can be read
-back with any OTLP/JSON tool or replayed with ``curl --data-binary`` line by line. Each write
-batch is flushed to the OS before ``write`` returns, which is when the pipeline commits.
+back with any OTLP/JSON tool or replayed with ``curl --data-binary`` line by line. Each record's
+lines are handed to the OS before ``write`` returns, which is when the pipeline commits.
 
 Turning protobuf into JSON costs far more than ingesting it (about 13 ms against 0.3 ms for a
-512-span request), so with ``offload=True`` (the embedded gateway) the conversion and the writes
-run in one helper process: the receivers' event loop stays free for clients and the sink uses
-another core. The helper is spawned, not forked, because the gateway process runs grpc threads.
+512-span request), so with ``offload=True`` (the embedded gateway) the conversion runs in one
+helper process: the receivers' event loop stays free for clients and the sink uses another core.
+The helper only converts; this process appends. So a helper that dies (killed, crashed on some
+input) has written nothing: the sink starts a new one and converts the same records again, and
+no line is ever written twice. The helper is spawned, not forked, because the gateway process
+runs grpc threads; it is spawned at ``start`` with SIGINT and SIGTERM blocked, and ignores them
+from its first instruction on, so a Ctrl-C or a service manager signalling the whole process
+group or cgroup leaves shutdown to the gateway.
 
 A record that is framed correctly but does not convert (a span name that is not UTF-8 passes the
-ingest checks, which only look at the framing) is converted again per ResourceX: the batcher joins
-several acknowledged requests into one record, so one bad string must not cost the others. What
-still fails goes to ``<tenant>/rejected/<signal><suffix>.jsonl``, with its coordinates, the
-error and the bytes, because the embedded pipeline has no dead-letter topic to park it in. A
-directory of its own keeps readers that glob ``<tenant>/<signal>*.jsonl`` on the data alone.
+ingest checks, which only look at the framing; or the converter fails in any other way) is
+converted again per ResourceX: the batcher joins several acknowledged requests into one record,
+so one bad part must not cost the others. What still fails goes to
+``<tenant dir>/rejected/<signal><suffix>.jsonl``, with its coordinates, the error and the bytes,
+because the embedded pipeline has no dead-letter topic to park it in. A directory of its own
+keeps readers that glob ``<tenant dir>/<signal>*.jsonl`` on the data alone.
+
+Each record is appended all or nothing: on an I/O error the files it touched are cut back to
+where they were and ``write`` raises TransientSinkError naming the records written before it,
+so the pipeline's retry sends only the rest.
 
 Not idempotent under redelivery: a record redelivered after a crash between write and commit
 is appended again. The memory bus does not outlive the process, so in the embedded setup that
@@ -25,15 +35,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import multiprocessing
 import os
-import re
 import signal
+import threading
+import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO
 
 import orjson
 from prometheus_client import Counter
@@ -43,15 +57,22 @@ from gateway.config import Config
 from gateway.otlp_json import proto_to_json
 from gateway.signals import Signal
 from gateway.wire import WireError, top_level_fields
+from pipelines.sinks.base import Rejection, TransientSinkError
 
 log = logging.getLogger(__name__)
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _REJECTS_DIR = "rejected"
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# Bytes kept as they are in a tenant's directory name: lower-case letters only, so two tenants
+# never share a directory on a case-insensitive filesystem either.
+_KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-.")
+_EMPTY_TENANT_DIR = "%"  # no encoding produces a lone "%": it is the empty tenant's alone
 
-# What crosses to the helper process per record:
-# (tenant, signal value, protobuf bytes, topic, partition, offset).
-_Item = tuple[str, str, bytes, str, int, int]
+# What crosses to the helper per record: (signal value, protobuf bytes).
+_Item = tuple[str, bytes]
+# What comes back per record: the data line (None when no part converts) and the parts that do
+# not convert, each with the reason.
+_Converted = tuple[bytes | None, list[tuple[bytes, str]]]
 
 # Counted here, not in the helper process: only the sink's own process serves /metrics.
 REJECTED_PARTS = Counter(
@@ -60,12 +81,41 @@ REJECTED_PARTS = Counter(
     "to OTLP/JSON, written to the rejects file instead of the data file.",
     ["signal"],
 )
+HELPER_RESTARTS = Counter(
+    "pipeline_file_sink_helper_restarts_total",
+    "Conversion helper processes started again after one died (killed, or crashed on input).",
+)
+
+
+class HelperDied(RuntimeError):
+    """The conversion helper died while converting these records, and again after a restart.
+
+    Nothing was written. The pipeline treats this like any unexpected sink error: it retries a
+    few times, then converts the records one by one, so only a record that kills every helper
+    is set aside.
+    """
 
 
 def safe_name(tenant: str) -> str:
-    """A directory name for a tenant that cannot climb out of ``data_dir``."""
-    name = _UNSAFE.sub("_", tenant) or "_"
-    return "_" + name if name.startswith(".") else name
+    """The directory name of a tenant: one-to-one, reversible, never outside ``data_dir``.
+
+    Bytes of the UTF-8 tenant other than ``[a-z0-9_.-]`` (upper-case letters included, for
+    case-insensitive filesystems), and a leading dot, become ``%XX`` (upper-case hex); the
+    empty tenant is ``%``. So ``acme`` stays ``acme``, ``.x`` is ``%2Ex``, ``a/b`` is ``a%2Fb``
+    and ``Acme`` is ``%41cme``; ``tenant_of`` maps a name back.
+    """
+    if not tenant:
+        return _EMPTY_TENANT_DIR
+    raw = tenant.encode("utf-8", "surrogatepass")
+    return "".join(chr(b) if b in _KEEP and (i or b != ord(".")) else f"%{b:02X}"
+                   for i, b in enumerate(raw))
+
+
+def tenant_of(name: str) -> str:
+    """The tenant whose directory is ``name`` (the inverse of ``safe_name``)."""
+    if name == _EMPTY_TENANT_DIR:
+        return ""
+    return urllib.parse.unquote_to_bytes(name).decode("utf-8", "surrogatepass")
 
 
 def _path(data_dir: Path, tenant: str, signal_name: str, suffix: str, subdir: str = "") -> Path:
@@ -81,74 +131,98 @@ def complete_lines(path: Path) -> Iterator[bytes]:
                 yield line
 
 
-def _salvage(signal: Signal, value: bytes, error: str) -> tuple[bytes | None, list[tuple[bytes, str]]]:
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, WireError) else f"{type(exc).__name__}: {exc}"
+
+
+def _salvage(signal: Signal, value: bytes, error: str) -> _Converted:
     """For a record that does not convert: the JSON line of the parts that do (None if none),
     and (part, reason) for each part that does not."""
     try:
         parts = top_level_fields(value)
-    except WireError:
+    except Exception:  # not even framed as fields: the record is one part
         return None, [(value, error)]
     good: list[bytes] = []
     bad: list[tuple[bytes, str]] = []
     for part in parts:
         try:
             proto_to_json(signal, part)
-        except WireError as exc:
-            bad.append((part, str(exc)))
+        except Exception as exc:  # any converter failure, not only WireError: see the module doc
+            bad.append((part, _describe(exc)))
         else:
             good.append(part)
     if not good:
         return None, bad
     try:
         return proto_to_json(signal, b"".join(good)), bad
-    except WireError:  # parts that convert alone should convert together; if not, keep it all
+    except Exception:  # parts that convert alone should convert together; if not, keep it all
         return None, [(value, error)]
 
 
+def convert(items: Sequence[_Item]) -> list[_Converted]:
+    """Convert each (signal, protobuf) to its OTLP/JSON line and its unconvertible parts.
+
+    Pure (no I/O), never raises for any content: runs in the helper or in-process.
+    """
+    out: list[_Converted] = []
+    for signal_name, value in items:
+        sig = Signal(signal_name)
+        try:
+            out.append((proto_to_json(sig, value), []))
+        except Exception as exc:
+            out.append(_salvage(sig, value, _describe(exc)))
+    return out
+
+
+def _reject_line(rec: BusRecord, reason: str, payload: bytes) -> bytes:
+    return orjson.dumps({"topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
+                         "error": reason, "payload": base64.b64encode(payload).decode()}) + b"\n"
+
+
 class JsonLinesWriter:
-    """The synchronous part: convert, append, flush. Lives in the sink's process or its helper."""
+    """Appends whole records to the sink's files, all or nothing per record."""
 
     def __init__(self, data_dir: str | Path, suffix: str) -> None:
         self.data_dir = Path(data_dir)
         self._suffix = suffix
-        self._files: dict[tuple[str, str], IO[bytes]] = {}
+        self._files: dict[Path, BinaryIO] = {}
 
     def path(self, tenant: str, signal_name: str) -> Path:
         return _path(self.data_dir, tenant, signal_name, self._suffix)
 
-    def _file(self, tenant: str, signal_name: str, subdir: str = "") -> IO[bytes]:
-        key = (tenant, f"{subdir}/{signal_name}")
-        f = self._files.get(key)
+    def _file(self, tenant: str, signal_name: str, subdir: str = "") -> BinaryIO:
+        p = _path(self.data_dir, tenant, signal_name, self._suffix, subdir)
+        f = self._files.get(p)
         if f is None:
-            p = _path(self.data_dir, tenant, signal_name, self._suffix, subdir)
             p.parent.mkdir(parents=True, exist_ok=True)
-            f = self._files[key] = p.open("ab")
+            # Unbuffered: each write goes to the OS at once, so what this process holds back is
+            # never half a record, and "written" means the OS has it.
+            f = self._files[p] = p.open("ab", buffering=0)
         return f
 
-    def write(self, items: Sequence[_Item]) -> list[tuple[int, str]]:
-        """Append one line per item, flush; return (index, reason) of each part set aside as a reject."""
-        rejected: list[tuple[int, str]] = []
-        touched: set[IO[bytes]] = set()
-        for i, (tenant, signal_name, value, topic, partition, offset) in enumerate(items):
-            try:
-                line: bytes | None = proto_to_json(Signal(signal_name), value)
-            except WireError as exc:
-                line, bad = _salvage(Signal(signal_name), value, str(exc))
-                for part, reason in bad:
-                    f = self._file(tenant, signal_name, _REJECTS_DIR)
-                    f.write(orjson.dumps({"topic": topic, "partition": partition, "offset": offset,
-                                          "error": reason, "payload": base64.b64encode(part).decode()})
-                            + b"\n")
-                    touched.add(f)
-                    rejected.append((i, reason))
-            if line is None:
-                continue
-            f = self._file(tenant, signal_name)
-            f.write(line + b"\n")
-            touched.add(f)
-        for f in touched:
-            f.flush()
-        return rejected
+    def append(self, rec: BusRecord, line: bytes | None, rejects: Sequence[tuple[bytes, str]]) -> None:
+        """Append ``rec``'s data line and reject lines, or none of them.
+
+        Raises OSError after cutting every file it touched back to its size before the call.
+        """
+        out: list[tuple[BinaryIO, bytes]] = []
+        if rejects:
+            rejected = b"".join(_reject_line(rec, reason, part) for part, reason in rejects)
+            out.append((self._file(rec.tenant, rec.signal.value, _REJECTS_DIR), rejected))
+        if line is not None:
+            out.append((self._file(rec.tenant, rec.signal.value), line + b"\n"))
+        marks: list[tuple[BinaryIO, int]] = []
+        try:
+            for f, data in out:
+                marks.append((f, os.fstat(f.fileno()).st_size))
+                view = memoryview(data)
+                while view:  # a regular file may take less than asked (a disk filling up)
+                    view = view[f.write(view) or 0:]
+        except OSError:
+            for f, size in marks:
+                with contextlib.suppress(OSError):  # nothing more to do if even that fails
+                    f.truncate(size)
+            raise
 
     def close(self) -> None:
         for f in self._files.values():
@@ -158,24 +232,32 @@ class JsonLinesWriter:
 
 # --- the helper process's side ----------------------------------------------------------------
 
-_helper_writer: JsonLinesWriter | None = None
+
+def _helper_init(parent: int) -> None:
+    """Runs once in the helper: it stops when its parent shuts the pool down, not on signals.
+
+    It was spawned with SIGINT/SIGTERM blocked (inherited across exec), so none could kill it
+    before this line; ignoring them also drops any that arrived meanwhile.
+    """
+    for s in _STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    # Ignoring SIGTERM means a gateway killed outright would leave this process behind.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
 
 
-def _helper_init(data_dir: str, suffix: str) -> None:
-    """Runs once in the helper: it stops when its parent shuts the pool down, not on signals."""
-    global _helper_writer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _helper_writer = JsonLinesWriter(data_dir, suffix)
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
-def _helper_write(items: Sequence[_Item]) -> list[tuple[int, str]]:
-    assert _helper_writer is not None
-    return _helper_writer.write(items)
+def _helper_ready() -> int:
+    return os.getpid()
 
 
 class FileSink:
-    """Appends OTLP/JSON lines to ``<data_dir>/<tenant>/<signal><suffix>.jsonl``.
+    """Appends OTLP/JSON lines to ``<data_dir>/<safe_name(tenant)>/<signal><suffix>.jsonl``.
 
     ``suffix`` keeps writers of one data dir apart (``--workers N`` gives each worker its own
     memory bus and file sink, so each writes its own files, e.g. ``traces-w1.jsonl``).
@@ -188,9 +270,9 @@ class FileSink:
         self.data_dir = Path(data_dir)
         self._suffix = suffix
         self._offload = offload
-        # Offloaded, the helper process owns the files; this process never opens one.
-        self._writer = None if offload else JsonLinesWriter(self.data_dir, suffix)
+        self._writer = JsonLinesWriter(self.data_dir, suffix)
         self._pool: ProcessPoolExecutor | None = None
+        self.helper_pid: int | None = None
 
     def path(self, tenant: str, signal: Signal) -> Path:
         return _path(self.data_dir, tenant, signal.value, self._suffix)
@@ -198,34 +280,79 @@ class FileSink:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._offload:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_helper_init,
-                                             initargs=(str(self.data_dir), self._suffix))
+            await self._start_helper()
+
+    async def _start_helper(self) -> None:
+        """Spawn the helper now, not at the first write: the pool spawns on its first submit,
+        which used to be just when a signal to the group could catch the child still starting."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # inherited by the child
+        try:
+            pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_helper_init, initargs=(os.getpid(),))
+            ready = pool.submit(_helper_ready)  # spawns the process, in this thread
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self._pool = pool
+        self.helper_pid = await asyncio.wrap_future(ready)
 
     async def stop(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        self._writer.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
-    async def write(self, records: Sequence[BusRecord]) -> None:
-        """Append one line per record; every touched file is flushed before this returns.
+    async def _convert(self, items: list[_Item]) -> list[_Converted]:
+        """Convert in the helper; start a new one if it died, once per call (see HelperDied)."""
+        if not self._offload:
+            return convert(items)
+        for attempt in range(2):
+            if self._pool is None:
+                try:
+                    await self._start_helper()
+                except (OSError, BrokenProcessPool) as exc:
+                    log.error("file sink: cannot start a conversion helper (%s); converting in-process", exc)
+                    return convert(items)
+            assert self._pool is not None
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._pool, convert, items)
+            except BrokenProcessPool:
+                log.error("file sink: conversion helper (pid %s) died; starting another", self.helper_pid)
+                pool, self._pool = self._pool, None
+                pool.shutdown(wait=False)
+                if attempt == 0:
+                    HELPER_RESTARTS.inc()
+        raise HelperDied(f"conversion helper died twice converting {len(items)} record(s)")
 
-        Parts that do not convert are in the rejects file by then, so the record counts as written.
+    async def write(self, records: Sequence[BusRecord]) -> None:
+        """Append one line per record; each record's lines are with the OS before this returns.
+
+        Parts that do not convert are in the rejects file by then, so the record counts as
+        written. Raises TransientSinkError (``written``: the records appended before it) on an
+        I/O error, HelperDied when the conversion helper keeps dying.
         """
-        items = [(rec.tenant, rec.signal.value, rec.value, rec.topic, rec.partition, rec.offset)
-                 for rec in records]
-        if self._pool is not None:
-            rejected = await asyncio.get_running_loop().run_in_executor(self._pool, _helper_write, items)
-        else:
-            assert self._writer is not None, "an offloading sink writes only after start()"
-            rejected = self._writer.write(items)
-        for i, reason in rejected:
-            rec = records[i]
-            REJECTED_PARTS.labels(rec.signal.value).inc()
-            log.warning("file sink: part of %s/%d@%d does not convert, kept in the rejects file: %s",
-                        rec.topic, rec.partition, rec.offset, reason)
+        converted = await self._convert([(rec.signal.value, rec.value) for rec in records])
+        for i, (rec, (line, rejects)) in enumerate(zip(records, converted, strict=True)):
+            try:
+                self._writer.append(rec, line, rejects)
+            except OSError as exc:
+                raise TransientSinkError(f"file sink: {exc}", written=records[:i]) from exc
+            for _part, reason in rejects:
+                REJECTED_PARTS.labels(rec.signal.value).inc()
+                log.warning("file sink: part of %s/%d@%d does not convert, kept in the rejects file: %s",
+                            rec.topic, rec.partition, rec.offset, reason)
+
+    async def park(self, rejected: Sequence[Rejection]) -> None:
+        """Dead letters of the embedded pipeline: each whole record, with the reason, in the
+        tenant's rejects file. Raises TransientSinkError on an I/O error, ``written`` naming the
+        records parked before it (nothing of the failing one is left behind)."""
+        for i, rej in enumerate(rejected):
+            try:
+                self._writer.append(rej.record, None, [(rej.record.value, rej.reason)])
+            except OSError as exc:
+                raise TransientSinkError(f"file sink rejects: {exc}",
+                                         written=[r.record for r in rejected[:i]]) from exc
+            log.error("file sink: %s/%d@%d set aside in the rejects file: %s", rej.record.topic,
+                      rej.record.partition, rej.record.offset, rej.reason)
 
 
 def make_sink(cfg: Config) -> FileSink:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from gateway.bus.base import BusRecord
 from gateway.signals import HEADER_TENANT, Signal
-from pipelines.sinks.file import REJECTED_PARTS, FileSink, safe_name
+from gateway.wire import encode_varint
+from pipelines.sinks.base import Rejection, TransientSinkError
+from pipelines.sinks.file import REJECTED_PARTS, FileSink, safe_name, tenant_of
 
 
 def record(tenant: str, value: bytes, offset: int, signal: Signal = Signal.TRACES) -> BusRecord:
@@ -76,20 +80,120 @@ async def test_one_bad_string_does_not_cost_the_requests_batched_with_it(tmp_pat
     assert REJECTED_PARTS.labels("traces")._value.get() == before + 1
 
 
-@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper-process"])
-async def test_only_the_process_that_writes_has_a_writer(tmp_path: Path, offload: bool) -> None:
-    sink = FileSink(tmp_path, offload=offload)
-    assert (sink._writer is None) == offload
+async def test_a_killed_helper_is_replaced_and_nothing_is_written_twice(tmp_path: Path) -> None:
+    """The helper only converts, so losing it costs no line and duplicates none."""
+    sink = FileSink(tmp_path, offload=True)
     await sink.start()
-    await sink.write([record("acme", spans("a"), 0)])
-    await sink.stop()
-    assert sink.path("acme", Signal.TRACES).read_text().count("\n") == 1
+    try:
+        await sink.write([record("acme", spans("a"), 0)])
+        first = sink.helper_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await sink.write([record("acme", spans("b"), 1)])
+        assert sink.helper_pid not in (None, first)
+    finally:
+        await sink.stop()
+    assert names(tmp_path / "acme" / "traces.jsonl") == ["a", "b"]
 
 
-@pytest.mark.parametrize(("tenant", "name"), [("acme", "acme"), ("../etc", "_.._etc"), ("", "_"),
-                                               ("a/b", "a_b"), (".hidden", "_.hidden")])
+def dir_names(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def names(path: Path) -> list[str]:
+    return [rs["scopeSpans"][0]["spans"][0]["name"]
+            for line in path.read_text().splitlines() for rs in json.loads(line)["resourceSpans"]]
+
+
+def deep_resource_spans(depth: int) -> bytes:
+    """A ResourceSpans (as a one-part traces request) whose resource attribute is an AnyValue
+    nested ``depth`` arrays deep: well framed, yet the converter fails on it with an error that
+    is not a WireError."""
+    value = b"\x0a\x01x"  # AnyValue{string_value: "x"}
+    for _ in range(depth):
+        array = b"\x0a" + encode_varint(len(value)) + value  # ArrayValue{values: [value]}
+        value = b"\x2a" + encode_varint(len(array)) + array  # AnyValue{array_value: array}
+    kv = b"\x0a\x01k\x12" + encode_varint(len(value)) + value
+    resource = b"\x0a" + encode_varint(len(kv)) + kv
+    rs = b"\x0a" + encode_varint(len(resource)) + resource
+    return b"\x0a" + encode_varint(len(rs)) + rs
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper-process"])
+async def test_any_converter_failure_sets_only_that_part_aside(tmp_path: Path, offload: bool) -> None:
+    bad = deep_resource_spans(100)
+    sink = FileSink(tmp_path, offload=offload)
+    await sink.start()
+    try:
+        await sink.write([record("acme", bad + spans("good"), 3)])
+    finally:
+        await sink.stop()
+    assert names(tmp_path / "acme" / "traces.jsonl") == ["good"]
+    [reject] = rejects(tmp_path / "acme" / "rejected" / "traces.jsonl")
+    assert reject["offset"] == 3 and reject["error"]
+    assert base64.b64decode(reject["payload"]) == bad
+
+
+async def test_an_io_error_mid_batch_names_what_was_written_and_a_retry_appends_only_the_rest(
+        tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file where the tenant's directory should be")
+    sink = FileSink(tmp_path)
+    await sink.start()
+    batch = [record("acme", spans("a"), 0), record("blocked", spans("b"), 1), record("acme", spans("c"), 2)]
+    try:
+        with pytest.raises(TransientSinkError) as raised:
+            await sink.write(batch)
+        assert raised.value.written == batch[:1]
+        (tmp_path / "blocked").unlink()  # the store is back
+        await sink.write(batch[1:])
+    finally:
+        await sink.stop()
+    assert names(tmp_path / "acme" / "traces.jsonl") == ["a", "c"]
+    assert names(tmp_path / "blocked" / "traces.jsonl") == ["b"]
+
+
+async def test_parked_records_go_to_the_rejects_file_with_the_reason(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path)
+    await sink.start()
+    try:
+        await sink.park([Rejection(record("acme", b"poison", 9), "unexpected sink error: KeyError")])
+    finally:
+        await sink.stop()
+    [reject] = rejects(tmp_path / "acme" / "rejected" / "traces.jsonl")
+    assert (reject["offset"], reject["error"]) == (9, "unexpected sink error: KeyError")
+    assert base64.b64decode(reject["payload"]) == b"poison"
+
+
+@pytest.mark.parametrize(("tenant", "name"), [("acme", "acme"), ("../etc", "%2E.%2Fetc"), ("", "%"),
+                                               ("a/b", "a%2Fb"), (".hidden", "%2Ehidden"),
+                                               ("Acme", "%41cme"), ("..", "%2E."), ("%41", "%2541")])
 def test_tenant_dir_cannot_escape(tenant: str, name: str) -> None:
     assert safe_name(tenant) == name
+    assert tenant_of(name) == tenant
+
+
+TRICKY_TENANTS = [".x", "_.x", "%2Ex", "a/b", "a_b", "a%2Fb", "A", "a", "%41", "..", ".", "", "%", "_",
+                  "a\\b", "é", "%C3%A9", "\udcff", " ", "a.", "a..b", "-", "con", "CON"]
+
+
+def test_distinct_tenants_get_distinct_directories_even_ignoring_case() -> None:
+    names_ = [safe_name(t) for t in TRICKY_TENANTS]
+    assert len({n.lower() for n in names_}) == len(TRICKY_TENANTS)  # case-insensitive filesystems too
+    for n in names_:
+        assert n not in ("", ".", "..") and "/" not in n and "\\" not in n and not n.startswith(".")
+    assert [tenant_of(n) for n in names_] == TRICKY_TENANTS
+
+
+async def test_tricky_tenants_land_in_their_own_directories(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path)
+    await sink.start()
+    try:
+        await sink.write([record(t, spans(f"span-{i}"), i) for i, t in enumerate(TRICKY_TENANTS)])
+    finally:
+        await sink.stop()
+    assert dir_names(tmp_path) == sorted(safe_name(t) for t in TRICKY_TENANTS)
+    for i, t in enumerate(TRICKY_TENANTS):
+        assert names(sink.path(t, Signal.TRACES)) == [f"span-{i}"]
 
 
 async def test_embedded_pipeline_keeps_up_with_a_full_memory_bus(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from gateway.bus.base import BusRecord
 from gateway.signals import Signal
-from pipelines.pipeline import ACKED_RECORDS, DEAD_LETTER_RECORDS, SINK_ERRORS, Pipeline
+from pipelines.pipeline import ACKED_RECORDS, DEAD_LETTER_RECORDS, ISOLATED_BATCHES, SINK_ERRORS, Pipeline
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from tests.waiting import await_for
 
@@ -201,3 +201,71 @@ async def test_unexpected_sink_error_is_retried_not_fatal() -> None:
     await run_until(pipeline, lambda: source.committed == [0])
     assert sink.attempts == 2
     assert SINK_ERRORS.labels("unit-bug", "unexpected")._value.get() == 1
+
+
+class PoisonSink(ScriptedSink):
+    """Fails every write that holds a poisoned record with an error of no known kind, writing
+    nothing then (the contract for such errors); writes anything else."""
+
+    def __init__(self, name: str, poisoned: set[int]) -> None:
+        super().__init__(name)
+        self.poisoned = poisoned
+        self.batches: list[list[int]] = []
+
+    async def write(self, records: Sequence[BusRecord]) -> None:
+        self.attempts += 1
+        self.batches.append([r.offset for r in records])
+        if any(r.offset in self.poisoned for r in records):
+            raise RecursionError("maximum recursion depth exceeded")
+        self.written.extend(r.offset for r in records)
+
+
+async def test_a_record_that_always_fails_unexpectedly_is_isolated_and_dead_lettered() -> None:
+    parked: list[Rejection] = []
+
+    async def dead_letter(rejected: Sequence[Rejection]) -> None:
+        parked.extend(rejected)
+
+    source = ListSource([[rec(0), rec(1), rec(2)], [rec(3)]])
+    sink = PoisonSink("unit-poison", {1})
+    pipeline = Pipeline(source, sink, dead_letter=dead_letter, poll_timeout_ms=10,
+                        backoff_initial_s=0.01, backoff_max_s=0.02, max_unexpected_retries=2)
+    await run_until(pipeline, lambda: source.committed == [0, 1, 2, 3])
+    assert sorted(sink.written) == [0, 2, 3]  # each good record exactly once
+    assert sink.batches[:3] == [[0, 1, 2]] * 3  # the batch: 1 + 2 retries, then one at a time
+    assert sink.batches.count([1]) == 3
+    assert [r.record.offset for r in parked] == [1]
+    assert "RecursionError" in parked[0].reason and "3 attempts" in parked[0].reason
+    assert pipeline.written == 3 and pipeline.dead_lettered == 1
+    assert SINK_ERRORS.labels("unit-poison", "unexpected")._value.get() == 6
+    assert SINK_ERRORS.labels("unit-poison", "gave_up")._value.get() == 1
+    assert ISOLATED_BATCHES.labels("unit-poison")._value.get() == 1
+
+
+async def test_a_lone_poisoned_record_is_dead_lettered_after_its_retries() -> None:
+    source = ListSource([[rec(0)], [rec(1)]])
+    sink = PoisonSink("unit-lone-poison", {0})
+    pipeline = Pipeline(source, sink, poll_timeout_ms=10, backoff_initial_s=0.01, max_unexpected_retries=1)
+    await run_until(pipeline, lambda: source.committed == [0, 1])
+    assert sink.batches == [[0], [0], [1]] and sink.written == [1]
+    assert pipeline.dead_lettered == 1
+
+
+async def test_a_dead_letter_that_parked_some_before_failing_is_not_asked_to_park_them_again() -> None:
+    parked: list[int] = []
+    calls = 0
+
+    async def half_way(rejected: Sequence[Rejection]) -> None:
+        nonlocal calls
+        calls += 1
+        parked.append(rejected[0].record.offset)
+        if calls == 1 and len(rejected) > 1:
+            raise TransientSinkError("rejects disk full", written=[rejected[0].record])
+        parked.extend(r.record.offset for r in rejected[1:])
+
+    a, b = rec(0), rec(1)
+    source = ListSource([[a, b]])
+    sink = ScriptedSink("unit-dlq-partial", [PermanentSinkError([Rejection(a, "x"), Rejection(b, "y")])])
+    pipeline = Pipeline(source, sink, dead_letter=half_way, poll_timeout_ms=10, backoff_initial_s=0.01)
+    await run_until(pipeline, lambda: source.committed == [0, 1])
+    assert parked == [0, 1] and pipeline.dead_lettered == 2
