@@ -8,12 +8,17 @@ dashboards and queries written for that exporter work here: ``@timestamp``, hex 
 
 Each document gets an ``_id`` from the Kafka coordinates of the record it came from and its
 position in that record, so a redelivered record overwrites the same documents instead of
-adding copies (DESIGN.md principle 3).
+adding copies (DESIGN.md principle 3). A record that does not decode whole is converted part by
+part (``pipelines.convert.parts``): the parts that decode become documents at the positions
+they have in the whole record, the others come back as ``BadPart`` for the dead-letter topic.
+
+Tenants name stores one to one: ``tenant_index_part`` is injective, so ``Acme`` and ``acme``
+(or ``a/b`` and ``a_b``) never share a data stream.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from gateway.bus.base import BusRecord
 from gateway.signals import Signal
 from pipelines.convert.otlp_values import any_value, attributes, resource_tenant
+from pipelines.convert.parts import BadPart, isolate, item_request
 
 Doc = dict[str, Any]
 
@@ -42,28 +48,55 @@ INDEX_PREFIX = {Signal.TRACES: TRACES_PREFIX, Signal.LOGS: LOGS_PREFIX}
 SPAN_KIND = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
 STATUS_CODE = ("Unset", "Ok", "Error")
 
-_INDEX_UNSAFE = re.compile(r"[^a-z0-9._-]+")
-_MAX_TENANT_CHARS = 200  # index names are limited to 255 bytes; leave room for the prefix
+# Index names: at most 255 bytes. The tenant part stays within 200, which leaves room for the
+# prefix and for the ``.ds-<name>-<yyyy.mm.dd>-<generation>`` backing index names.
+_MAX_TENANT_CHARS = 200
+_KEPT = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789.")
+_ESCAPE = "_"
+_HASH_MARK = "__"  # never made by escaping: an escape is "_" and two hex digits
+_HASH_CHARS = 16
 
 
 @dataclass(frozen=True, slots=True)
 class BulkItem:
-    """One document ready for the bulk API: target index, idempotent id, JSON source."""
+    """One document ready for the bulk API: target index, idempotent id, JSON source.
+
+    ``position`` is the document's item number in its record (wire order), from which ``doc_id``
+    is made and the item's own bytes can be cut out again (``parts.item_request``).
+    """
 
     index: str
     doc_id: str
     source: bytes
+    position: int = 0
 
 
 @lru_cache(maxsize=1024)
 def tenant_index_part(tenant: str) -> str:
-    """Tenant as an index-name component: lower case, only ``[a-z0-9._-]``, never empty.
+    """Tenant as an index-name component, one to one: distinct tenants never share a store.
 
-    Index names cannot hold upper case or most punctuation. Distinct tenants that differ only
-    in such characters share an index; ``resource.attributes.tenant.id`` keeps them apart.
+    Lower-case ASCII letters, digits and ``.`` are kept; every other byte of the UTF-8 form
+    (upper case, ``-``, ``_``, ``/``, spaces, non-ASCII) becomes ``_`` and two lower-case hex
+    digits, so ``Acme`` -> ``_41cme``, ``acme`` -> ``acme``, ``a/b`` -> ``a_2fb``, ``a_b`` ->
+    ``a_5fb``. The result holds only ``[a-z0-9._]``: what Elasticsearch allows in index names
+    (no upper case, no ``\\ / * ? " < > | , # :`` or space) and in a data stream namespace (no
+    ``-``); a leading ``_`` or ``.`` is harmless behind the ``traces-otel-``/``logs-otel-``
+    prefix. The empty tenant is ``_`` (no escape is a lone
+    ``_``). A result longer than 200 characters is cut at an escape boundary and ends in ``__``
+    and 16 hex digits of the SHA-256 of the tenant: ``__`` never occurs otherwise, so long and
+    short names cannot meet, and two long ones meet only on a 64-bit hash collision.
     """
-    part = _INDEX_UNSAFE.sub("_", tenant.lower())[:_MAX_TENANT_CHARS].strip(".")
-    return part or "_"
+    out = []
+    for byte in tenant.encode():
+        out.append(chr(byte) if byte in _KEPT else f"{_ESCAPE}{byte:02x}")
+    part = "".join(out) or _ESCAPE
+    if len(part) <= _MAX_TENANT_CHARS:
+        return part
+    keep = _MAX_TENANT_CHARS - len(_HASH_MARK) - _HASH_CHARS
+    cut = part[:keep]
+    if _ESCAPE in cut[-2:]:  # do not end inside an escape
+        cut = cut[:cut.rindex(_ESCAPE, len(cut) - 2)]
+    return cut + _HASH_MARK + hashlib.sha256(tenant.encode()).hexdigest()[:_HASH_CHARS]
 
 
 def index_name(signal: Signal, tenant: str) -> str:
@@ -224,15 +257,23 @@ def _log_doc(lr: LogRecord) -> Doc:
     return doc
 
 
-def _items(signal: Signal, payload: bytes, fallback_tenant: str) -> Iterator[tuple[_Shared, Doc]]:
+def _decoder(signal: Signal) -> Any:
     if signal is Signal.TRACES:
-        traces = ExportTraceServiceRequest.FromString(payload)
-        for shared, span in _walk(traces.resource_spans, "scope_spans", "spans", "traces", fallback_tenant):
+        return ExportTraceServiceRequest.FromString
+    return ExportLogsServiceRequest.FromString
+
+
+def _decoded_items(signal: Signal, request: Any, fallback_tenant: str) -> Iterator[tuple[_Shared, Doc]]:
+    if signal is Signal.TRACES:
+        for shared, span in _walk(request.resource_spans, "scope_spans", "spans", "traces", fallback_tenant):
             yield shared, _span_doc(span)
     else:
-        logs = ExportLogsServiceRequest.FromString(payload)
-        for shared, lr in _walk(logs.resource_logs, "scope_logs", "log_records", "logs", fallback_tenant):
+        for shared, lr in _walk(request.resource_logs, "scope_logs", "log_records", "logs", fallback_tenant):
             yield shared, _log_doc(lr)
+
+
+def _items(signal: Signal, payload: bytes, fallback_tenant: str) -> Iterator[tuple[_Shared, Doc]]:
+    yield from _decoded_items(signal, _decoder(signal)(payload), fallback_tenant)
 
 
 def span_documents(payload: bytes, fallback_tenant: str = "") -> Iterator[tuple[str, Doc]]:
@@ -247,17 +288,40 @@ def log_documents(payload: bytes, fallback_tenant: str = "") -> Iterator[tuple[s
         yield shared.tenant, {**doc, **shared.parts}
 
 
-def bulk_items(record: BusRecord) -> list[BulkItem]:
-    """Every document of one consumed record, with its index and idempotent id.
+@dataclass(frozen=True, slots=True)
+class RecordDocuments:
+    """What one consumed record becomes: documents, and the parts that do not decode."""
 
-    The parts a scope's documents share are serialized once and spliced into each document's
-    JSON, which is most of the serializing work saved for SDK-shaped batches.
+    items: list[BulkItem]
+    bad: list[BadPart]
+
+
+def record_documents(record: BusRecord) -> RecordDocuments:
+    """Every document of one consumed record, with its index and idempotent id, and its bad parts.
+
+    Positions (hence ``_id`` s) are the items' places in the whole record, the same whether it
+    decodes whole or part by part. The parts a scope's documents share are serialized once and
+    spliced into each document's JSON, which is most of the serializing work saved for
+    SDK-shaped batches.
     """
-    return [
-        BulkItem(index_name(record.signal, shared.tenant), document_id(record, i),
-                 orjson.dumps(doc)[:-1] + b"," + shared.json + b"}")
-        for i, (shared, doc) in enumerate(_items(record.signal, record.value, record.tenant))
+    parts = isolate(record.value, _decoder(record.signal))
+    items = [
+        BulkItem(index_name(record.signal, shared.tenant), document_id(record, start + i),
+                 orjson.dumps(doc)[:-1] + b"," + shared.json + b"}", start + i)
+        for start, request in parts.good
+        for i, (shared, doc) in enumerate(_decoded_items(record.signal, request, record.tenant))
     ]
+    return RecordDocuments(items, parts.bad)
+
+
+def bulk_items(record: BusRecord) -> list[BulkItem]:
+    """The documents of ``record_documents`` (parts that do not decode are left out)."""
+    return record_documents(record).items
+
+
+def item_part(record: BusRecord, item: BulkItem) -> bytes:
+    """The Export request of ``item`` alone (with its resource and scope), to dead-letter it."""
+    return item_request(record.value, item.position)
 
 
 def bulk_body(items: Sequence[BulkItem], op: str = "create") -> bytes:

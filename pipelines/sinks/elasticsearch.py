@@ -39,14 +39,21 @@ from typing import Any
 from elastic_transport import ConnectionError as EsConnectionError
 from elastic_transport import ConnectionTimeout
 from elasticsearch import ApiError, AsyncElasticsearch
-from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
 from gateway.bus.base import BusRecord
 from gateway.config import Config, ElasticsearchSinkConfig
 from gateway.signals import Signal
-from pipelines.convert.es_docs import LOGS_PREFIX, TRACES_PREFIX, BulkItem, bulk_body, bulk_items
+from pipelines.convert.es_docs import (
+    LOGS_PREFIX,
+    TRACES_PREFIX,
+    BulkItem,
+    bulk_body,
+    item_part,
+    record_documents,
+)
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
+from pipelines.sinks.parts import part_rejection
 
 log = logging.getLogger(__name__)
 
@@ -58,65 +65,75 @@ DOCUMENTS = Counter(
 # The data's fault: retrying cannot help. 413: larger than the node's http.max_content_length.
 PERMANENT_STATUS = frozenset({400, 413})
 
-_KEYWORD = {"type": "keyword", "ignore_above": 1024}
+# Lucene refuses a term over 32766 bytes, and a refused term refuses the whole document. Every
+# keyword (and every leaf of a flattened field) longer than this many characters is kept in
+# _source but not indexed: 8191 characters are at most 32764 UTF-8 bytes. Flattened leaves are
+# indexed a second time as "<key>\0<value>", so theirs is lower, leaving room for the key.
+KEYWORD_IGNORE_ABOVE = 8191
+FLATTENED_IGNORE_ABOVE = 4096
+# AnyValue nesting the edge lets through is 16 arrays/kvlists; a flattened field counts only
+# object levels (arrays do not add one), so 16 nested kvlists under an attribute are 17.
+FLATTENED_DEPTH_LIMIT = 32
+
+_KEYWORD = {"type": "keyword", "ignore_above": KEYWORD_IGNORE_ABOVE}
 _DATE = {"type": "date_nanos"}
+# Attribute maps of any shape: one field each, whatever the keys (no mapping explosion against
+# index.mapping.total_fields.limit), and no mapping conflicts when a key holds a string in one
+# document and a number or a map in another (every leaf is a keyword).
+_ATTRIBUTES = {"type": "flattened", "ignore_above": FLATTENED_IGNORE_ABOVE,
+               "depth_limit": FLATTENED_DEPTH_LIMIT}
+_COUNT = {"type": "long"}
 
 
-def _attrs_mapping(kind: str, priority: int) -> dict[str, Any]:
-    if kind == "passthrough":
-        return {"type": "passthrough", "dynamic": True, "priority": priority}
-    return {"type": "flattened"}
-
-
-def _common_mappings(attrs: str) -> dict[str, Any]:
+def _common_mappings() -> dict[str, Any]:
     return {
         "@timestamp": _DATE,
-        "data_stream": {"properties": {"type": {"type": "keyword"}, "dataset": {"type": "keyword"},
-                                       "namespace": {"type": "keyword"}}},
-        "trace_id": {"type": "keyword"},
-        "span_id": {"type": "keyword"},
-        "attributes": _attrs_mapping(attrs, 10),
-        "dropped_attributes_count": {"type": "long"},
+        "data_stream": {"properties": {"type": _KEYWORD, "dataset": _KEYWORD, "namespace": _KEYWORD}},
+        "trace_id": _KEYWORD,
+        "span_id": _KEYWORD,
+        "attributes": _ATTRIBUTES,
+        "dropped_attributes_count": _COUNT,
         "resource": {"properties": {
-            "attributes": _attrs_mapping(attrs, 40),
-            "dropped_attributes_count": {"type": "long"},
-            "schema_url": {"type": "keyword"},
+            "attributes": _ATTRIBUTES, "dropped_attributes_count": _COUNT, "schema_url": _KEYWORD,
         }},
         "scope": {"properties": {
-            "name": {"type": "keyword"}, "version": {"type": "keyword"},
-            "attributes": _attrs_mapping(attrs, 30),
-            "dropped_attributes_count": {"type": "long"},
-            "schema_url": {"type": "keyword"},
+            "name": _KEYWORD, "version": _KEYWORD, "attributes": _ATTRIBUTES,
+            "dropped_attributes_count": _COUNT, "schema_url": _KEYWORD,
         }},
     }
 
 
-def index_template(signal: Signal, attrs: str, data_streams: bool) -> dict[str, Any]:
-    """The composable template body for one signal's ``<prefix>*`` family."""
-    props = _common_mappings(attrs)
+def index_template(signal: Signal, data_streams: bool) -> dict[str, Any]:
+    """The composable template body for one signal's ``<prefix>*`` family.
+
+    No attribute value of any size or type gets a document refused: keywords have
+    ``ignore_above``, attribute maps are ``flattened`` (see ``_ATTRIBUTES``), strings of other
+    dynamic fields become keywords with ``ignore_above``, and ``ignore_malformed`` covers
+    numbers and dates that do not parse.
+    """
+    props = _common_mappings()
     if signal is Signal.TRACES:
         props.update({
-            "parent_span_id": {"type": "keyword"},
-            "trace_state": {"type": "keyword"},
-            "name": {"type": "keyword", "ignore_above": 1024},
-            "kind": {"type": "keyword"},
-            "duration": {"type": "long"},
-            "status": {"properties": {"code": {"type": "keyword"}, "message": {"type": "text"}}},
-            "dropped_events_count": {"type": "long"},
-            "dropped_links_count": {"type": "long"},
-            "events": {"properties": {"name": {"type": "keyword"}, "timestamp": _DATE,
-                                      "attributes": {"type": "flattened"}}},
-            "links": {"properties": {"trace_id": {"type": "keyword"}, "span_id": {"type": "keyword"},
-                                     "trace_state": {"type": "keyword"},
-                                     "attributes": {"type": "flattened"}}},
+            "parent_span_id": _KEYWORD,
+            "trace_state": _KEYWORD,
+            "name": _KEYWORD,
+            "kind": _KEYWORD,
+            "duration": _COUNT,
+            "status": {"properties": {"code": _KEYWORD, "message": {"type": "text"}}},
+            "dropped_events_count": _COUNT,
+            "dropped_links_count": _COUNT,
+            "events": {"properties": {"name": _KEYWORD, "timestamp": _DATE, "attributes": _ATTRIBUTES,
+                                      "dropped_attributes_count": _COUNT}},
+            "links": {"properties": {"trace_id": _KEYWORD, "span_id": _KEYWORD, "trace_state": _KEYWORD,
+                                     "attributes": _ATTRIBUTES, "dropped_attributes_count": _COUNT}},
         })
     else:
         props.update({
             "observed_timestamp": _DATE,
-            "severity_text": {"type": "keyword"},
+            "severity_text": _KEYWORD,
             "severity_number": {"type": "byte"},
-            "event_name": {"type": "keyword"},
-            "body": {"properties": {"text": {"type": "text"}, "structured": {"type": "flattened"}}},
+            "event_name": _KEYWORD,
+            "body": {"properties": {"text": {"type": "text"}, "structured": _ATTRIBUTES}},
         })
     template: dict[str, Any] = {
         "index_patterns": [(TRACES_PREFIX if signal is Signal.TRACES else LOGS_PREFIX) + "*"],
@@ -156,7 +173,6 @@ class ElasticsearchSink:
         self._ready = False
         # What the node accepts, settled by _install_templates.
         self.data_streams = True
-        self.attributes_type = "passthrough"
         self._sem = asyncio.Semaphore(max(cfg.concurrency, 1))
 
     @property
@@ -190,43 +206,45 @@ class ElasticsearchSink:
         except ApiError as exc:
             raise TransientSinkError(f"installing index templates failed: {exc}") from exc
         self._ready = True
-        log.info("elasticsearch: templates installed (data streams: %s, attributes: %s)",
-                 self.data_streams, self.attributes_type)
+        log.info("elasticsearch: templates installed (data streams: %s)", self.data_streams)
 
     async def _put_template(self, signal: Signal) -> None:
-        """PUT the template, stepping down (flattened attributes, plain indices) on a 400 about them."""
+        """PUT the template, stepping down to plain indices on a 400 about data streams."""
         while True:
             try:
                 await self.client.indices.put_index_template(
                     name=f"{signal.value}-otel-telemetry-gateway",
-                    **index_template(signal, self.attributes_type, self.data_streams))
+                    **index_template(signal, self.data_streams))
                 return
             except ApiError as exc:
                 if exc.meta.status != 400:
                     raise
                 msg = str(exc).lower()
-                if self.attributes_type == "passthrough" and "passthrough" in msg:
-                    log.warning("elasticsearch refused passthrough attributes (%s); using flattened", exc)
-                    self.attributes_type = "flattened"
-                elif self.data_streams and "data stream" in msg.replace("_", " "):
+                if self.data_streams and "data stream" in msg.replace("_", " "):
                     log.warning("elasticsearch refused a data-stream template (%s); using indices", exc)
                     self.data_streams = False
                 else:
                     raise
 
     async def write(self, records: Sequence[BusRecord]) -> None:
+        """Write every document of ``records``; raise what the pipeline needs to settle the rest.
+
+        Parts that do not decode, and documents Elasticsearch refuses for good (400/413), are
+        rejected alone: the ``Rejection`` holds a copy of the record whose value is just that
+        part (an Export request of its own), and the record's other documents are written. A
+        record that is not a protobuf at all is rejected whole. Raises ``PermanentSinkError``
+        with the rejections, or ``TransientSinkError`` naming the records fully settled.
+        """
         await self._ensure_ready()
         owners: list[int] = []  # item -> index of its record in ``records``
         items: list[BulkItem] = []
-        rejected: dict[int, Rejection] = {}
+        rejected: dict[int, list[Rejection]] = {}
         for i, rec in enumerate(records):
-            try:
-                rec_items = bulk_items(rec)
-            except DecodeError as exc:
-                rejected[i] = Rejection(rec, f"malformed OTLP: {exc}")
-                continue
-            items.extend(rec_items)
-            owners.extend([i] * len(rec_items))
+            converted = record_documents(rec)
+            for bad in converted.bad:
+                rejected.setdefault(i, []).append(part_rejection(rec, bad.value, bad.reason))
+            items.extend(converted.items)
+            owners.extend([i] * len(converted.items))
             # A full batch is seconds of CPU: let the consumer's heartbeats run in between.
             await asyncio.sleep(0)
 
@@ -237,12 +255,14 @@ class ElasticsearchSink:
         for (a, _), statuses in zip(chunks, results, strict=True):
             for j, (status, reason) in enumerate(statuses):
                 idx = owners[a + j]
-                signal = records[idx].signal.value
+                rec = records[idx]
+                signal = rec.signal.value
                 if status < 300 or status == 409:  # 409: this _id is already there
                     outcomes[signal, "written"] += 1
                 elif status in PERMANENT_STATUS:
                     outcomes[signal, "rejected"] += 1
-                    rejected.setdefault(idx, Rejection(records[idx], f"elasticsearch {status}: {reason}"))
+                    rejected.setdefault(idx, []).append(part_rejection(
+                        rec, item_part(rec, items[a + j]), f"elasticsearch {status}: {reason}"))
                 else:
                     outcomes[signal, "retried"] += 1
                     transient.add(idx)
@@ -250,11 +270,16 @@ class ElasticsearchSink:
             DOCUMENTS.labels(signal, outcome).inc(n)
 
         if transient:
-            written = [rec for i, rec in enumerate(records) if i not in transient and i not in rejected]
+            # A record with a document to retry is not settled, and its rejections are found
+            # again on the retry; the others are written, with their rejected parts.
+            settled = [i for i in range(len(records)) if i not in transient]
+            written = [records[i] for i in settled
+                       if not any(r.record is records[i] for r in rejected.get(i, ()))]
             raise TransientSinkError(f"elasticsearch: {len(transient)} record(s) hit 429/5xx; retrying",
-                                     written=written, rejected=list(rejected.values()))
+                                     written=written,
+                                     rejected=[r for i in settled for r in rejected.get(i, ())])
         if rejected:
-            raise PermanentSinkError(list(rejected.values()))
+            raise PermanentSinkError([r for rs in rejected.values() for r in rs])
 
     def _chunks(self, items: Sequence[BulkItem]) -> list[tuple[int, int]]:
         """[start, end) ranges of at most ``bulk_max_docs`` items and about ``bulk_max_bytes``."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from elasticsearch import AsyncElasticsearch
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from gateway.config import ElasticsearchSinkConfig
 from gateway.signals import Signal
@@ -15,6 +17,7 @@ from pipelines.convert.es_docs import index_name
 from pipelines.sinks.base import PermanentSinkError, TransientSinkError
 from pipelines.sinks.elasticsearch import ElasticsearchSink
 from tests import stackenv
+from tests.bad_otlp import MARKER, with_invalid_utf8
 from tests.integration.sink_checks import assert_write_is_transient
 from tests.sdk_otlp import bus_record, logs_payload, spans_payload
 
@@ -52,7 +55,7 @@ def _tenants() -> tuple[str, str]:
 async def test_tenant_names_are_data_streams_under_our_templates(sink: ElasticsearchSink,
                                                                  es: AsyncElasticsearch) -> None:
     """What the sink's docstring claims about the stack's node, checked on the node."""
-    assert sink.data_streams and sink.attributes_type == "passthrough"
+    assert sink.data_streams
     templates = (await es.indices.get_index_template(name="*-otel-telemetry-gateway")).body["index_templates"]
     assert sorted(p for t in templates for p in t["index_template"]["index_patterns"]) == \
         ["logs-otel-*", "traces-otel-*"]
@@ -148,32 +151,132 @@ async def test_unreachable_node_is_transient() -> None:
                                     [bus_record(Signal.TRACES, payload, "acme", offset=1)])
 
 
-def _deep_body_log(tenant: str, depth: int) -> bytes:
-    """A log whose map body nests ``depth`` levels: beyond ``flattened``'s depth limit of 20."""
+def _log_with_attribute(tenant: str, key: str, set_value: Callable[[AnyValue], None]) -> bytes:
     req = ExportLogsServiceRequest()
     rl = req.resource_logs.add()
     rl.resource.attributes.add(key="tenant.id").value.string_value = tenant
     lr = rl.scope_logs.add().log_records.add()
     lr.time_unix_nano = 1_700_000_000_000_000_000
-    node = lr.body
-    for i in range(depth):
-        node = node.kvlist_value.values.add(key=f"k{i}").value
-    node.string_value = "leaf"
+    set_value(lr.attributes.add(key=key).value)
     return req.SerializeToString()
 
 
-async def test_a_document_the_mapping_refuses_rejects_only_its_record(sink: ElasticsearchSink,
-                                                                      es: AsyncElasticsearch) -> None:
+async def test_a_document_the_store_refuses_rejects_only_that_document(sink: ElasticsearchSink,
+                                                                       es: AsyncElasticsearch) -> None:
+    """A 400 for one document dead-letters that log record alone, the record's others are written."""
     acme, _ = _tenants()
-    good = bus_record(Signal.LOGS, logs_payload(acme, n=2), acme, offset=1)
-    bad = bus_record(Signal.LOGS, _deep_body_log(acme, 30), acme, offset=2)
+    good = logs_payload(acme, n=2)  # 3 log records
+    # An attribute key over Lucene's 32766-byte term limit: the one thing a flattened field
+    # cannot set aside (it indexes "<key>\0<value>").
+    refused = _log_with_attribute(acme, "k" * 40_000, lambda v: setattr(v, "string_value", "v"))
     garbage = bus_record(Signal.LOGS, b"\x0a\xff\xff\xff\xff\x0f", acme, offset=3)
+    mixed = bus_record(Signal.LOGS, good + refused, acme, offset=2)
     with pytest.raises(PermanentSinkError) as err:
-        await sink.write([good, bad, garbage])
-    reasons = {r.record.offset: r.reason for r in err.value.rejected}
-    assert set(reasons) == {2, 3}
-    assert "elasticsearch 400" in reasons[2] and "malformed OTLP" in reasons[3]
-    assert await _count(es, index_name(Signal.LOGS, acme)) == 3
+        await sink.write([bus_record(Signal.LOGS, good, acme, offset=1), mixed, garbage])
+    reasons = {(r.record.offset, r.record.value): r.reason for r in err.value.rejected}
+    assert set(reasons) == {(2, refused), (3, garbage.value)}
+    assert "elasticsearch 400" in reasons[2, refused] and "malformed OTLP" in reasons[3, garbage.value]
+    assert await _count(es, index_name(Signal.LOGS, acme)) == 3 + 3
+
+
+async def test_a_bad_span_is_dead_lettered_alone_and_the_good_one_lands_once(
+        sink: ElasticsearchSink, es: AsyncElasticsearch) -> None:
+    """One record: a good request and one whose span name is not UTF-8 (the gateway batched them)."""
+    acme, _ = _tenants()
+    good, (good_trace,) = spans_payload(acme, traces=1, children=0)
+    req = ExportTraceServiceRequest.FromString(spans_payload(acme, traces=1, children=1)[0])
+    bad_part = with_invalid_utf8(req, lambda m: setattr(req.resource_spans[0].scope_spans[0].spans[0],
+                                                        "name", m))
+    record = bus_record(Signal.TRACES, good + bad_part, acme, offset=7)
+    for _attempt in range(2):  # the second is a redelivery: nothing is added, the same part rejected
+        with pytest.raises(PermanentSinkError) as err:
+            await sink.write([record])
+        (rej,) = err.value.rejected
+        assert rej.record is not record and rej.record.offset == 7
+        assert rej.record.headers == record.headers and "malformed OTLP" in rej.reason
+        # Only the bad span (with its resource and scope) goes to the dead-letter topic.
+        assert len(rej.record.value) < len(bad_part) and MARKER.encode()[1:] in rej.record.value
+    index = index_name(Signal.TRACES, acme)
+    assert await _count(es, index) == 2  # the good request's span and the bad one's good child
+    hits = (await es.search(index=index, query={"term": {"trace_id": good_trace}})).body["hits"]["hits"]
+    assert [h["_id"] for h in hits] == ["otlp_spans-0-7-0"]
+
+
+async def test_no_attribute_value_gets_a_document_refused(sink: ElasticsearchSink,
+                                                          es: AsyncElasticsearch) -> None:
+    acme, _ = _tenants()
+    stack = ("java.lang.IllegalStateException: boom " + "at com.example.Foo.bar(Foo.java:1) " * 1600)[:53_817]
+    assert len(stack.encode()) == 53_817
+    req = ExportTraceServiceRequest.FromString(spans_payload(acme, traces=1, children=0)[0])
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    event = span.events.add(name="exception", time_unix_nano=span.start_time_unix_nano)
+    event.attributes.add(key="exception.stacktrace").value.string_value = stack
+    span.attributes.add(key="big.value").value.string_value = stack
+    req.resource_spans[0].resource.attributes.add(key="big.resource").value.string_value = stack
+
+    def nested(v: AnyValue, depth: int) -> None:  # 16 levels of AnyValue nesting, kvlists and arrays
+        for level in range(depth):
+            v = (v.kvlist_value.values.add(key=f"l{level}").value if level % 2 == 0
+                 else v.array_value.values.add())
+        v.string_value = "leaf"
+
+    nested(span.attributes.add(key="deep").value, 16)
+    kv_only = span.attributes.add(key="deep.kv").value
+    for level in range(16):
+        kv_only = kv_only.kvlist_value.values.add(key=f"k{level}").value
+    kv_only.int_value = 16
+    for i in range(3000):  # more keys than index.mapping.total_fields.limit
+        span.attributes.add(key=f"many.k{i}").value.int_value = i
+    # One key, many types across documents: string, int, double, bool, kvlist, array, bytes.
+    typed = [lambda v: setattr(v, "string_value", "text"), lambda v: setattr(v, "int_value", 7),
+             lambda v: setattr(v, "double_value", 1.5), lambda v: setattr(v, "bool_value", True),
+             lambda v: v.kvlist_value.values.add(key="inner").value.__setattr__("string_value", "x"),
+             lambda v: v.array_value.values.add().__setattr__("int_value", 1),
+             lambda v: setattr(v, "bytes_value", b"\x00\x01")]
+    records = [bus_record(Signal.TRACES, req.SerializeToString(), acme, offset=1)]
+    records += [bus_record(Signal.LOGS, _log_with_attribute(acme, "mixed", set_value), acme, offset=10 + i)
+                for i, set_value in enumerate(typed)]
+    # Log bodies alike: a map under a key that was a string in another document's body.
+    records += [bus_record(Signal.LOGS, _log_with_attribute(acme, "mixed.body", typed[i]), acme,
+                           offset=20 + i) for i in (0, 4)]
+    await sink.write(records)  # no PermanentSinkError: every document answered 201
+
+    traces, logs = index_name(Signal.TRACES, acme), index_name(Signal.LOGS, acme)
+    assert await _count(es, traces) == 1 and await _count(es, logs) == len(typed) + 2
+    (hit,) = (await es.search(index=traces, query={"match_all": {}})).body["hits"]["hits"]
+    src = hit["_source"]
+    assert src["events"][-1]["attributes"]["exception.stacktrace"] == stack  # kept in _source
+    assert src["attributes"]["deep.kv"] == _nested_kv(16)
+    assert src["attributes"]["many.k2999"] == 2999
+    # Short values stay queryable, in attributes of every kind.
+    assert (await es.count(index=traces, query={"term": {"attributes.many.k7": 7}})).body["count"] == 1
+    assert (await es.count(index=logs, query={"term": {"attributes.mixed": "text"}})).body["count"] == 1
+    assert (await es.count(index=logs, query={"term": {"attributes.mixed.inner": "x"}})).body["count"] == 1
+
+
+def _nested_kv(depth: int) -> object:
+    value: object = 16
+    for level in reversed(range(depth)):
+        value = {f"k{level}": value}
+    return value
+
+
+async def test_tenants_that_differ_only_in_case_or_punctuation_get_stores_of_their_own(
+        sink: ElasticsearchSink, es: AsyncElasticsearch) -> None:
+    run = uuid.uuid4().hex[:8]
+    pairs = [(f"Acme{run}", f"acme{run}"), (f"a/b{run}", f"a_b{run}"), (f"x-{run}", f"x_{run}")]
+    records = []
+    for offset, (a, b) in enumerate(pairs):
+        records += [bus_record(Signal.LOGS, logs_payload(a, n=1), a, offset=2 * offset),
+                    bus_record(Signal.LOGS, logs_payload(b, n=2), b, offset=2 * offset + 1)]
+    await sink.write(records)
+    for a, b in pairs:
+        ia, ib = index_name(Signal.LOGS, a), index_name(Signal.LOGS, b)
+        assert ia != ib
+        assert await _count(es, ia) == 2 and await _count(es, ib) == 3
+        tenants = await es.search(index=ia, aggs={"t": {"terms": {"field": "resource.attributes.tenant.id"}}},
+                                  size=0)
+        assert [b["key"] for b in tenants.body["aggregations"]["t"]["buckets"]] == [a]
 
 
 async def test_a_write_blocked_stream_is_transient_until_unblocked(sink: ElasticsearchSink,

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
 from gateway.signals import Signal
@@ -17,9 +18,12 @@ from pipelines.convert.es_docs import (
     iso_nanos,
     log_body,
     log_documents,
+    record_documents,
     span_documents,
     tenant_index_part,
 )
+from pipelines.convert.parts import item_request
+from tests.bad_otlp import MARKER, with_invalid_utf8
 from tests.sdk_otlp import bus_record, logs_payload, spans_payload
 
 
@@ -107,10 +111,7 @@ def test_iso_nanos_keeps_nanoseconds() -> None:
 
 def test_index_names_are_lower_case_and_safe() -> None:
     assert index_name(Signal.TRACES, "acme") == "traces-otel-acme"
-    assert index_name(Signal.LOGS, "Acme Corp/EU") == "logs-otel-acme_corp_eu"
-    assert tenant_index_part("") == "_"
-    assert tenant_index_part("..") == "_"
-    assert tenant_index_part("a*b?c") == "a_b_c"
+    assert tenant_index_part("a*b?c") == "a_2ab_3fc"
     assert len(tenant_index_part("x" * 500)) == 200
 
 
@@ -119,7 +120,7 @@ def test_bulk_items_have_offset_derived_ids_and_tenant_indices() -> None:
     rec = bus_record(Signal.TRACES, payload, "Acme", offset=42, partition=3)
     items = bulk_items(rec)
     assert [it.doc_id for it in items] == ["otlp_spans-3-42-0", "otlp_spans-3-42-1"]
-    assert {it.index for it in items} == {"traces-otel-acme"}
+    assert {it.index for it in items} == {"traces-otel-_41cme"}
     assert document_id(rec, 7) == "otlp_spans-3-42-7"
     # Same record again, same ids: a redelivery overwrites.
     assert [it.doc_id for it in bulk_items(rec)] == [it.doc_id for it in items]
@@ -154,3 +155,65 @@ def test_bulk_item_json_is_the_whole_document() -> None:
         items = bulk_items(rec)
         expected = [doc for _, doc in docs]
         assert [orjson.loads(it.source) for it in items] == expected
+
+
+def test_tenant_index_part_is_one_to_one() -> None:
+    pairs = [("Acme", "acme"), ("a/b", "a_b"), ("a-b", "a_b"), ("a b", "a_b"), ("a_2fb", "a/b"),
+             ("", "_"), ("é", "e"), ("..", "__"), ("x" * 300, "x" * 301), ("A" * 300, "a" * 300)]
+    for a, b in pairs:
+        assert tenant_index_part(a) != tenant_index_part(b), (a, b)
+    assert tenant_index_part("acme") == "acme"
+    assert tenant_index_part("Acme") == "_41cme"
+    assert tenant_index_part("a/b") == "a_2fb" and tenant_index_part("a_b") == "a_5fb"
+    assert tenant_index_part("") == "_"
+    assert index_name(Signal.LOGS, "Acme Corp/EU") == "logs-otel-_41cme_20_43orp_2f_45_55"
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789._")
+    for tenant in ["x" * 500, "Ä" * 300, "a-" * 200, "\\/*?\"<>| ,#:-+"]:
+        part = tenant_index_part(tenant)
+        assert set(part) <= allowed and len(part.encode()) <= 200, tenant
+        assert "-" not in part  # a data stream namespace cannot hold "-"
+    long_a, long_b = tenant_index_part("x" * 500), tenant_index_part("x" * 499)
+    assert long_a != long_b and "__" in long_a
+
+
+def _two_resources_one_bad_span() -> bytes:
+    """A good request (2 spans) and one of 3 spans whose second span's name is not UTF-8."""
+    good, _ = spans_payload("acme", traces=1, children=1)  # 2 spans
+    other, _ = spans_payload("acme", traces=1, children=2)  # 3 spans
+    req = ExportTraceServiceRequest.FromString(other)
+    span = req.resource_spans[0].scope_spans[0].spans[1]
+    bad = with_invalid_utf8(req, lambda m: setattr(span, "name", m))
+    return good + bad
+
+
+def test_a_bad_span_costs_only_itself_and_positions_stay_stable() -> None:
+    payload = _two_resources_one_bad_span()
+    rec = bus_record(Signal.TRACES, payload, "acme", offset=9)
+    docs = record_documents(rec)
+    # 2 spans of the good request + 2 good spans of the other; the bad one is position 3.
+    assert [it.position for it in docs.items] == [0, 1, 2, 4]
+    assert [it.doc_id for it in docs.items] == [f"otlp_spans-0-9-{p}" for p in (0, 1, 2, 4)]
+    (bad,) = docs.bad
+    assert bad.items == 1 and "malformed OTLP" in bad.reason
+    # The bad part is an Export request of that one span, with its resource and scope.
+    assert MARKER.encode()[1:] in bad.value
+    assert item_request(payload, 3) == bad.value
+    # The same ids as when the record decodes whole: mend the bad byte and convert again.
+    mended = payload.replace(b"\xff" + MARKER.encode()[1:], MARKER.encode())
+    whole = record_documents(bus_record(Signal.TRACES, mended, "acme", offset=9))
+    assert [it.doc_id for it in whole.items if it.position != 3] == [it.doc_id for it in docs.items]
+
+
+def test_a_bad_resource_is_rejected_whole_and_garbage_is_one_part() -> None:
+    good = logs_payload("acme", n=2)
+    req = ExportLogsServiceRequest.FromString(logs_payload("acme", n=3))
+    bad = with_invalid_utf8(req, lambda m: req.resource_logs[0].resource.attributes.add(
+        key="k").value.__setattr__("string_value", m))
+    docs = record_documents(bus_record(Signal.LOGS, bad + good, "acme", offset=1))
+    # logs_payload(n) holds n + 1 records: the bad resource's 4 take positions 0-3.
+    assert [it.position for it in docs.items] == [4, 5, 6]
+    (part,) = docs.bad
+    assert part.value == bad and part.items == 4
+    garbage = b"\x0a\xff\xff\xff\xff\x0f"
+    docs = record_documents(bus_record(Signal.LOGS, garbage, "acme", offset=1))
+    assert docs.items == [] and docs.bad[0].value == garbage
