@@ -37,6 +37,17 @@ class ServerConfig:
     max_request_bytes: int = 8 * 1024 * 1024  # as received (compressed)
     max_decompressed_bytes: int = 32 * 1024 * 1024
     max_concurrent_requests: int = 1024
+    # Inflated bytes per compressed byte (gzip, both transports) beyond which a request is refused
+    # with 413 / RESOURCE_EXHAUSTED; applied only past 1 MiB inflated. OTLP protobuf compresses
+    # 5-20x, JSON up to ~50x; a gzip bomb 1000x. 0 turns it off.
+    max_decompression_ratio: float = 200.0
+    # OTLP/HTTP connection deadlines, in seconds (the Collector's confighttp names, with this
+    # file's unit suffix): the request head must arrive within read_header_timeout_s of its first
+    # byte, the whole request within read_timeout_s; a connection with no request open is closed
+    # after idle_timeout_s. A late request is answered 408 and its connection closed.
+    read_header_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    idle_timeout_s: float = 60.0
 
 
 @dataclass
@@ -261,6 +272,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError("server.workers: must be at least 1")
     if s.max_request_bytes <= 0 or s.max_decompressed_bytes < s.max_request_bytes:
         raise ConfigError("server.max_decompressed_bytes must be >= server.max_request_bytes > 0")
+    if s.max_decompression_ratio < 0:
+        raise ConfigError("server.max_decompression_ratio: must be >= 0 (0: no ratio limit)")
+    for name in ("read_header_timeout_s", "read_timeout_s", "idle_timeout_s"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"server.{name}: must be > 0 seconds")
     if cfg.batch.max_bytes <= 0 or cfg.batch.max_age_ms < 0:
         raise ConfigError("batch.max_bytes must be > 0 and batch.max_age_ms >= 0")
     if cfg.batch.max_pending_bytes <= 0:

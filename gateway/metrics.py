@@ -39,6 +39,13 @@ refused_requests = Counter(
     "gateway_refused_requests", "Requests answered with an error status.",
     ["signal", "transport", "reason"],
 )
+incomplete_requests = Counter(
+    "gateway_incomplete_requests",
+    "Requests that ended without an answer delivered: the client closed or cancelled (cause "
+    "client_closed) or was too slow (cause timeout, answered 408 on HTTP). stage: head, body "
+    "(still receiving) or answer (complete, being handled).",
+    ["transport", "stage", "cause"],
+)
 batch_bytes = Histogram(
     "gateway_batch_bytes", "Size of batches handed to the bus.", ["signal"],
     buckets=(1024, 8192, 65536, 262144, 524288, 1048576, 2097152, 4194304, 8388608),

@@ -10,10 +10,26 @@ Limits are enforced while reading: a declared ``Content-Length`` over ``max_body
 before the body arrives, and a chunked body is cut off when it passes it.
 
 Requests on one connection are answered in order: reading pauses while a request is handled,
-which also gives per-connection back-pressure. Connections idle longer than ``idle_timeout_s``
-are closed, and request heads over ``MAX_HEAD_BYTES`` refused with 431, so idle or slow clients
-cannot pile up. ``shutdown`` stops listening, closes idle connections, lets requests in flight
-be answered (with ``Connection: close``) and then closes the rest.
+which also gives per-connection back-pressure. Deadlines (``Timeouts``, the Go/Collector
+confighttp ones): a request head must arrive within ``read_header_s`` of its first byte and the
+whole request within ``read_s``, else 408 and close; a connection with no request open is closed
+after ``idle_s``. Request heads over ``MAX_HEAD_BYTES`` are refused with 431. So idle or slow
+clients cannot pile up. ``shutdown`` stops listening, closes idle connections, lets requests in
+flight be answered (with ``Connection: close``) and then closes the rest.
+
+Protocol details (RFC 9110/9112):
+
+- ``Upgrade`` (``h2c`` from the JDK HttpClient, ``curl --http2``) is ignored and the request
+  answered over HTTP/1.1, as RFC 9110 section 7.8 allows;
+- an absolute-form target (``POST http://host:4318/v1/traces``, RFC 9112 section 3.2.2) is
+  routed by its path;
+- a HEAD answer has the headers of the GET answer and no body;
+- every answer carries ``x-correlation-id``, errors made here too;
+- an error sent before the request is fully read (413, 431, 408, 400) is followed by a
+  half-close and up to ``DRAIN_BYTES`` / ``DRAIN_S`` of the rest of the request being read and
+  discarded, so the client reads the answer instead of a connection reset;
+- a client that closes mid-request or before its answer is counted in
+  ``gateway_incomplete_requests_total{stage,cause}`` and logged at WARNING.
 """
 
 from __future__ import annotations
@@ -26,6 +42,9 @@ from http import HTTPStatus
 from typing import cast
 
 import httptools
+
+from gateway import correlation, metrics
+from gateway.signals import CORRELATION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +71,56 @@ TooLargeHook = Callable[[str, dict[str, str]], Response]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 MAX_HEAD_BYTES = 64 * 1024
+# After an early error: how much of the rest of the request is read and dropped, and for how long,
+# before the connection is closed (closing with unread data makes the kernel send a reset, which
+# can destroy the answer before the client reads it).
+DRAIN_BYTES = 16 * 1024 * 1024
+DRAIN_S = 5.0
+_CID_HEADER = CORRELATION_HEADER.lower()
 
 
-def render(resp: Response, keep_alive: bool) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Connection deadlines in seconds (Go net/http / Collector confighttp semantics)."""
+
+    read_header_s: float = 10.0  # first byte of a request -> end of its head
+    read_s: float = 60.0  # first byte of a request -> end of its body
+    idle_s: float = 60.0  # no request open (after an answer, or since connect)
+
+    def sweep_interval(self) -> float:
+        """How often deadlines are checked: a quarter of the shortest, within 20 ms .. 1 s."""
+        return max(0.02, min(1.0, min(self.read_header_s, self.read_s, self.idle_s) / 4))
+
+
+def render(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
+    """The response bytes; ``head_only`` (a HEAD request) keeps Content-Length, drops the body."""
     head = [f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Unknown')}",
             f"Content-Type: {resp.content_type}", f"Content-Length: {len(resp.body)}"]
     head.extend(f"{k}: {v}" for k, v in resp.headers)
     if not keep_alive:
         head.append("Connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else resp.body)
+
+
+def with_correlation_id(resp: Response, headers: dict[str, str]) -> Response:
+    """``resp`` with an ``x-correlation-id`` (the client's valid one, else new) unless it has one."""
+    if not any(k.lower() == _CID_HEADER for k, _ in resp.headers):
+        cid = correlation.accept(headers.get(_CID_HEADER)) or correlation.new_id()
+        resp.headers.append((CORRELATION_HEADER, cid))
+    return resp
 
 
 class HttpServer:
     """The listener, its connections, and the limits every connection applies."""
 
     def __init__(self, handler: Handler, *, max_body: int, too_large: TooLargeHook,
-                 idle_timeout_s: float = 60.0) -> None:
+                 idle_timeout_s: float = 60.0, timeouts: Timeouts | None = None,
+                 transport_label: str = "http") -> None:
         self.handler = handler
         self.max_body = max_body
         self.too_large = too_large
-        self.idle_timeout_s = idle_timeout_s
+        self.timeouts = timeouts or Timeouts(idle_s=idle_timeout_s)
+        self.transport_label = transport_label  # the ``transport`` label of the metrics it counts
         self.connections: set[HttpProtocol] = set()
         self.closing = False
         self._server: asyncio.Server | None = None
@@ -81,7 +130,7 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: HttpProtocol(self), host, port,
                                                 reuse_port=reuse_port or None, backlog=1024)
-        self._sweeper = loop.call_later(self.idle_timeout_s / 2, self._sweep)
+        self._sweeper = loop.call_later(self.timeouts.sweep_interval(), self._sweep)
 
     @property
     def port(self) -> int:
@@ -90,13 +139,16 @@ class HttpServer:
         return port
 
     def _sweep(self) -> None:
-        """Close connections idle for longer than the timeout; runs every half timeout."""
+        """Apply the deadlines to every connection; runs every ``Timeouts.sweep_interval``.
+
+        One periodic pass rather than a timer per request: the request path then only stores
+        a timestamp, and a pass over a thousand connections costs well under a millisecond.
+        """
         loop = asyncio.get_running_loop()
-        cutoff = loop.time() - self.idle_timeout_s
+        now = loop.time()
         for conn in list(self.connections):
-            if conn.idle_since(cutoff):
-                conn.close()
-        self._sweeper = loop.call_later(self.idle_timeout_s / 2, self._sweep)
+            conn.check_deadlines(now)
+        self._sweeper = loop.call_later(self.timeouts.sweep_interval(), self._sweep)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting; answer requests in flight (up to ``grace_s``); close every connection."""
@@ -121,8 +173,9 @@ class HttpServer:
 class HttpProtocol(asyncio.Protocol):
     """One connection of ``server``: parse, hand complete requests to its handler, answer."""
 
-    __slots__ = ("_body", "_body_len", "_head_len", "_headers", "_last_active", "_parser", "_refused",
-                 "_server", "_task", "_transport", "_url")
+    __slots__ = ("_begun", "_body", "_body_len", "_closed_by_us", "_drain_left", "_head_done",
+                 "_head_len", "_headers", "_last_active", "_parser", "_peer", "_peer_eof", "_refused",
+                 "_replay", "_server", "_task", "_transport", "_upgrade", "_url")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -133,28 +186,64 @@ class HttpProtocol(asyncio.Protocol):
         self._head_len = 0
         self._body: list[bytes] = []
         self._body_len = 0
-        self._refused = False
+        self._refused = False  # an early error was sent: the rest of the input is dropped
+        self._drain_left = 0
         self._task: asyncio.Task[None] | None = None
         self._last_active = 0.0
+        self._begun: float | None = None  # when the request being received began (None: none open)
+        self._head_done = False
+        self._closed_by_us = False
+        self._peer_eof = False
+        self._peer = ""
+        self._upgrade = False  # the request asked for a protocol upgrade (ignored)
+        self._replay = False  # ... and llhttp stopped before its body: parse it again without
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self._last_active = asyncio.get_running_loop().time()
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._server.connections.discard(self)
+        if self._closed_by_us or self._refused:
+            return
+        if self._begun is not None:
+            self._abandoned("body" if self._head_done else "head", "client_closed", exc)
+        elif self.in_flight() is not None:
+            self._abandoned("answer", "client_closed", exc)
+
+    def eof_received(self) -> bool:
+        # The client will send nothing more. Mid-request that means it gave up (close, counted in
+        # connection_lost); with a complete request in hand keep the connection to answer it.
+        self._peer_eof = True
+        return self.in_flight() is not None and self._begun is None and not self._refused
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
+            self._drain(len(data))
             return
         self._last_active = asyncio.get_running_loop().time()
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._respond_and_close(Response(400, b"upgrade not supported\n"))
+        except httptools.HttpParserUpgrade as exc:
+            # RFC 9110 7.8: a server may ignore Upgrade and answer over HTTP/1.1. llhttp stops at
+            # the end of the upgrading request's head and hands over the rest as another protocol;
+            # a fresh parser takes it instead, given the head again (without the upgrade) first
+            # when the request has a body llhttp did not read.
+            rest = data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b""
+            if self._replay:
+                self._replay = False
+                rest = self._head_without_upgrade() + rest
+            self._parser = httptools.HttpRequestParser(self)
+            if rest:
+                self._feed(rest)
         except httptools.HttpParserError as exc:
             if not self._refused:
                 self._respond_and_close(Response(400, f"bad HTTP request: {exc}\n".encode()))
@@ -163,11 +252,22 @@ class HttpProtocol(asyncio.Protocol):
     def in_flight(self) -> asyncio.Task[None] | None:
         return self._task if self._task is not None and not self._task.done() else None
 
-    def idle_since(self, cutoff: float) -> bool:
-        return self.in_flight() is None and self._last_active < cutoff
+    def check_deadlines(self, now: float) -> None:
+        """Close if idle too long; answer 408 and close if the request being received is late."""
+        if self._refused or self._transport is None or self.in_flight() is not None:
+            return
+        t = self._server.timeouts
+        if self._begun is None:
+            if now - self._last_active >= t.idle_s:
+                self.close()
+        elif not self._head_done and now - self._begun > t.read_header_s:
+            self._timed_out("head", t.read_header_s)
+        elif now - self._begun > t.read_s:
+            self._timed_out("body", t.read_s)
 
     def close(self) -> None:
         if self._transport is not None:
+            self._closed_by_us = True
             self._transport.close()
 
     # -- httptools callbacks ------------------------------------------------------------------
@@ -177,6 +277,9 @@ class HttpProtocol(asyncio.Protocol):
         self._head_len = 0
         self._body = []
         self._body_len = 0
+        self._begun = self._last_active  # set by data_received just before feeding the parser
+        self._head_done = False
+        self._upgrade = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -187,6 +290,8 @@ class HttpProtocol(asyncio.Protocol):
         self._count_head(len(name) + len(value))
 
     def on_headers_complete(self) -> None:
+        self._head_done = True
+        self._upgrade = "upgrade" in self._headers
         declared = self._headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._server.max_body:
             self._refuse_too_large()
@@ -204,6 +309,11 @@ class HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._upgrade and (self._headers.get("content-length", "0") not in ("0", "")
+                              or "transfer-encoding" in self._headers):
+            self._replay = True  # llhttp calls this before the body of an upgrading request
+            return
+        self._begun = None
         if self._refused or self._transport is None:
             return
         req = Request(self._parser.get_method().decode("latin-1"), self._path(), self._headers,
@@ -221,20 +331,59 @@ class HttpProtocol(asyncio.Protocol):
         if self._head_len > MAX_HEAD_BYTES and not self._refused:
             self._respond_and_close(Response(431, b"request head too large\n"))
 
+    def _head_without_upgrade(self) -> bytes:
+        skip = ("upgrade", "connection", "http2-settings")
+        lines = [f"{self._parser.get_method().decode('latin-1')} {self._url.decode('latin-1')} HTTP/1.1"]
+        lines.extend(f"{k}: {v}" for k, v in self._headers.items() if k not in skip)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
     def _path(self) -> str:
         url = self._url
+        if not url.startswith(b"/"):
+            # absolute-form (RFC 9112 3.2.2): scheme://authority/path?query -> /path
+            scheme_end = url.find(b"://")
+            if scheme_end >= 0:
+                slash = url.find(b"/", scheme_end + 3)
+                url = url[slash:] if slash >= 0 else b"/"
         q = url.find(b"?")
         return (url if q < 0 else url[:q]).decode("latin-1")
 
     def _refuse_too_large(self) -> None:
         self._respond_and_close(self._server.too_large(self._path(), self._headers))
 
+    def _timed_out(self, stage: str, limit_s: float) -> None:
+        metrics.incomplete_requests.labels(self._server.transport_label, stage, "timeout").inc()
+        log.warning("closing %s: request %s not received within %.1f s (408)", self._peer, stage, limit_s)
+        message = f"request {stage} not received within {limit_s:g} s\n"
+        self._respond_and_close(Response(408, message.encode()))
+
+    def _abandoned(self, stage: str, cause: str, exc: Exception | None) -> None:
+        metrics.incomplete_requests.labels(self._server.transport_label, stage, cause).inc()
+        how = f"{type(exc).__name__}: {exc}" if exc is not None else "connection closed"
+        log.warning("client %s gave up during the request %s (%s)", self._peer, stage, how)
+
     def _respond_and_close(self, resp: Response) -> None:
+        """Answer an error before the request is fully read, half-close, drain, then close."""
         self._refused = True
         self._body = []
-        if self._transport is not None:
-            self._transport.write(render(resp, keep_alive=False))
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(render(with_correlation_id(resp, self._headers), keep_alive=False))
+        if not transport.can_write_eof():
+            self.close()
+            return
+        transport.write_eof()
+        self._drain_left = DRAIN_BYTES
+        transport.resume_reading()
+        asyncio.get_running_loop().call_later(DRAIN_S, self.close)
+        if self._peer_eof:
+            self.close()
+
+    def _drain(self, n: int) -> None:
+        self._drain_left -= n
+        if self._drain_left < 0:
+            self.close()
 
     async def _handle(self, req: Request, keep_alive: bool, prev: asyncio.Task[None] | None) -> None:
         try:
@@ -245,20 +394,28 @@ class HttpProtocol(asyncio.Protocol):
         if prev is not None:
             await asyncio.wait((prev,))
         transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        keep_alive = keep_alive and not self._server.closing
-        transport.write(render(resp, keep_alive))
+        if transport is None or transport.is_closing() or self._refused:
+            return  # gone, or an error already answered (a pipelined request after it is dropped)
+        keep_alive = keep_alive and not self._server.closing and not self._peer_eof
+        transport.write(render(with_correlation_id(resp, req.headers), keep_alive, req.method == "HEAD"))
         self._last_active = asyncio.get_running_loop().time()
         if not keep_alive:
-            transport.close()
+            self.close()
         elif self._task is asyncio.current_task():
             transport.resume_reading()
 
 
 async def serve(handler: Handler, host: str, port: int, *, max_body: int, too_large: TooLargeHook,
-                reuse_port: bool = False, idle_timeout_s: float = 60.0) -> HttpServer:
-    """Listen and answer with ``handler``; the caller ends it with ``shutdown``."""
-    server = HttpServer(handler, max_body=max_body, too_large=too_large, idle_timeout_s=idle_timeout_s)
+                reuse_port: bool = False, idle_timeout_s: float = 60.0,
+                timeouts: Timeouts | None = None) -> HttpServer:
+    """Listen and answer with ``handler``; the caller ends it with ``shutdown``.
+
+    Deadlines: ``timeouts``, else the handler's ``timeouts`` attribute if it has one (the OTLP
+    handler carries the configured ones), else ``Timeouts(idle_s=idle_timeout_s)``.
+    """
+    if timeouts is None:
+        own = getattr(handler, "timeouts", None)
+        timeouts = own if isinstance(own, Timeouts) else Timeouts(idle_s=idle_timeout_s)
+    server = HttpServer(handler, max_body=max_body, too_large=too_large, timeouts=timeouts)
     await server.start(host, port, reuse_port=reuse_port)
     return server

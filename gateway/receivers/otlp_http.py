@@ -13,8 +13,8 @@ from google.protobuf import json_format
 from gateway import otlp_json
 from gateway.config import ServerConfig
 from gateway.ingest import Ingest, Outcome, Reason
-from gateway.receivers.gunzip import BadGzip, TooLarge, gunzip
-from gateway.receivers.httpserver import Request, Response
+from gateway.receivers.gunzip import BadGzip, TooLarge, gunzip_async
+from gateway.receivers.httpserver import Request, Response, Timeouts
 from gateway.receivers.status import HTTP_STATUS, export_response, rpc_status
 from gateway.signals import CORRELATION_HEADER, Signal
 from gateway.wire import WireError
@@ -32,6 +32,8 @@ class OtlpHttp:
         self._ingest = ingest
         self._max_inflated = cfg.max_decompressed_bytes
         self._max_body = cfg.max_request_bytes
+        self._max_ratio = cfg.max_decompression_ratio
+        self.timeouts = Timeouts(cfg.read_header_timeout_s, cfg.read_timeout_s, cfg.idle_timeout_s)
 
     async def __call__(self, req: Request) -> Response:
         signal = _PATHS.get(req.path)
@@ -57,7 +59,7 @@ class OtlpHttp:
         encoding = req.headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":
             try:
-                body = gunzip(body, self._max_inflated)
+                body = await gunzip_async(body, self._max_inflated, max_ratio=self._max_ratio)
             except TooLarge as exc:
                 return self._refuse(signal, "too_large", str(exc), cid, as_json)
             except BadGzip as exc:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import os
+import time
 import zlib
+from collections.abc import Callable
 
 import pytest
 
-from gateway.receivers.gunzip import BadGzip, TooLarge, gunzip
+from gateway.receivers.gunzip import BadGzip, TooLarge, TooManyMembers, gunzip, gunzip_async
 
 
 def test_roundtrip() -> None:
@@ -41,3 +45,82 @@ def test_empty_body_is_an_empty_request() -> None:
 def test_bad_or_truncated(body: bytes) -> None:
     with pytest.raises(BadGzip):
         gunzip(body, 10_000)
+
+
+def test_many_empty_members_are_refused_fast_and_parsing_is_linear() -> None:
+    empty = gzip.compress(b"")
+    body = empty * (8 * 1024 * 1024 // len(empty))  # ~419,000 members in 8 MiB
+    started = time.perf_counter()
+    with pytest.raises(TooManyMembers):
+        gunzip(body, 32 << 20)
+    assert time.perf_counter() - started < 0.5
+    # Without the cap the work is linear in the input: 4x the members, not 16x the time.
+    small, large = empty * 5_000, empty * 20_000
+    t_small = _timed(lambda: gunzip(small, 1 << 20, max_members=10**9))
+    t_large = _timed(lambda: gunzip(large, 1 << 20, max_members=10**9))
+    assert t_large < 8 * t_small, (t_small, t_large)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def test_member_cap_is_inclusive() -> None:
+    assert gunzip(gzip.compress(b"a") * 4, 100, max_members=4) == b"aaaa"
+    with pytest.raises(TooManyMembers, match="more than 4"):
+        gunzip(gzip.compress(b"a") * 5, 100, max_members=4)
+
+
+def test_ratio_refuses_a_small_bomb_fast_but_never_a_body_under_the_floor() -> None:
+    bomb = gzip.compress(b"\0" * (32 << 20))  # ~32 KiB -> 32 MiB
+    started = time.perf_counter()
+    with pytest.raises(TooLarge, match="ratio"):
+        gunzip(bomb, 64 << 20, max_ratio=200)
+    assert time.perf_counter() - started < 0.2
+    under_floor = b"\0" * ((1 << 20) - 1)  # ratio ~1000, but the output stays under 1 MiB
+    assert gunzip(gzip.compress(under_floor), 64 << 20, max_ratio=200) == under_floor
+
+
+def test_trailing_zero_padding_is_ignored_other_trailing_bytes_are_not() -> None:
+    body = gzip.compress(b"abc") + gzip.compress(b"def")
+    assert gunzip(body + b"\0" * 512, 100) == b"abcdef"
+    for garbage in (b"x", b"\0\0x"):
+        with pytest.raises(BadGzip):
+            gunzip(body + garbage, 100)
+
+
+def test_output_cut_exactly_at_a_chunk_boundary_is_not_truncation() -> None:
+    data = os.urandom(1 << 20) + b"\0" * (3 << 20)  # output crosses several 256 KiB chunks
+    assert gunzip(gzip.compress(data), len(data)) == data
+
+
+async def test_large_bodies_inflate_off_the_event_loop() -> None:
+    """While a 5 MiB gzip body inflates, the loop keeps ticking: no gap near its inflate time."""
+    data = os.urandom(1 << 20) * 24  # 24 MiB, compresses poorly -> about 5 MiB of gzip
+    body = gzip.compress(data, compresslevel=1)
+    inline = _timed(lambda: gunzip(body, 32 << 20))
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.01)
+    out = await gunzip_async(body, 32 << 20)
+    stop.set()
+    await ticker
+    assert out == data
+    print(f"inflate inline {inline * 1e3:.1f} ms; loop gaps during gunzip_async max "
+          f"{max(gaps) * 1e3:.1f} ms over {len(gaps)} ticks")
+    assert max(gaps) < max(0.02, inline / 3)

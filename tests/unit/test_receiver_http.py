@@ -110,9 +110,16 @@ class RecordingTransport(asyncio.Transport):
         self.out = bytearray()
         self.closed = False
         self.paused = False
+        self.eof = False
 
     def write(self, data: Any) -> None:
         self.out += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def close(self) -> None:
         self.closed = True
@@ -155,7 +162,7 @@ async def test_protocol_refuses_declared_oversize_early(handler: tuple[OtlpHttp,
     proto.data_received(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\n"
                         b"Content-Length: 999999\r\n\r\n")
     assert t.out.startswith(b"HTTP/1.1 413 ")
-    assert t.closed
+    assert t.eof  # half-closed: the rest of the body is drained, then the connection closed
 
 
 async def test_protocol_bad_http_is_400(handler: tuple[OtlpHttp, MemoryBus]) -> None:
@@ -165,7 +172,7 @@ async def test_protocol_bad_http_is_400(handler: tuple[OtlpHttp, MemoryBus]) -> 
     proto.connection_made(t)
     proto.data_received(b"NOT HTTP AT ALL\r\n\r\n")
     assert t.out.startswith(b"HTTP/1.1 400 ")
-    assert t.closed
+    assert t.eof
 
 
 def _connect(server: HttpServer) -> tuple[HttpProtocol, RecordingTransport]:
@@ -180,7 +187,7 @@ async def test_oversized_head_is_431(handler: tuple[OtlpHttp, MemoryBus]) -> Non
     _proto, t = _connect(HttpServer(h, max_body=4096, too_large=h.too_large))
     _proto.data_received(b"POST /v1/traces HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
     assert t.out.startswith(b"HTTP/1.1 431 ")
-    assert t.closed
+    assert t.eof
 
 
 async def test_idle_connections_are_swept(handler: tuple[OtlpHttp, MemoryBus]) -> None:
@@ -250,7 +257,7 @@ async def test_chunked_body_and_its_cap(handler: tuple[OtlpHttp, MemoryBus]) -> 
 
     proto, t = _connect(server)
     proto.data_received(head + _chunked(b"\x0a" * 5000, 1000))  # no Content-Length to check first
-    assert t.out.startswith(b"HTTP/1.1 413 ") and t.closed
+    assert t.out.startswith(b"HTTP/1.1 413 ") and t.eof
     assert bus.end_offset == 1
 
 
