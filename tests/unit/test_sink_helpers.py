@@ -30,19 +30,37 @@ def test_remote_write_drop_reasons_are_bounded() -> None:
 
 
 def test_es_templates_declare_data_streams_and_otel_mappings() -> None:
-    t = index_template(Signal.TRACES, "passthrough", data_streams=True)
+    t = index_template(Signal.TRACES, data_streams=True)
     assert t["index_patterns"] == ["traces-otel-*"] and t["data_stream"] == {}
     props = t["template"]["mappings"]["properties"]
     assert props["@timestamp"] == {"type": "date_nanos"}
-    assert props["attributes"]["type"] == "passthrough"
-    assert props["resource"]["properties"]["attributes"]["type"] == "passthrough"
-    assert props["events"]["properties"]["attributes"] == {"type": "flattened"}
-    logs = index_template(Signal.LOGS, "flattened", data_streams=False)
+    flattened = {"type": "flattened", "ignore_above": 4096, "depth_limit": 32}
+    assert props["attributes"] == flattened
+    assert props["resource"]["properties"]["attributes"] == flattened
+    assert props["events"]["properties"]["attributes"] == flattened
+    logs = index_template(Signal.LOGS, data_streams=False)
     assert "data_stream" not in logs and logs["index_patterns"] == ["logs-otel-*"]
     lprops = logs["template"]["mappings"]["properties"]
-    assert lprops["attributes"] == {"type": "flattened"}
-    assert lprops["body"]["properties"]["structured"] == {"type": "flattened"}
+    assert lprops["attributes"] == flattened
+    assert lprops["body"]["properties"]["structured"] == flattened
     assert lprops["observed_timestamp"] == {"type": "date_nanos"}
+
+
+def _keywords(mapping: object) -> list[dict[str, object]]:
+    if isinstance(mapping, dict):
+        found = [mapping] if mapping.get("type") == "keyword" else []
+        return found + [k for v in mapping.values() for k in _keywords(v)]
+    if isinstance(mapping, list):
+        return [k for v in mapping for k in _keywords(v)]
+    return []
+
+
+def test_every_es_keyword_sets_a_term_size_aside() -> None:
+    """Lucene refuses terms over 32766 bytes: every keyword, declared or dynamic, has ignore_above."""
+    for signal in (Signal.TRACES, Signal.LOGS):
+        keywords = _keywords(index_template(signal, data_streams=True)["template"]["mappings"])
+        assert len(keywords) > 5
+        assert all(int(str(k["ignore_above"])) * 4 <= 32766 for k in keywords)
 
 
 def test_es_bulk_chunks_respect_count_and_bytes() -> None:
