@@ -12,7 +12,9 @@ the OTLP spec asks of receivers.
 from __future__ import annotations
 
 import base64
+import json
 import math
+import re
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -325,12 +327,33 @@ def _repeated(one: Callable[[Any], bytes]) -> Callable[[Any], bytes | None]:
     return many
 
 
+# A JSON number written ``-0`` (no fraction or exponent): orjson reads it as the integer 0, and a
+# double field must keep the sign (IEEE 754 -0.0 is a value of its own, and protobuf keeps it).
+_MINUS_ZERO = re.compile(rb"(?<![0-9A-Za-z_.])-0(?![0-9.eE])")
+
+
+def _reject_constant(word: str) -> Any:
+    raise WireError(f"invalid JSON: {word} is not a JSON value")
+
+
+def _loads_keeping_minus_zero(body: bytes) -> Any:
+    """The slow path for the rare body with ``-0`` in it: Python's reader, where each integer's
+    text can be seen, with ``-0`` read as -0.0 (which every integer field takes as 0)."""
+    try:
+        return json.loads(body, parse_int=lambda t: -0.0 if t == "-0" else int(t),
+                          parse_constant=_reject_constant)
+    except ValueError as e:  # JSONDecodeError, or invalid UTF-8
+        raise WireError(f"invalid JSON: {e}") from None
+
+
 def json_to_proto(signal: Signal, body: bytes) -> bytes:
     """OTLP/JSON Export request -> serialized protobuf request; WireError says what is wrong."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise WireError(f"invalid JSON: {e}") from None
+    if b"-0" in body and _MINUS_ZERO.search(body):
+        doc = _loads_keeping_minus_zero(body)
     if not isinstance(doc, dict):
         raise WireError(f"OTLP/JSON {signal.value} request must be a JSON object, got {type(doc).__name__}")
     try:
@@ -426,6 +449,7 @@ class _MessageDecoder:
                 pos += ln
             elif wt == 0:
                 value, pos = read_varint(buf, pos, end)
+                value &= _MASK64  # a tenth byte over 1 is truncated, as protobuf parsers do
             elif wt == 1:
                 value = _U64.unpack_from(buf, pos)[0] if pos + 8 <= end else 0
                 pos += 8
@@ -459,6 +483,17 @@ def _json_decoder(desc: Any) -> _MessageDecoder:
     return md
 
 
+def _wire_type(f: Any) -> int:
+    """The wire type a scalar field is written with when not packed."""
+    if f.type in (FD.TYPE_STRING, FD.TYPE_BYTES):
+        return 2
+    if f.type in (FD.TYPE_DOUBLE, FD.TYPE_FIXED64, FD.TYPE_SFIXED64):
+        return 1
+    if f.type in (FD.TYPE_FLOAT, FD.TYPE_FIXED32, FD.TYPE_SFIXED32):
+        return 5
+    return 0
+
+
 def _scalar_reader(f: Any) -> tuple[Callable[[int], Any] | None, Callable[[bytes], Any] | None, int, str]:
     """(value from a varint/fixed number, value from bytes, packed element size, struct code)."""
     t = f.type
@@ -486,7 +521,9 @@ def _scalar_reader(f: Any) -> tuple[Callable[[int], Any] | None, Callable[[bytes
     if t == FD.TYPE_SINT64:
         return lambda v: str((v >> 1) ^ -(v & 1)), None, 0, ""
     if t == FD.TYPE_SINT32:
-        return lambda v: (v >> 1) ^ -(v & 1), None, 0, ""
+        # Only the low 32 bits count, as in protobuf's parsers: a ten-byte varint for a sint32
+        # (valid framing) must not become a number no JSON reader can hold.
+        return lambda v: ((v & 0xFFFFFFFF) >> 1) ^ -(v & 1), None, 0, ""
     if t in (FD.TYPE_INT32, FD.TYPE_ENUM, FD.TYPE_SFIXED32):
         return lambda v: _signed(v & 0xFFFFFFFF, 32), None, 4 if t == FD.TYPE_SFIXED32 else 0, "i"
     if t in (FD.TYPE_UINT32, FD.TYPE_FIXED32):
@@ -506,10 +543,13 @@ def _field_decoder(f: Any) -> _Handler:
         sub = _json_decoder(f.message_type)
         decode = _fast_key_value_json if f.message_type.full_name == _KEY_VALUE else sub.decode
 
+        # A field whose wire type does not match its declaration is an unknown field to
+        # protobuf's parsers (upb, which the edge checks with, keeps it aside): skip it, never
+        # fail on it, so what the edge accepted always converts.
         if f.is_repeated:
             def repeated_message(out: dict[str, Any], buf: bytes, wt: int, vs: int, ve: int) -> None:
                 if wt != 2:
-                    raise WireError(f"{f.full_name}: wire type {wt} for a message")
+                    return
                 value = decode(buf, vs, ve)
                 lst = out.get(name)
                 if lst is None:
@@ -520,7 +560,7 @@ def _field_decoder(f: Any) -> _Handler:
 
         def message(out: dict[str, Any], buf: bytes, wt: int, vs: int, ve: int) -> None:
             if wt != 2:
-                raise WireError(f"{f.full_name}: wire type {wt} for a message")
+                return
             value = sub.decode(buf, vs, ve)
             prev = out.get(name)
             out[name] = value if prev is None else sub.merge(prev, value)
@@ -530,11 +570,12 @@ def _field_decoder(f: Any) -> _Handler:
 
     from_number, from_bytes, size, code = _scalar_reader(f)
     implicit = not f.has_presence and not f.is_repeated
+    expected = _wire_type(f)
 
     def scalar(out: dict[str, Any], buf: bytes, wt: int, value: int, ve: int) -> None:
+        if wt != expected and not (wt == 2 and f.is_repeated):
+            return  # an unknown field to protobuf (see above)
         if from_bytes is not None:
-            if wt != 2:
-                raise WireError(f"{f.full_name}: wire type {wt} for a length-delimited field")
             is_default = ve == value
             result = from_bytes(buf[value:ve])
         elif wt == 2:  # packed repeated numbers
@@ -546,8 +587,7 @@ def _field_decoder(f: Any) -> _Handler:
                 lst.extend(result)
             return
         else:
-            if from_number is None:
-                raise WireError(f"{f.full_name}: wire type {wt} for a length-delimited field")
+            assert from_number is not None  # numbers are read from wire types 0, 1 and 5
             is_default = value == 0
             result = from_number(value)
         if f.is_repeated:
@@ -601,7 +641,7 @@ def _unpack(f: Any, from_number: Callable[[int], Any] | None, size: int, code: s
     out = []
     while pos < end:
         v, pos = read_varint(buf, pos, end)
-        out.append(from_number(v))
+        out.append(from_number(v & _MASK64))
     return out
 
 

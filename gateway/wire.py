@@ -16,13 +16,13 @@ Message shapes used here (field numbers from opentelemetry-proto):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.signals import Signal
 
-__all__ = ["Prepared", "WireError", "encode_attributes", "encode_varint", "prepare", "read_varint", "split",
-           "split_spans_by_trace_id"]
+__all__ = ["Prepared", "TooManyItems", "WireError", "encode_attributes", "encode_varint", "prepare",
+           "read_varint", "split", "split_spans_by_trace_id"]
 
 _LEN = 2  # wire type of length-delimited fields
 _METRIC_DATA_FIELDS = frozenset((5, 7, 9, 10, 11))
@@ -128,6 +128,10 @@ def top_level_fields(buf: bytes) -> list[bytes]:
     return [buf[start:end] for _num, _wt, start, _vs, end in _fields(buf, 0, len(buf))]
 
 
+class TooManyItems(WireError):
+    """The request holds more items than the caller allows; counting stopped at the limit."""
+
+
 class _Counted(WireError):
     """A malformed message, with how many items were counted before the fault (including a
     broken one), so a dropped ResourceX reports what the client loses."""
@@ -137,12 +141,13 @@ class _Counted(WireError):
         self.items = items
 
 
-def _count(buf: bytes, pos: int, end: int, want: int) -> int:
+def _count(buf: bytes, pos: int, end: int, want: int, limit: int = 1 << 62) -> int:
     """Number of length-delimited fields numbered ``want`` in a message, checking its framing.
 
     This is the per-item loop of the ingest path (one turn per span), so the common case (a
     one-byte tag, a length of one or two bytes) is read inline without a call. Raises
-    _Counted.
+    _Counted, or TooManyItems once more than ``limit`` items are seen (so a body of millions of
+    empty items costs no more than the limit).
     """
     n = 0
     want_tag = want << 3 | _LEN
@@ -151,6 +156,8 @@ def _count(buf: bytes, pos: int, end: int, want: int) -> int:
             tag = buf[pos]
             if tag == want_tag and pos + 2 < end:
                 n += 1
+                if n > limit:
+                    raise TooManyItems(f"more than {limit} items")
                 ln = buf[pos + 1]
                 if ln < 0x80:
                     pos += 2 + ln
@@ -174,10 +181,14 @@ def _count(buf: bytes, pos: int, end: int, want: int) -> int:
                 raise WireError("field number 0")
             if wt == _LEN and tag >> 3 == want:
                 n += 1
+                if n > limit:
+                    raise TooManyItems(f"more than {limit} items")
             try:
                 pos = _skip(buf, pos, end, wt)
             except WireError as e:
                 raise WireError(f"field {tag >> 3}: {e}") from None
+    except TooManyItems:
+        raise
     except WireError as e:
         raise _Counted(str(e), n) from None
     return n
@@ -259,8 +270,8 @@ def _resource_body(buf: bytes, spans: list[tuple[int, int]], drop_keys: frozense
     return b"".join(parts)
 
 
-def _count_metrics(buf: bytes, pos: int, end: int) -> int:
-    """Data points in every Metric of a ScopeMetrics body."""
+def _count_metrics(buf: bytes, pos: int, end: int, limit: int) -> int:
+    """Data points in every Metric of a ScopeMetrics body (TooManyItems past ``limit``)."""
     n = 0
     index = 0
     try:
@@ -273,7 +284,9 @@ def _count_metrics(buf: bytes, pos: int, end: int) -> int:
         try:
             for dnum, dwt, _ds, dvs, dve in _fields(buf, vs, ve):
                 if dnum in _METRIC_DATA_FIELDS and dwt == _LEN:
-                    n += _count(buf, dvs, dve, 1)
+                    n += _count(buf, dvs, dve, 1, limit - n)
+        except TooManyItems:
+            raise TooManyItems(f"more than {limit} items") from None
         except _Counted as e:
             raise _Counted(f"metrics[{index}]: {e}", n + e.items) from None
         except WireError as e:
@@ -282,23 +295,30 @@ def _count_metrics(buf: bytes, pos: int, end: int) -> int:
     return n
 
 
-def _count_scope(signal: Signal, buf: bytes, pos: int, end: int) -> int:
+def _count_scope(signal: Signal, buf: bytes, pos: int, end: int, limit: int) -> int:
     """Items in a ScopeX body; errors name the path below the ScopeX."""
     if signal is Signal.METRICS:
-        return _count_metrics(buf, pos, end)
+        return _count_metrics(buf, pos, end, limit)
     try:
-        return _count(buf, pos, end, 2)
+        return _count(buf, pos, end, 2, limit)
     except _Counted as e:
         raise _Counted(f"{_ITEM_NAMES[signal]}: {e}", e.items) from None
 
 
-def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) -> Prepared:
+def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
+            max_items: int | None = None, check: bool = True) -> Prepared:
     """Enrich every ResourceX with ``attrs`` (replacing client values) and count the items.
 
     A malformed envelope raises WireError (the whole request is refused); a ResourceX that is
-    framed correctly but malformed inside is dropped and reported as a partial success, so one
-    bad resource does not cost a client the rest of its batch.
+    framed correctly but malformed inside, or that a sink could not decode
+    (``validate.check_resource``: UTF-8, varints, nesting), is dropped and reported as a partial
+    success, so one bad resource does not cost a client the rest of its batch. More than
+    ``max_items`` items in the request (good or bad) raises TooManyItems as soon as counting
+    passes the limit. ``check=False`` skips the content check, for bytes that were checked
+    before (a batch being split).
     """
+    from gateway.validate import check_resource  # it builds on this module's varints
+
     buf = bytes(payload)
     view = memoryview(buf)  # slices of it are copied once, by the final join
     drop_keys = frozenset(k.encode() for k, _ in attrs)
@@ -313,6 +333,7 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) ->
     rejected = 0
     errors: list[str] = []
     index = 0
+    budget = (1 << 62) if max_items is None else max_items
     for num, wt, s, vs, ve in top:
         if num != 1:
             out.append(view[s:ve])  # unknown top-level field: keep it
@@ -320,7 +341,10 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) ->
         if wt != _LEN:
             raise WireError(f"{_request_name(signal)}: {rx_name} has wire type {wt}, expected 2")
         try:
-            body, size, n = _prepare_rx(signal, buf, view, vs, ve, drop_keys, ours)
+            body, size, n = _prepare_rx(signal, buf, view, vs, ve, drop_keys, ours,
+                                        budget - items - rejected, check_resource if check else None)
+        except TooManyItems:
+            raise TooManyItems(f"{_request_name(signal)} holds more than {max_items} items") from None
         except _Counted as e:
             rejected += e.items
             errors.append(f"{rx_name}[{index}].{e}")
@@ -338,11 +362,14 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]]) ->
 
 
 def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int,
-                drop_keys: frozenset[bytes], ours: bytes) -> tuple[list[bytes | memoryview], int, int]:
+                drop_keys: frozenset[bytes], ours: bytes, limit: int,
+                check: Callable[[Signal, memoryview], str | None] | None
+                ) -> tuple[list[bytes | memoryview], int, int]:
     """The enriched ResourceX body as parts, its size, and its item count.
 
     Raises _Counted naming the first fault, after counting every item it can (including
-    those of well-formed scopes after the fault), since all of them are dropped.
+    those of well-formed scopes after the fault), since all of them are dropped; TooManyItems
+    once more than ``limit`` items are counted.
     """
     n = 0
     sx_name = _SX_NAMES[signal]
@@ -366,7 +393,7 @@ def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int
                 fault = fault or f"{sx_name}[{scope_index}]: wire type {wt}, expected 2"
             else:
                 try:
-                    n += _count_scope(signal, buf, vs, ve)
+                    n += _count_scope(signal, buf, vs, ve, limit - n)
                 except _Counted as e:
                     fault = fault or f"{sx_name}[{scope_index}].{e}"
                     n += e.items
@@ -375,6 +402,12 @@ def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int
         size += ve - s
     if fault:
         raise _Counted(fault, n)
+    if check is not None:
+        # After the walk: a framing fault is named more precisely by it, and the count above
+        # has bounded how much work this parse can be.
+        fault = check(signal, view[pos:end]) or ""
+        if fault:
+            raise _Counted(fault, n)
     try:
         resource = _resource_body(buf, resources, drop_keys, ours)
     except WireError as e:
