@@ -64,8 +64,13 @@ class AuthConfig:
     enabled: bool = False
     # API key -> tenant id.
     api_keys: dict[str, str] = field(default_factory=dict)
-    # Take the tenant from X-Scope-OrgID (only behind a proxy that sets it).
+    # Take the tenant from X-Scope-OrgID (only behind a proxy that sets it). With `enabled` too,
+    # a request still needs a valid key, and the header only picks among the tenants that key
+    # may act for: its own and those in `delegated_tenants`.
     trust_tenant_header: bool = False
+    # Tenant of a key -> the other tenants its key may name in X-Scope-OrgID ("*": any), e.g. a
+    # shared agent that forwards for several teams.
+    delegated_tenants: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -32,31 +32,54 @@ def valid_tenant(tenant: str) -> bool:
 
 
 class Authenticator:
+    """Tenant of a request, by this policy (``auth.*``):
+
+    - ``enabled`` off, ``trust_tenant_header`` off: every request is tenant ``default``.
+    - ``trust_tenant_header`` only: X-Scope-OrgID names the tenant (a proxy in front sets it),
+      ``default`` without it.
+    - ``enabled`` only: the API key's tenant; no key or an unknown one is refused.
+    - both: a valid key is still required; X-Scope-OrgID may then name the key's own tenant or
+      one of ``delegated_tenants[<key's tenant>]`` (``"*"``: any), else the request is refused.
+      A header alone never selects a tenant when keys are in force.
+
+    Tenant ids are 1..64 characters of ``[A-Za-z0-9_.-]``, configured or presented; sinks map
+    distinct ids to distinct store names.
+    """
+
     def __init__(self, cfg: AuthConfig) -> None:
         self._enabled = cfg.enabled
         self._trust_header = cfg.trust_tenant_header
         for tenant in cfg.api_keys.values():
             if not valid_tenant(tenant):
                 raise ValueError(f"auth.api_keys: tenant {tenant!r} is not 1..64 chars of [A-Za-z0-9_.-]")
+        for owner, tenants in cfg.delegated_tenants.items():
+            for tenant in tenants:
+                if tenant != "*" and not valid_tenant(tenant):
+                    raise ValueError(f"auth.delegated_tenants.{owner}: tenant {tenant!r} is not 1..64 chars "
+                                     "of [A-Za-z0-9_.-] (or \"*\")")
+        self._delegated = {owner: frozenset(tenants) for owner, tenants in cfg.delegated_tenants.items()}
         self._keys = [(key.encode(), tenant) for key, tenant in cfg.api_keys.items() if key]
 
     def tenant_for(self, headers: Mapping[str, str]) -> str:
         """The tenant for a request with these (lower-cased) headers; raise AuthError if none."""
-        if self._trust_header:
-            claimed = headers.get(TENANT_HEADER)
-            if claimed is not None:
-                if not valid_tenant(claimed):
-                    raise AuthError(f"{TENANT_HEADER} must be 1..64 characters of [A-Za-z0-9_.-]")
-                return claimed
+        claimed = headers.get(TENANT_HEADER) if self._trust_header else None
+        if claimed is not None and not valid_tenant(claimed):
+            raise AuthError(f"{TENANT_HEADER} must be 1..64 characters of [A-Za-z0-9_.-]")
         if not self._enabled:
-            return DEFAULT_TENANT
+            return claimed or DEFAULT_TENANT
         key = _presented_key(headers)
         if key is None:
             raise AuthError("missing credentials: send 'authorization: Bearer <key>' or 'x-api-key: <key>'")
         found = self._match(key.encode())
         if found is None:
             raise AuthError("invalid API key")
-        return found
+        if claimed is None or claimed == found:
+            return found
+        allowed = self._delegated.get(found, frozenset())
+        if claimed in allowed or "*" in allowed:
+            return claimed
+        raise AuthError(f"this API key may not send for tenant {claimed!r} "
+                        f"(auth.delegated_tenants.{found})")
 
     def _match(self, presented: bytes) -> str | None:
         found = None

@@ -48,12 +48,30 @@ def test_enabled_auth_refuses(headers: dict[str, str], message: str) -> None:
         Authenticator(AuthConfig(enabled=True, api_keys=KEYS)).tenant_for(headers)
 
 
-def test_enabled_auth_with_trusted_header() -> None:
-    auth = Authenticator(AuthConfig(enabled=True, api_keys=KEYS, trust_tenant_header=True))
-    assert auth.tenant_for({"x-scope-orgid": "proxy-set"}) == "proxy-set"
+def test_enabled_auth_with_trusted_header_still_needs_a_key() -> None:
+    auth = Authenticator(AuthConfig(enabled=True, api_keys=KEYS, trust_tenant_header=True,
+                                    delegated_tenants={"acme": ["team-a", "team-b"]}))
+    with pytest.raises(AuthError, match="missing credentials"):
+        auth.tenant_for({"x-scope-orgid": "proxy-set"})  # a header alone chose any tenant before
+    with pytest.raises(AuthError, match="invalid API key"):
+        auth.tenant_for({"x-scope-orgid": "acme", "x-api-key": "guess"})
     assert auth.tenant_for({"x-api-key": "k-acme-123"}) == "acme"
+    assert auth.tenant_for({"x-api-key": "k-acme-123", "x-scope-orgid": "acme"}) == "acme"
+    assert auth.tenant_for({"x-api-key": "k-acme-123", "x-scope-orgid": "team-b"}) == "team-b"
+    with pytest.raises(AuthError, match="may not send for tenant 'globex'"):
+        auth.tenant_for({"x-api-key": "k-acme-123", "x-scope-orgid": "globex"})
     with pytest.raises(AuthError):
         auth.tenant_for({})
+
+
+def test_a_wildcard_delegation_lets_a_key_name_any_valid_tenant() -> None:
+    auth = Authenticator(AuthConfig(enabled=True, api_keys=KEYS, trust_tenant_header=True,
+                                    delegated_tenants={"acme": ["*"]}))
+    assert auth.tenant_for({"x-api-key": "k-acme-123", "x-scope-orgid": "anyone"}) == "anyone"
+    with pytest.raises(AuthError, match="must be 1..64"):
+        auth.tenant_for({"x-api-key": "k-acme-123", "x-scope-orgid": "../etc"})
+    with pytest.raises(ValueError, match="delegated_tenants"):
+        Authenticator(AuthConfig(enabled=True, api_keys=KEYS, delegated_tenants={"acme": ["a b"]}))
 
 
 def test_every_key_is_compared(monkeypatch: pytest.MonkeyPatch) -> None:
