@@ -3,9 +3,11 @@
 Follows the OpenTelemetry "Prometheus and OpenMetrics Compatibility" spec:
 
 - gauges -> gauges; monotonic cumulative sums -> counters (``_total``); non-monotonic sums -> gauges;
-- histograms -> ``_bucket{le}`` (cumulative, with ``+Inf``), ``_sum``, ``_count``;
+- histograms -> ``_bucket{le}`` (cumulative, and ``+Inf`` always equal to the point's count),
+  ``_sum``, ``_count``;
 - exponential histograms -> native histograms (schema = scale, capped at 8 by merging buckets;
-  scales below -4 are dropped), integer counts with delta-encoded buckets and a zero bucket;
+  scales below -4 are dropped), integer counts with delta-encoded buckets and a zero bucket
+  (see ``native_histogram``);
 - summaries -> ``{quantile}``, ``_sum``, ``_count``;
 - ``job`` = ``service.namespace/service.name``, ``instance`` = ``service.instance.id``, and a
   ``target_info`` series carrying the other resource attributes;
@@ -25,7 +27,8 @@ Follows the OpenTelemetry "Prometheus and OpenMetrics Compatibility" spec:
 
 Delta temporality is dropped and counted (reason ``delta_temporality``): turning deltas into
 cumulative series needs state across records and replicas, which a stateless consumer group
-member does not have. Data points flagged "no recorded value" become Prometheus stale markers.
+member does not have. Data points of every kind flagged "no recorded value" become Prometheus
+stale markers (the NaN with bits ``0x7ff0000000000002``; for a native histogram, its sum).
 
 Every series carries a ``tenant`` label set from the gateway-stamped ``tenant.id`` (a client
 attribute named ``tenant`` never overrides it). ``tenant.id`` and ``correlation.id`` are not
@@ -35,7 +38,6 @@ series for every request.
 
 from __future__ import annotations
 
-import math
 import struct
 from bisect import bisect_left
 from collections import Counter
@@ -43,13 +45,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import cramjam
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
 
 from gateway.signals import ATTR_CORRELATION, ATTR_TENANT
 from pipelines.convert.otlp_values import as_label_value, resource_tenant
+from pipelines.convert.parts import BadPart, isolate
 from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_name
 from protos import remote_pb2, types_pb2
 
@@ -61,6 +63,8 @@ _Held = tuple[int, float, list[tuple[str, str]]]
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 MAX_SCHEMA = 8
 MIN_SCHEMA = -4
+# The spec's zero threshold for an exponential histogram point that does not set one.
+DEFAULT_ZERO_THRESHOLD = 1e-128
 TENANT_LABEL = "tenant"
 # OpenMetrics: an exemplar's label names and values together, in code points.
 EXEMPLAR_LABELS_MAX = 128
@@ -162,8 +166,10 @@ class Conversion:
     requests: dict[str, remote_pb2.WriteRequest]
     samples: dict[str, int]
     dropped: Counter[str]
-    # Positions (in the input) of payloads that are not valid OTLP; the rest still converts.
-    malformed: list[int] = field(default_factory=list)
+    # (position in the input, part) of each part that does not decode (a whole payload that is
+    # not a protobuf, a ResourceMetrics whose resource does not, else a single metric with its
+    # resource and scope); everything else of that payload still converts.
+    bad: list[tuple[int, BadPart]] = field(default_factory=list)
     # Whole exemplars not written, by reason; exemplar attributes left off for the label limit.
     dropped_exemplars: Counter[str] = field(default_factory=Counter)
     dropped_exemplar_labels: int = 0
@@ -299,10 +305,27 @@ def _spans_deltas(offset: int, counts: Sequence[int]) -> tuple[list[types_pb2.Bu
 
 
 def native_histogram(dp: otlp.ExponentialHistogramDataPoint, ts_ms: int) -> types_pb2.Histogram | None:
-    """The native histogram of an exponential histogram point; None if its scale is below -4."""
+    """The native histogram of an exponential histogram point; None if its scale is below -4.
+
+    Per the spec's "Exponential Histograms" section (and the Collector's prometheusremotewrite
+    translator): schema = scale, downscaled to 8 by merging buckets when above (any scale, say
+    100, only merges more); a scale below -4 cannot be rescaled and the point is dropped;
+    ``zero_threshold`` is the point's, or ``1e-128`` when unset (0); ``zero_count`` as is;
+    buckets as one span per side, OTLP index + 1, counts delta-encoded; reset hint UNKNOWN,
+    the one that is always safe (Prometheus detects resets itself). A point flagged "no
+    recorded value" becomes a stale marker: sum is the stale NaN bit pattern, count 0 and no
+    buckets, as Prometheus' own native-histogram stale marker (the spec and the Collector put
+    the stale NaN's bits in the integer count; Prometheus looks at the sum only).
+    """
     if dp.scale < MIN_SCHEMA:
         return None
     by = max(dp.scale - MAX_SCHEMA, 0)
+    schema = dp.scale - by
+    threshold = dp.zero_threshold or DEFAULT_ZERO_THRESHOLD
+    if dp.flags & _NO_RECORDED_VALUE:
+        return types_pb2.Histogram(count_int=0, sum=STALE_NAN, schema=schema, zero_threshold=threshold,
+                                   zero_count_int=0, reset_hint=types_pb2.Histogram.UNKNOWN,
+                                   timestamp=ts_ms)
     pos_off, pos = _downscale(dp.positive.offset, dp.positive.bucket_counts, by)
     neg_off, neg = _downscale(dp.negative.offset, dp.negative.bucket_counts, by)
     pos_spans, pos_deltas = _spans_deltas(pos_off, pos)
@@ -310,9 +333,10 @@ def native_histogram(dp: otlp.ExponentialHistogramDataPoint, ts_ms: int) -> type
     return types_pb2.Histogram(
         count_int=dp.count,
         sum=dp.sum,
-        schema=dp.scale - by,
-        zero_threshold=dp.zero_threshold,
+        schema=schema,
+        zero_threshold=threshold,
         zero_count_int=dp.zero_count,
+        reset_hint=types_pb2.Histogram.UNKNOWN,
         positive_spans=pos_spans,
         positive_deltas=pos_deltas,
         negative_spans=neg_spans,
@@ -335,21 +359,19 @@ def _kind(data: str, metric: otlp.Metric) -> Kind:
     return Kind.GAUGE if data == "gauge" else Kind.HISTOGRAM
 
 
-def _bucket_exemplars(hp: otlp.HistogramDataPoint, bounds: Sequence[float], labels: dict[str, str],
-                      out: _TenantSeries) -> None:
+def _bucket_exemplars(hp: otlp.HistogramDataPoint, labels: dict[str, str], out: _TenantSeries) -> None:
     """Each exemplar on the ``_bucket`` series of the bucket its value falls in.
 
-    OTLP buckets include their upper bound, as ``le`` does, hence ``bisect_left``. A point with
-    fewer bucket counts than bounds only has series for the buckets it counts: an exemplar
-    beyond them goes on the last one.
+    OTLP buckets include their upper bound, as ``le`` does, hence ``bisect_left``. Only the
+    explicit bounds the point counts have a series (besides ``+Inf``): an exemplar above them
+    goes on ``+Inf``.
     """
-    written = min(len(hp.bucket_counts), len(bounds))
+    bounds = hp.explicit_bounds[:len(hp.bucket_counts)]
     by_bucket: dict[int, list[otlp.Exemplar]] = {}
     for ex in hp.exemplars:
-        bucket = min(bisect_left(bounds, _exemplar_value(ex)), max(written - 1, 0))
-        by_bucket.setdefault(bucket, []).append(ex)
+        by_bucket.setdefault(bisect_left(bounds, _exemplar_value(ex)), []).append(ex)
     for i, exemplars in by_bucket.items():
-        le = format_bound(bounds[i]) if written else "+Inf"
+        le = format_bound(bounds[i]) if i < len(bounds) else "+Inf"
         out.add_exemplars({**labels, "le": le}, exemplars)
 
 
@@ -386,25 +408,23 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
             newest = max(newest, ts)
             stale = bool(hp.flags & _NO_RECORDED_VALUE)
             labels = {**_attr_labels(hp.attributes), **base}
+            # One series per explicit bound the point counts, then +Inf, which is the point's
+            # count whatever the bucket counts say: the spec's last bucket "MUST have an +Inf
+            # threshold", and bucket_counts may lack its last entry (or sum below count).
             cumulative = 0
-            bounds = [*hp.explicit_bounds, math.inf]
-            for bound, count in zip(bounds, hp.bucket_counts, strict=False):
+            for bound, count in zip(hp.explicit_bounds, hp.bucket_counts, strict=False):
                 cumulative += count
                 out.add({**labels, "__name__": name + "_bucket", "le": format_bound(bound)}, ts,
                         STALE_NAN if stale else float(cumulative))
-            if not hp.bucket_counts:  # a point without buckets: +Inf alone, holding the count
-                out.add({**labels, "__name__": name + "_bucket", "le": "+Inf"}, ts,
-                        STALE_NAN if stale else float(hp.count))
-            if hp.exemplars:
-                _bucket_exemplars(hp, bounds, {**labels, "__name__": name + "_bucket"}, out)
+            out.add({**labels, "__name__": name + "_bucket", "le": "+Inf"}, ts,
+                    STALE_NAN if stale else float(hp.count))
+            if hp.exemplars and not stale:
+                _bucket_exemplars(hp, {**labels, "__name__": name + "_bucket"}, out)
             out.add({**labels, "__name__": name + "_count"}, ts, STALE_NAN if stale else float(hp.count))
             if hp.HasField("sum"):
                 out.add({**labels, "__name__": name + "_sum"}, ts, STALE_NAN if stale else hp.sum)
     elif data == "exponential_histogram":
         for ep in body.data_points:
-            if ep.flags & _NO_RECORDED_VALUE:
-                dropped["no_recorded_value"] += 1
-                continue
             ts = ep.time_unix_nano // 1_000_000
             h = native_histogram(ep, ts)
             if h is None:
@@ -413,7 +433,7 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
             labels = {**_attr_labels(ep.attributes), **base, "__name__": name}
             out.add_histogram(labels, h)
             newest = max(newest, ts)
-            if ep.exemplars:
+            if ep.exemplars and not ep.flags & _NO_RECORDED_VALUE:
                 out.add_exemplars(labels, ep.exemplars)
     else:  # summary
         for sp in body.data_points:
@@ -430,36 +450,43 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
 
 
 def to_write_requests(payloads: Iterable[tuple[bytes, str]]) -> Conversion:
-    """Convert (serialized ExportMetricsServiceRequest, record tenant) pairs, grouped per tenant."""
+    """Convert (serialized ExportMetricsServiceRequest, record tenant) pairs, grouped per tenant.
+
+    A payload that does not decode whole is converted part by part (``pipelines.convert.parts``):
+    its good metrics convert, its bad parts are listed in ``Conversion.bad``.
+    """
     by_tenant: dict[str, _TenantSeries] = {}
     dropped: Counter[str] = Counter()
-    malformed: list[int] = []
+    bad: list[tuple[int, BadPart]] = []
     for pos, (payload, record_tenant) in enumerate(payloads):
-        try:
-            req = ExportMetricsServiceRequest.FromString(payload)
-        except DecodeError:
-            malformed.append(pos)
-            continue
-        for rm in req.resource_metrics:
-            tenant = resource_tenant(rm.resource.attributes, record_tenant)
-            out = by_tenant.setdefault(tenant, _TenantSeries())
-            res_labels, info = _resource_labels(rm.resource.attributes, tenant)
-            newest = 0
-            for sm in rm.scope_metrics:
-                base = {**_scope_labels(sm), **res_labels}
-                for metric in sm.metrics:
-                    newest = max(newest, _convert_metric(metric, base, out, dropped))
-            if info and newest:
-                out.add({**info, **res_labels, "__name__": "target_info"}, newest, 1.0)
-                out.metadata.setdefault("target_info", types_pb2.MetricMetadata(
-                    type=types_pb2.MetricMetadata.GAUGE, metric_family_name="target_info",
-                    help="Target metadata"))
+        parts = isolate(payload, ExportMetricsServiceRequest.FromString)
+        bad.extend((pos, part) for part in parts.bad)
+        for _, req in parts.good:
+            _convert_request(req, record_tenant, by_tenant, dropped)
     dropped_exemplars: Counter[str] = Counter()
     for s in by_tenant.values():
         dropped_exemplars.update(s.dropped_exemplars)
     return Conversion({t: s.request() for t, s in by_tenant.items()},
-                      {t: s.added for t, s in by_tenant.items()}, dropped, malformed,
+                      {t: s.added for t, s in by_tenant.items()}, dropped, bad,
                       dropped_exemplars, sum(s.dropped_exemplar_labels for s in by_tenant.values()))
+
+
+def _convert_request(req: ExportMetricsServiceRequest, record_tenant: str,
+                     by_tenant: dict[str, _TenantSeries], dropped: Counter[str]) -> None:
+    for rm in req.resource_metrics:
+        tenant = resource_tenant(rm.resource.attributes, record_tenant)
+        out = by_tenant.setdefault(tenant, _TenantSeries())
+        res_labels, info = _resource_labels(rm.resource.attributes, tenant)
+        newest = 0
+        for sm in rm.scope_metrics:
+            base = {**_scope_labels(sm), **res_labels}
+            for metric in sm.metrics:
+                newest = max(newest, _convert_metric(metric, base, out, dropped))
+        if info and newest:
+            out.add({**info, **res_labels, "__name__": "target_info"}, newest, 1.0)
+            out.metadata.setdefault("target_info", types_pb2.MetricMetadata(
+                type=types_pb2.MetricMetadata.GAUGE, metric_family_name="target_info",
+                help="Target metadata"))
 
 
 def split(req: remote_pb2.WriteRequest, max_series: int) -> list[remote_pb2.WriteRequest]:

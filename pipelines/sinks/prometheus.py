@@ -25,6 +25,11 @@ timestamp), and attributes left off an exemplar to stay within its 128-character
 ``pipeline_remote_write_dropped_exemplar_labels_total``. Exemplars the store itself refuses
 (older than the newest it holds for the series) are not reported back by remote write 1.0: the
 request still succeeds.
+
+A record that does not decode whole (a metric name that is not UTF-8 in one of the requests the
+gateway batched into it) is converted part by part: its good series are written, and only the
+bad part (the metric with its resource and scope, or a whole ResourceMetrics whose resource is
+bad) is rejected to the dead-letter topic, as ``PermanentSinkError`` after the write.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from gateway.bus.base import BusRecord
 from gateway.config import Config, PrometheusSinkConfig
 from gateway.signals import TENANT_HEADER, Signal
 from pipelines.convert.remote_write import encode, split, to_write_requests
-from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
+from pipelines.sinks.base import PermanentSinkError, TransientSinkError
+from pipelines.sinks.parts import part_rejection
 from protos import remote_pb2
 
 log = logging.getLogger(__name__)
@@ -144,9 +150,10 @@ class PrometheusSink:
             DROPPED_EXEMPLARS.labels(reason).inc(n)
         if conv.dropped_exemplar_labels:
             DROPPED_EXEMPLAR_LABELS.inc(conv.dropped_exemplar_labels)
-        if conv.malformed:
-            raise PermanentSinkError([Rejection(records[i], "malformed OTLP metrics")
-                                      for i in conv.malformed])
+        if conv.bad:
+            # Only the parts that do not decode: the record's other series were just written.
+            raise PermanentSinkError([part_rejection(records[i], part.value, part.reason)
+                                      for i, part in conv.bad])
 
 
 def make_sink(cfg: Config) -> PrometheusSink:

@@ -13,12 +13,15 @@ import aiohttp
 import pytest
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
 from prometheus_client import REGISTRY
 
 from gateway.config import PrometheusSinkConfig
 from gateway.signals import Signal
+from pipelines.sinks.base import PermanentSinkError
 from pipelines.sinks.prometheus import PrometheusSink
 from tests import stackenv
+from tests.bad_otlp import MARKER, with_invalid_utf8
 from tests.integration.sink_checks import assert_write_is_transient
 from tests.sdk_otlp import (
     DURATION_VALUES,
@@ -176,6 +179,74 @@ async def test_refused_old_samples_are_dropped_and_counted_not_retried(sink: Pro
                 for r in ("out_of_order", "too_old", "duplicate", "out_of_bounds", "http_400"))
     assert after > before
     assert value(await one(f'queue_depth{{tenant="{tenant}"}}')) == 7.0
+
+
+def _metrics_request(tenant: str, *metrics: otlp.Metric) -> ExportMetricsServiceRequest:
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    rm.resource.attributes.add(key="tenant.id").value.string_value = tenant
+    rm.resource.attributes.add(key="service.name").value.string_value = "rw-parts"
+    rm.scope_metrics.add().metrics.extend(metrics)
+    return req
+
+
+def _gauge(name: str, value: float, ts_ns: int) -> otlp.Metric:
+    return otlp.Metric(name=name, gauge=otlp.Gauge(data_points=[
+        otlp.NumberDataPoint(time_unix_nano=ts_ns, as_double=value)]))
+
+
+async def test_a_bad_metric_is_dead_lettered_alone_and_the_good_series_land_once(
+        sink: PrometheusSink) -> None:
+    """One record: a good request and one whose second metric's name is not UTF-8."""
+    tenant = f"it-parts-{uuid.uuid4().hex[:8]}"
+    now = time.time_ns()
+    good = _metrics_request(tenant, _gauge("parts_good", 1.0, now)).SerializeToString()
+    req = _metrics_request(tenant, _gauge("parts_sibling", 2.0, now), _gauge("x", 3.0, now))
+    bad_metric = req.resource_metrics[0].scope_metrics[0].metrics[1]
+    bad = with_invalid_utf8(req, lambda m: setattr(bad_metric, "name", m))
+    record = bus_record(Signal.METRICS, good + bad, tenant, offset=5)
+    for _attempt in range(2):  # a redelivery rejects the same part and adds no sample
+        with pytest.raises(PermanentSinkError) as err:
+            await sink.write([record])
+        (rej,) = err.value.rejected
+        assert rej.record is not record and rej.record.offset == 5 and "malformed OTLP" in rej.reason
+        assert MARKER.encode()[1:] in rej.record.value and b"parts_sibling" not in rej.record.value
+    sel = f'tenant="{tenant}"'
+    assert value(await one(f"count_over_time(parts_good{{{sel}}}[10m])")) == 1
+    assert value(await one(f"count_over_time(parts_sibling{{{sel}}}[10m])")) == 1
+    assert value(await one(f"parts_sibling{{{sel}}}")) == 2.0
+
+
+async def test_inf_is_the_count_and_a_stale_native_histogram_ends_the_series(sink: PrometheusSink) -> None:
+    tenant = f"it-stale-{uuid.uuid4().hex[:8]}"
+    sel = f'tenant="{tenant}"'
+    now = time.time_ns() - 5_000_000_000
+    cumulative = otlp.AGGREGATION_TEMPORALITY_CUMULATIVE
+
+    def points(ts_ns: int, flags: int = 0) -> list[otlp.Metric]:
+        return [
+            otlp.Metric(name="short_buckets", histogram=otlp.Histogram(
+                aggregation_temporality=cumulative, data_points=[otlp.HistogramDataPoint(
+                    time_unix_nano=ts_ns, count=5, sum=7.5, explicit_bounds=[1.0, 2.0],
+                    bucket_counts=[1, 2], flags=flags)])),
+            otlp.Metric(name="native", exponential_histogram=otlp.ExponentialHistogram(
+                aggregation_temporality=cumulative, data_points=[otlp.ExponentialHistogramDataPoint(
+                    time_unix_nano=ts_ns, scale=0, count=3, sum=6.0, zero_count=1, flags=flags,
+                    positive=otlp.ExponentialHistogramDataPoint.Buckets(offset=0, bucket_counts=[2]))])),
+        ]
+
+    first = _metrics_request(tenant, *points(now)).SerializeToString()
+    await sink.write([bus_record(Signal.METRICS, first, tenant, offset=1)])
+    assert value(await one(f'short_buckets_bucket{{{sel},le="+Inf"}}')) == 5.0
+    assert value(await one(f"histogram_count(native{{{sel}}})")) == 3.0
+
+    no_value = otlp.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+    stale = _metrics_request(tenant, *points(now + 1_000_000_000, no_value))
+    await sink.write([bus_record(Signal.METRICS, stale.SerializeToString(), tenant, offset=2)])
+
+    async def gone() -> bool:
+        return not await query(f"native{{{sel}}}") and not await query(f"short_buckets_bucket{{{sel}}}")
+    await await_for(gone, within=20, interval=0.2, what="the stale markers to end both series")
 
 
 async def test_unreachable_endpoint_is_transient() -> None:

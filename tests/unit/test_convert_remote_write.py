@@ -22,6 +22,7 @@ from pipelines.convert.remote_write import (
     to_write_requests,
 )
 from protos import remote_pb2, types_pb2
+from tests.bad_otlp import MARKER, with_invalid_utf8
 from tests.sdk_otlp import (
     DURATION_BOUNDS,
     DURATION_VALUES,
@@ -491,3 +492,119 @@ def test_exemplars_go_oldest_first_one_per_millisecond() -> None:
     conv = to_write_requests([(resent, ""), (resent, "")])  # the same exemplar twice is not a drop
     assert len(by_name(conv.requests["acme"], "requests_total")[0][1].exemplars) == 1
     assert not conv.dropped_exemplars
+
+
+# --- spec edge cases: +Inf, stale markers, native histogram fields, bad parts ------------------
+
+_CUMULATIVE = otlp.AGGREGATION_TEMPORALITY_CUMULATIVE
+_NO_VALUE = otlp.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+STALE_BITS = 0x7FF0000000000002
+
+
+def bits(value: float) -> int:
+    return int(struct.unpack("<Q", struct.pack("<d", value))[0])
+
+
+def classic(bucket_counts: list[int], flags: int = 0) -> dict[str, float]:
+    m = otlp.Metric(name="h", histogram=otlp.Histogram(aggregation_temporality=_CUMULATIVE, data_points=[
+        otlp.HistogramDataPoint(time_unix_nano=TS_NS, count=5, sum=7.5, explicit_bounds=[1.0, 2.0],
+                                bucket_counts=bucket_counts, flags=flags)]))
+    req = to_write_requests([(one_metric_request(m), "")]).requests["acme"]
+    return {lb["le"]: ts.samples[0].value for lb, ts in by_name(req, "h_bucket")}
+
+
+def test_classic_inf_bucket_is_always_the_count() -> None:
+    assert classic([1, 2, 2]) == {"1": 1.0, "2": 3.0, "+Inf": 5.0}
+    # The buckets sum to 4, less than the count: +Inf still says 5.
+    assert classic([1, 2, 1]) == {"1": 1.0, "2": 3.0, "+Inf": 5.0}
+    # One entry fewer than the bounds need: a +Inf series all the same.
+    assert classic([1, 2]) == {"1": 1.0, "2": 3.0, "+Inf": 5.0}
+    assert classic([1]) == {"1": 1.0, "+Inf": 5.0}
+    stale = classic([1, 2, 2], flags=_NO_VALUE)
+    assert set(stale) == {"1", "2", "+Inf"} and {bits(v) for v in stale.values()} == {STALE_BITS}
+
+
+def test_every_point_kind_without_a_recorded_value_is_a_stale_marker() -> None:
+    flags = _NO_VALUE
+    metrics = [
+        otlp.Metric(name="g", gauge=otlp.Gauge(data_points=[otlp.NumberDataPoint(
+            time_unix_nano=TS_NS, as_int=3, flags=flags)])),
+        otlp.Metric(name="c", sum=otlp.Sum(
+            is_monotonic=True, aggregation_temporality=_CUMULATIVE,
+            data_points=[otlp.NumberDataPoint(time_unix_nano=TS_NS, as_double=3.0, flags=flags)])),
+        otlp.Metric(name="s", summary=otlp.Summary(data_points=[otlp.SummaryDataPoint(
+            time_unix_nano=TS_NS, count=2, sum=3.0, flags=flags,
+            quantile_values=[otlp.SummaryDataPoint.ValueAtQuantile(quantile=0.5, value=1.0)])])),
+        otlp.Metric(name="h", histogram=otlp.Histogram(aggregation_temporality=_CUMULATIVE, data_points=[
+            otlp.HistogramDataPoint(time_unix_nano=TS_NS, count=2, sum=3.0, explicit_bounds=[1.0],
+                                    bucket_counts=[1, 1], flags=flags)])),
+    ]
+    conv = to_write_requests([(one_metric_request(m), "") for m in metrics])
+    req = conv.requests["acme"]
+    floats = [ts for ts in req.timeseries if ts.samples and ts.labels[0].value != "target_info"]
+    assert len(floats) == 1 + 1 + 3 + 4  # g, c_total, s{quantile} _sum _count, h le=1 +Inf _sum _count
+    assert all(bits(ts.samples[0].value) == STALE_BITS for ts in floats)
+    assert not conv.dropped
+
+
+def test_exponential_histogram_without_a_recorded_value_is_a_stale_native_histogram() -> None:
+    m = otlp.Metric(name="e", exponential_histogram=otlp.ExponentialHistogram(
+        aggregation_temporality=_CUMULATIVE, data_points=[otlp.ExponentialHistogramDataPoint(
+            time_unix_nano=1_700_000_000_000_000_000, scale=0, count=3, sum=4.0, zero_count=1,
+            positive=otlp.ExponentialHistogramDataPoint.Buckets(offset=0, bucket_counts=[2]),
+            flags=_NO_VALUE)]))
+    conv = to_write_requests([(one_metric_request(m), "")])
+    ((_, ts),) = by_name(conv.requests["acme"], "e")
+    (h,) = ts.histograms
+    assert h.timestamp == 1_700_000_000_000 and bits(h.sum) == STALE_BITS
+    assert h.count_int == 0 and h.zero_count_int == 0 and not h.positive_spans and not h.positive_deltas
+    assert h.schema == 0 and not conv.dropped
+
+
+def test_native_histogram_fields_follow_the_spec() -> None:
+    dp = otlp.ExponentialHistogramDataPoint(
+        time_unix_nano=TS_NS, scale=2, count=4, sum=9.0, zero_count=1,
+        positive=otlp.ExponentialHistogramDataPoint.Buckets(offset=-2, bucket_counts=[1, 0, 2]))
+    h = native_histogram(dp, TS_MS)
+    assert h is not None
+    assert h.zero_threshold == 1e-128  # unset in OTLP: the spec's default
+    assert h.reset_hint == types_pb2.Histogram.UNKNOWN
+    assert h.zero_count_int == 1 and h.count_int == 4 and h.sum == 9.0 and h.schema == 2
+    assert [(s.offset, s.length) for s in h.positive_spans] == [(-1, 3)]
+    assert list(h.positive_deltas) == [1, -1, 2]
+    dp.zero_threshold = 0.001
+    h = native_histogram(dp, TS_MS)
+    assert h is not None and h.zero_threshold == 0.001
+
+
+def test_exponential_scales_out_of_range_never_raise() -> None:
+    high = otlp.ExponentialHistogramDataPoint(
+        time_unix_nano=TS_NS, scale=100, count=3,
+        positive=otlp.ExponentialHistogramDataPoint.Buckets(offset=2**30, bucket_counts=[1, 1, 1]))
+    h = native_histogram(high, TS_MS)
+    # 92 scales down: every bucket merges into one, at (2**30 >> 92) + 1 = 1.
+    assert h is not None and h.schema == 8
+    assert [(s.offset, s.length) for s in h.positive_spans] == [(1, 1)] and list(h.positive_deltas) == [3]
+    low = high.__deepcopy__()
+    low.scale = -100
+    assert native_histogram(low, TS_MS) is None
+    m = otlp.Metric(name="e", exponential_histogram=otlp.ExponentialHistogram(
+        aggregation_temporality=_CUMULATIVE, data_points=[high, low]))
+    conv = to_write_requests([(one_metric_request(m), "")])
+    assert conv.dropped == {"unsupported_scale": 1}
+    assert len(by_name(conv.requests["acme"], "e")[0][1].histograms) == 1
+
+
+def test_a_metric_that_does_not_decode_costs_only_itself() -> None:
+    req = ExportMetricsServiceRequest.FromString(one_metric_request(gauge("good_one", 1.0)))
+    req.resource_metrics[0].scope_metrics[0].metrics.append(gauge("placeholder", 2.0))
+    bad_metric = req.resource_metrics[0].scope_metrics[0].metrics[1]
+    payload = one_metric_request(gauge("other", 3.0)) + with_invalid_utf8(
+        req, lambda m: setattr(bad_metric, "name", m))
+    conv = to_write_requests([(payload, "")])
+    names = {lb["__name__"] for ts in conv.requests["acme"].timeseries
+             for lb in [{x.name: x.value for x in ts.labels}]}
+    assert {"good_one", "other"} <= names and not any(n.startswith("AD-UTF8") for n in names)
+    ((pos, part),) = conv.bad
+    assert pos == 0 and part.items == 1 and "malformed OTLP" in part.reason
+    assert MARKER.encode()[1:] in part.value and b"good_one" not in part.value
