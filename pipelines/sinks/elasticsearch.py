@@ -14,14 +14,18 @@ API (``GET _data_stream`` answers 400, the path taken for an index name), but da
 themselves live in the server: a template with ``data_stream`` is accepted, writes auto-create
 the stream with ``.ds-`` backing indices, and ``_resolve/index`` lists it. So data streams are
 used; if a node refuses a data-stream template, plain indices of the same names are used
-instead (same ``create`` semantics). ``passthrough`` objects (typed ``attributes.<dotted key>``
-fields, queryable as such) and ``flattened`` (``body.structured``, event and link attributes)
-are in the server and work; ``match_only_text`` (mapper-extras module) is refused, so
-``body.text`` is ``text``. Should a node refuse ``passthrough``, attributes become ``flattened``.
+instead (same ``create`` semantics). ``flattened`` is in the server and holds every attribute
+map: ``passthrough`` (typed fields per key) was dropped because a key that is a string in one
+document and a map in another is a mapping conflict that refuses the document, and every new
+key is a new field against ``index.mapping.total_fields.limit``. ``match_only_text``
+(mapper-extras module) is refused, so ``body.text`` is ``text``.
 
-Errors. Only a 400 (the document does not parse or fit the mapping) rejects a record for good
-(``PermanentSinkError`` -> dead letters); the ``ignore_malformed`` and dynamic-field-limit
-settings keep one odd attribute from doing that in the common cases. Everything else is about
+Errors. Only a 400 (the document does not parse or fit the mapping) rejects for good
+(``PermanentSinkError`` -> dead letters), and only that document's item (its span or log
+record, with resource and scope), as do parts of a record that do not decode. The mapping
+leaves little to refuse: ``ignore_above`` on every keyword and flattened leaf (Lucene's
+32766-byte term limit), ``flattened`` attributes, ``ignore_malformed``; what remains is, for
+one, an attribute key over 32766 bytes. Everything else is about
 the store, not the data, and raises ``TransientSinkError``: 429 and 5xx, connection failures,
 and also 403 (a write block, e.g. the disk flood stage) and 404 (auto-create disabled), which
 an operator fixes while the data waits in Kafka. The transient error names the records fully
