@@ -155,8 +155,8 @@ class Malformed(Exception):
     """Bytes that are not well-framed protobuf (or break a rule of ``check``)."""
 
 
-def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """(value, position after, bytes used); at most 10 bytes and below 2^64, else Malformed."""
+def read_varint(buf: bytes, pos: int, end: int, limit: int = U64) -> tuple[int, int, int]:
+    """(value, position after, bytes used); at most 10 bytes and below ``limit``, else Malformed."""
     result = 0
     start = pos
     shift = 0
@@ -165,8 +165,8 @@ def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if b < 0x80:
-            if result >= U64:
-                raise Malformed("varint of 2^64 or more")
+            if result >= limit:
+                raise Malformed(f"varint of 2^{limit.bit_length() - 1} or more")
             return result, pos, pos - start
         shift += 7
         if shift >= 70:
@@ -174,22 +174,28 @@ def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     raise Malformed("truncated varint")
 
 
-def raw_fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(number, wire type, value start, value end) of each field; Malformed on bad framing."""
+def raw_fields(buf: bytes, pos: int, end: int, strict: bool = True) -> Iterator[tuple[int, int, int, int]]:
+    """(number, wire type, value start, value end) of each field; Malformed on bad framing.
+
+    A tag is a varint32 of at most 5 bytes (as upb reads it). ``strict``: varint values must
+    be below 2^64 too; without it only the framing counts (for counting items)."""
+    limit = U64 if strict else 1 << 70
     while pos < end:
-        t, pos, _ = read_varint(buf, pos, end)
+        t, pos, used = read_varint(buf, pos, end, 1 << 32)
+        if used > 5:
+            raise Malformed(f"tag of {used} bytes")
         num, wt = t >> 3, t & 7
         if num == 0 or num >= 1 << 29:
             raise Malformed(f"field number {num}")
         if wt == 0:
             vs = pos
-            _, pos, _ = read_varint(buf, pos, end)
+            _, pos, _ = read_varint(buf, pos, end, limit)
         elif wt == 1:
             vs, pos = pos, pos + 8
         elif wt == 5:
             vs, pos = pos, pos + 4
         elif wt == 2:
-            ln, vs, _ = read_varint(buf, pos, end)
+            ln, vs, _ = read_varint(buf, pos, end, 1 << 32)
             pos = vs + ln
         else:
             raise Malformed(f"field {num}: wire type {wt}")
@@ -297,14 +303,14 @@ def check(buf: bytes, pos: int, end: int, desc: Descriptor, depth: int = 0) -> N
 
 
 def _len_children(buf: bytes, pos: int, end: int, num: int) -> list[tuple[int, int]]:
-    return [(vs, ve) for n, wt, vs, ve in raw_fields(buf, pos, end) if n == num and wt == 2]
+    return [(vs, ve) for n, wt, vs, ve in raw_fields(buf, pos, end, strict=False) if n == num and wt == 2]
 
 
 def _points(buf: bytes, pos: int, end: int) -> int:
     """Data points of one Metric body, as a decoder sees them: the last oneof member wins, and
     repeated occurrences of the same member merge."""
     member, n = 0, 0
-    for num, wt, vs, ve in raw_fields(buf, pos, end):
+    for num, wt, vs, ve in raw_fields(buf, pos, end, strict=False):
         if num in _METRIC_DATA and wt == 2:
             if num != member:
                 member, n = num, 0
@@ -330,7 +336,7 @@ def count_items_naive(signal: Signal, buf: bytes, pos: int, end: int) -> int:
     n = 0
     for svs, sve in _len_children(buf, pos, end, 2):
         for ivs, ive in _len_children(buf, svs, sve, 2):
-            for num, wt, vs, ve in raw_fields(buf, ivs, ive):
+            for num, wt, vs, ve in raw_fields(buf, ivs, ive, strict=False):
                 if num in _METRIC_DATA and wt == 2:
                     n += len(_len_children(buf, vs, ve, 1))
     return n
@@ -372,6 +378,9 @@ class Expectation:
         if any(r.items is None or r.items_naive is None for r in bad):
             return None
         return {sum(r.items or 0 for r in bad), sum(r.items_naive or 0 for r in bad)}
+
+    def errors(self) -> list[str]:
+        return [self.envelope_error] if self.envelope_error else [r.error for r in self.rxs if r.error]
 
     def first_error(self) -> str:
         return self.envelope_error or next((r.error for r in self.rxs if r.error), "") or ""
