@@ -224,7 +224,8 @@ def judge(shot: Shot, landed: int) -> None:
                 f"oracle: {why or 'all valid'}; answer {a}")
     if exp.any_invalid:
         choices = exp.rejected_choices()
-        if landed == exp.accepted_items and choices is not None and a.rejected not in choices and any(choices):
+        counted = landed == exp.accepted_items and choices is not None and any(choices)
+        if counted and choices is not None and a.rejected not in choices:
             problem(f"wrong rejected count ({rules}): {a.rejected}, expected {sorted(choices)} ({why})")
         if a.rejected and not a.message:
             problem(f"partial success without a message: {a}")
@@ -291,5 +292,6 @@ def test_fuzz_edge(gateway: GatewayProcess) -> None:
             f"  body ({len(s.body)} bytes): {s.body[:600].hex()}{'...' if len(s.body) > 600 else ''}"
             for kind, s in list(examples.items())[:SHOW])
         pytest.fail(f"{summary}\na failure of each kind (regenerate with mutant(signal, index, "
-                    f"seeds()[signal]) at SEED={SEED}):\n{shown}\nall {len(failing)} failing bodies and their problems: {where}",
+                    f"seeds()[signal]) at SEED={SEED}):\n{shown}\n"
+                    f"all {len(failing)} failing bodies and their problems: {where}",
                     pytrace=False)
