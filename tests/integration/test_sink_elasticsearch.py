@@ -294,3 +294,32 @@ async def test_a_write_blocked_stream_is_transient_until_unblocked(sink: Elastic
         await es.indices.put_settings(index=index, settings={"index.blocks.write": False})
     await sink.write([first, second])  # the pipeline's retry: same records
     assert await _count(es, index) == 2 + 4
+
+
+async def test_a_retried_record_rejects_its_bad_part_once_and_keeps_its_ids(
+        sink: ElasticsearchSink, es: AsyncElasticsearch) -> None:
+    """While the stream is write-blocked the record is not settled (nor its bad part); the retry
+    writes the good documents under the same ids and rejects the part once."""
+    acme, _ = _tenants()
+    index = index_name(Signal.LOGS, acme)
+    await sink.write([bus_record(Signal.LOGS, logs_payload(acme, n=1), acme, offset=1)])  # creates it
+    req = ExportLogsServiceRequest.FromString(logs_payload(acme, n=1))  # 2 log records
+    bad = with_invalid_utf8(req, lambda m: setattr(req.resource_logs[0].scope_logs[0].log_records[0],
+                                                   "severity_text", m))
+    record = bus_record(Signal.LOGS, bad + logs_payload(acme, n=2), acme, offset=2)
+    await es.indices.put_settings(index=index, settings={"index.blocks.write": True})
+    try:
+        with pytest.raises(TransientSinkError) as transient:
+            await sink.write([record])
+        assert transient.value.written == [] and transient.value.rejected == []
+    finally:
+        await es.indices.put_settings(index=index, settings={"index.blocks.write": False})
+    with pytest.raises(PermanentSinkError) as err:
+        await sink.write([record])
+    (rej,) = err.value.rejected
+    assert rej.record.offset == 2 and rej.record.value != record.value
+    await es.indices.refresh(index=index)
+    ids = sorted(h["_id"] for h in (await es.search(index=index, size=20)).body["hits"]["hits"])
+    # Position 0 is the bad log record; 1 its good sibling; 2-4 the second request's three.
+    expected = ["otlp_logs-0-1-0", "otlp_logs-0-1-1"] + [f"otlp_logs-0-2-{p}" for p in (1, 2, 3, 4)]
+    assert ids == sorted(expected)
