@@ -402,9 +402,8 @@ def empty_spans_request(size: int) -> bytes:
     """An ExportTraceServiceRequest of at most ``size`` bytes: one ResourceSpans, one
     ScopeSpans, as many empty spans (2 bytes each) as fit."""
     n = (size - 16) // 2
-    scope = tag(2, 2) + varint(2 * n) + b"\x12\x00" * n
-    rs = tag(2, 2) + varint(len(scope)) + scope
-    out = tag(1, 2) + varint(len(rs)) + rs
+    rs = len_field(2, b"\x12\x00" * n)  # ResourceSpans.scope_spans: ScopeSpans of n empty spans
+    out = len_field(1, rs)
     assert len(out) <= size
     return out
 
@@ -478,6 +477,7 @@ def test_small_body_of_millions_of_empty_spans(default_gateway: GatewayProcess) 
             stop.set()
             sampler.join()
         hwm = process_tree_rss_kib(gw.proc.pid, "VmHWM")
+        assert peak[0] > 0, "the sampler never read the gateway's memory"
         assert peak[0] < MAX_TREE_RSS_MIB * 1024, f"the process tree's RSS peaked at {peak[0] // 1024} MiB"
         assert hwm < MAX_TREE_RSS_MIB * 1024, f"the process tree's VmHWM sum to {hwm // 1024} MiB"
         assert gw.sink_files("bomber", "traces") == []
