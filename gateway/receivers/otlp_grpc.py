@@ -6,25 +6,53 @@ so a handler receives the request's raw protobuf bytes and passes them to ``Inge
 
 They are registered as client-streaming although OTLP's ``Export`` is unary: the wire is the
 same, and it lets the handler run before grpc reads the request. So the gateway refuses an
-overloaded call before grpc inflates its body, and it sees, and counts, the calls grpc itself
-refuses while reading: grpc inflates gzip and enforces ``max_receive_message_length`` (the
-inflated size, a bomb stops at the cap), answering RESOURCE_EXHAUSTED; the handler is then left
-with no message. Measured against a unary registration on 76 KB requests, the server CPU per
-call is the same within the noise of this machine.
+overloaded call before reading its body. Measured against a unary registration on 76 KB
+requests, the server CPU per call is the same within the noise of this machine.
+
+Compression: grpc's own inflation is off (``grpc.per_message_decompression``), so a gzip
+message reaches the handler compressed and is inflated by ``gunzip`` exactly as an OTLP/HTTP
+body: same size cap, inflation ratio cap, member cap, off the event loop when large. A gzip
+message is recognised by its magic bytes, which no protobuf Export request can start with
+(0x1f is field 3 with the invalid wire type 7). grpc still enforces
+``max_receive_message_length``, now on the message as sent (``server.max_request_bytes``, as
+for an HTTP body), answering RESOURCE_EXHAUSTED itself. Only identity and gzip are enabled
+(OTLP's); a ``grpc-encoding: deflate`` call is answered UNIMPLEMENTED by grpc. Names grpc does
+not know at all (``zstd``, ``br``) are refused by grpc's header parser with INTERNAL before any
+handler runs: nothing here can change that.
+
+Refusals made here:
+
+- no complete message (none sent, or the stream ended mid-message; grpc gives the handler no
+  message in both cases, as it does after refusing an oversized one): INVALID_ARGUMENT;
+- a second message on the unary ``Export``: INVALID_ARGUMENT (the request is malformed as a
+  unary call; UNIMPLEMENTED would wrongly say the method does not exist);
+- inflated size or ratio over the caps: RESOURCE_EXHAUSTED without RetryInfo (not retryable);
+- bad gzip or more than ``gunzip.MAX_MEMBERS`` members: INVALID_ARGUMENT.
+
+A client that cancels (or whose deadline passes) before its answer is counted in
+``gateway_incomplete_requests_total{transport="grpc"}`` and logged at WARNING.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
+from gateway import metrics
 from gateway.config import ServerConfig
-from gateway.ingest import Ingest
+from gateway.ingest import Ingest, Outcome
+from gateway.receivers.gunzip import GZIP_MAGIC, BadGzip, TooLarge, gunzip_async
 from gateway.receivers.status import GRPC_CODE, RESPONSES, export_response, rpc_status
 from gateway.signals import CORRELATION_HEADER, Signal
 
+log = logging.getLogger(__name__)
+
 TRANSPORT = "grpc"
+# grpc_compression_algorithm bits: identity (0) and gzip (2); deflate (1) off.
+_ENABLED_COMPRESSION = 1 << 0 | 1 << 2
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 _SERVICES = {
@@ -36,22 +64,27 @@ _SERVICES = {
 Export = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[object]]
 
 
-def _export(ingest: Ingest, signal: Signal, max_message_bytes: int) -> Export:
+def _export(ingest: Ingest, signal: Signal, cfg: ServerConfig) -> Export:
     async def export(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> object:
         headers = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         cid = ingest.correlation_id(headers)
-        await context.send_initial_metadata(((CORRELATION_HEADER, cid),))
-        outcome = ingest.admit(signal, TRANSPORT, cid)
-        if outcome is None:
-            request = await context.read()
-            if isinstance(request, bytes):
-                outcome = await ingest.ingest(signal, TRANSPORT, headers, request, cid)
-            else:
-                # grpc has answered RESOURCE_EXHAUSTED already and this abort changes nothing on
-                # the wire (unless the client sent no message, which no OTLP client does);
-                # what it adds is the count.
-                outcome = ingest.refuse(signal, TRANSPORT, "too_large",
-                                        f"request larger than {max_message_bytes} bytes inflated", cid)
+        gone = _ClientGone(context, signal)
+        # A cancel shows up as this task's cancellation, or only in the call's state when it
+        # lands after the handler's last await; either is counted once.
+        context.add_done_callback(lambda ctx: gone.count() if ctx.cancelled() else None)
+        try:
+            await context.send_initial_metadata(((CORRELATION_HEADER, cid),))
+            outcome = ingest.admit(signal, TRANSPORT, cid)
+            if outcome is None:
+                request = await _one_message(context)
+                if isinstance(request, str):
+                    outcome = ingest.refuse(signal, TRANSPORT, "malformed", request, cid)
+                else:
+                    gone.stage = "answer"
+                    outcome = await _inflate_and_ingest(ingest, signal, cfg, headers, request, cid)
+        except asyncio.CancelledError:
+            gone.count()
+            raise
         if outcome.refused is not None:
             st = rpc_status(outcome.refused, outcome.message, outcome.retry_after_s)
             await context.abort(GRPC_CODE[outcome.refused], outcome.message,
@@ -61,12 +94,60 @@ def _export(ingest: Ingest, signal: Signal, max_message_bytes: int) -> Export:
     return export
 
 
-def handlers(ingest: Ingest, max_message_bytes: int) -> list[grpc.GenericRpcHandler]:
+class _ClientGone:
+    """Counts (once) and logs a call its client cancelled, with how far the request had got."""
+
+    __slots__ = ("_context", "_counted", "_signal", "stage")
+
+    def __init__(self, context: grpc.aio.ServicerContext, signal: Signal) -> None:
+        self._context = context
+        self._signal = signal
+        self._counted = False
+        self.stage = "body"  # reading the request; "answer" once it is being ingested
+
+    def count(self) -> None:
+        if self._counted:
+            return
+        self._counted = True
+        metrics.incomplete_requests.labels(TRANSPORT, self.stage, "client_closed").inc()
+        log.warning("client %s cancelled its %s export during the request %s", self._context.peer(),
+                    self._signal.value, self.stage)
+
+
+async def _one_message(context: grpc.aio.ServicerContext) -> bytes | str:
+    """The call's only request message, or why there is not exactly one (a refusal message).
+
+    Reading past the first message costs nothing for a unary client: it half-closes with the
+    message, so the second read returns at once.
+    """
+    request = await context.read()
+    if not isinstance(request, bytes):
+        return ("no complete request message (none sent, a truncated one, or one grpc refused as "
+                "larger than max_receive_message_length)")
+    if isinstance(await context.read(), bytes):
+        return "more than one request message on the unary Export method"
+    return request
+
+
+async def _inflate_and_ingest(ingest: Ingest, signal: Signal, cfg: ServerConfig, headers: dict[str, str],
+                              request: bytes, cid: str) -> Outcome:
+    if request[:2] == GZIP_MAGIC:
+        try:
+            request = await gunzip_async(request, cfg.max_decompressed_bytes,
+                                         max_ratio=cfg.max_decompression_ratio)
+        except TooLarge as exc:
+            return ingest.refuse(signal, TRANSPORT, "too_large", str(exc), cid)
+        except BadGzip as exc:
+            return ingest.refuse(signal, TRANSPORT, "malformed", str(exc), cid)
+    return await ingest.ingest(signal, TRANSPORT, headers, request, cid)
+
+
+def handlers(ingest: Ingest, cfg: ServerConfig) -> list[grpc.GenericRpcHandler]:
     """One generic handler per OTLP service, each with its ``Export`` method."""
     out = []
     for signal, service in _SERVICES.items():
         method = grpc.stream_unary_rpc_method_handler(
-            _export(ingest, signal, max_message_bytes),
+            _export(ingest, signal, cfg),
             request_deserializer=None,  # raw bytes in
             response_serializer=RESPONSES[signal].SerializeToString,
         )
@@ -81,9 +162,12 @@ async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> tuple
     ``Ingest.admit`` already refuses before the body is read, for both transports together.
     """
     server = grpc.aio.server(
-        handlers=handlers(ingest, cfg.max_decompressed_bytes),
+        handlers=handlers(ingest, cfg),
         options=[
-            ("grpc.max_receive_message_length", cfg.max_decompressed_bytes),
+            # The message as sent; its inflated size is checked by gunzip (see the docstring).
+            ("grpc.max_receive_message_length", cfg.max_request_bytes),
+            ("grpc.per_message_decompression", 0),
+            ("grpc.compression_enabled_algorithms_bitset", _ENABLED_COMPRESSION),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )

@@ -100,10 +100,13 @@ def test_output_cut_exactly_at_a_chunk_boundary_is_not_truncation() -> None:
 
 
 async def test_large_bodies_inflate_off_the_event_loop() -> None:
-    """While a 5 MiB gzip body inflates, the loop keeps ticking: no gap near its inflate time."""
-    data = os.urandom(1 << 20) * 24  # 24 MiB, compresses poorly -> about 5 MiB of gzip
+    """While a 24 MiB gzip body inflates the loop keeps ticking; inline, it could not tick at all.
+
+    Judged on the count of ticks, not the largest gap: on a loaded 2-core machine the scheduler
+    alone makes gaps of tens of milliseconds now and then.
+    """
+    data = os.urandom(1 << 20) * 24  # 24 MiB that gzip cannot shrink: ~100 ms of inflation
     body = gzip.compress(data, compresslevel=1)
-    inline = _timed(lambda: gunzip(body, 32 << 20))
     gaps: list[float] = []
     stop = asyncio.Event()
 
@@ -117,10 +120,15 @@ async def test_large_bodies_inflate_off_the_event_loop() -> None:
 
     ticker = asyncio.create_task(tick())
     await asyncio.sleep(0.01)
+    gaps.clear()
+    started = time.perf_counter()
     out = await gunzip_async(body, 32 << 20)
+    took = time.perf_counter() - started
     stop.set()
     await ticker
     assert out == data
-    print(f"inflate inline {inline * 1e3:.1f} ms; loop gaps during gunzip_async max "
-          f"{max(gaps) * 1e3:.1f} ms over {len(gaps)} ticks")
-    assert max(gaps) < max(0.02, inline / 3)
+    gaps.sort()
+    print(f"gunzip_async of {len(body)} B took {took * 1e3:.1f} ms; the loop ticked {len(gaps)} times, "
+          f"median gap {gaps[len(gaps) // 2] * 1e3:.1f} ms, max {gaps[-1] * 1e3:.1f} ms")
+    assert len(gaps) >= 5
+    assert gaps[len(gaps) // 2] < 0.01
