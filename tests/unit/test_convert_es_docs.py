@@ -217,3 +217,16 @@ def test_a_bad_resource_is_rejected_whole_and_garbage_is_one_part() -> None:
     garbage = b"\x0a\xff\xff\xff\xff\x0f"
     docs = record_documents(bus_record(Signal.LOGS, garbage, "acme", offset=1))
     assert docs.items == [] and docs.bad[0].value == garbage
+
+
+def test_a_bad_scope_is_rejected_with_its_items_and_the_next_scope_converts() -> None:
+    req = ExportTraceServiceRequest.FromString(spans_payload("acme", traces=1, children=1)[0])  # 2 spans
+    second = req.resource_spans[0].scope_spans.add()
+    second.CopyFrom(req.resource_spans[0].scope_spans[0])
+    payload = with_invalid_utf8(req, lambda m: setattr(req.resource_spans[0].scope_spans[0].scope, "name", m))
+    docs = record_documents(bus_record(Signal.TRACES, payload, "acme", offset=1))
+    assert [it.position for it in docs.items] == [2, 3]
+    (bad,) = docs.bad
+    assert bad.items == 2
+    assert len(ExportTraceServiceRequest.FromString(
+        bad.value.replace(b"\xff" + MARKER.encode()[1:], MARKER.encode())).resource_spans[0].scope_spans) == 1
