@@ -22,8 +22,9 @@ handler runs: nothing here can change that.
 
 Refusals made here:
 
-- no complete message (none sent, or the stream ended mid-message; grpc gives the handler no
-  message in both cases, as it does after refusing an oversized one): INVALID_ARGUMENT;
+- no complete message (none sent, or the stream ended mid-message): INVALID_ARGUMENT. grpc
+  gives the handler no message in these cases and also after refusing an oversized one
+  (RESOURCE_EXHAUSTED, counted here as ``too_large``): see ``export`` for how they are told apart;
 - a second message on the unary ``Export``: INVALID_ARGUMENT (the request is malformed as a
   unary call; UNIMPLEMENTED would wrongly say the method does not exist);
 - inflated size or ratio over the caps: RESOURCE_EXHAUSTED without RetryInfo (not retryable);
@@ -36,6 +37,7 @@ A client that cancels (or whose deadline passes) before its answer is counted in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 TRANSPORT = "grpc"
 # grpc_compression_algorithm bits: identity (0) and gzip (2); deflate (1) off.
 _ENABLED_COMPRESSION = 1 << 0 | 1 << 2
+_GRPC_REFUSED = "grpc_refused"  # stage while telling a message grpc refused from a missing one
+_GRPC_REFUSED_WAIT_S = 0.05
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 _SERVICES = {
@@ -71,19 +75,35 @@ def _export(ingest: Ingest, signal: Signal, cfg: ServerConfig) -> Export:
         gone = _ClientGone(context, signal)
         # A cancel shows up as this task's cancellation, or only in the call's state when it
         # lands after the handler's last await; either is counted once.
-        context.add_done_callback(lambda ctx: gone.count() if ctx.cancelled() else None)
+        context.add_done_callback(gone.done)
         try:
             await context.send_initial_metadata(((CORRELATION_HEADER, cid),))
             outcome = ingest.admit(signal, TRANSPORT, cid)
             if outcome is None:
                 request = await _one_message(context)
+                if request is None:
+                    # No message: none sent, a truncated one, or one over max_receive_message_length
+                    # that grpc refused itself. In that last case the call is already over: grpc
+                    # finishes it (done callback) and cancels this handler within a loop turn or
+                    # two, which tells the cases apart for the count. Only refusals wait here.
+                    gone.stage = _GRPC_REFUSED
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(gone.finished.wait(), _GRPC_REFUSED_WAIT_S)
+                    if gone.finished.is_set():
+                        raise asyncio.CancelledError
+                    gone.stage = "body"
+                    request = "no complete request message (none sent, or a truncated one)"
                 if isinstance(request, str):
                     outcome = ingest.refuse(signal, TRANSPORT, "malformed", request, cid)
                 else:
                     gone.stage = "answer"
                     outcome = await _inflate_and_ingest(ingest, signal, cfg, headers, request, cid)
         except asyncio.CancelledError:
-            gone.count()
+            if gone.stage == _GRPC_REFUSED:
+                ingest.refuse(signal, TRANSPORT, "too_large",
+                              f"request message larger than {cfg.max_request_bytes} bytes", cid)
+            else:
+                gone.count()
             raise
         if outcome.refused is not None:
             st = rpc_status(outcome.refused, outcome.message, outcome.retry_after_s)
@@ -97,13 +117,19 @@ def _export(ingest: Ingest, signal: Signal, cfg: ServerConfig) -> Export:
 class _ClientGone:
     """Counts (once) and logs a call its client cancelled, with how far the request had got."""
 
-    __slots__ = ("_context", "_counted", "_signal", "stage")
+    __slots__ = ("_context", "_counted", "_signal", "finished", "stage")
 
     def __init__(self, context: grpc.aio.ServicerContext, signal: Signal) -> None:
         self._context = context
         self._signal = signal
         self._counted = False
         self.stage = "body"  # reading the request; "answer" once it is being ingested
+        self.finished = asyncio.Event()  # the call is over (grpc's done callback ran)
+
+    def done(self, context: grpc.aio.ServicerContext) -> None:
+        self.finished.set()
+        if context.cancelled():
+            self.count()
 
     def count(self) -> None:
         if self._counted:
@@ -114,16 +140,15 @@ class _ClientGone:
                     self._signal.value, self.stage)
 
 
-async def _one_message(context: grpc.aio.ServicerContext) -> bytes | str:
-    """The call's only request message, or why there is not exactly one (a refusal message).
+async def _one_message(context: grpc.aio.ServicerContext) -> bytes | str | None:
+    """The call's only request message, None if there is none, or why there are more.
 
     Reading past the first message costs nothing for a unary client: it half-closes with the
     message, so the second read returns at once.
     """
     request = await context.read()
     if not isinstance(request, bytes):
-        return ("no complete request message (none sent, a truncated one, or one grpc refused as "
-                "larger than max_receive_message_length)")
+        return None
     if isinstance(await context.read(), bytes):
         return "more than one request message on the unary Export method"
     return request

@@ -77,6 +77,17 @@ async def test_no_message_is_invalid_argument(gw: Gw) -> None:
     assert _refused("malformed") == before + 1
 
 
+async def test_an_oversized_message_is_resource_exhausted_and_counted_too_large(gw: Gw) -> None:
+    before = _refused("too_large")
+    err = await _call(gw, [b"\x0a" * (9 << 20)])  # over max_request_bytes (8 MiB) as sent
+    assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    async def counted() -> bool:
+        return _refused("too_large") == before + 1
+
+    await await_for(counted, within=5, interval=0.01, what="the oversized message counted too_large")
+
+
 async def test_a_second_message_on_unary_export_is_invalid_argument(gw: Gw) -> None:
     body = payload(Signal.TRACES, spans_per_request=1)
     err = await _call(gw, [body, body])
