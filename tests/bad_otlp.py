@@ -20,3 +20,19 @@ def with_invalid_utf8(request: Message, set_marker: Callable[[str], None]) -> by
     raw = request.SerializeToString()
     assert raw.count(MARKER.encode()) == 1
     return raw.replace(MARKER.encode(), b"\xff" + MARKER.encode()[1:])
+
+
+def with_malformed_varint(request: Message, set_marker: Callable[[str], None]) -> bytes:
+    """``request`` serialized after ``set_marker(MARKER)``, with that string field (tag, length,
+    text) overwritten by a varint field of the same size that runs past 10 bytes.
+
+    Framing around it is intact; every protobuf decoder (Python's, Go's, Jaeger's pdata) refuses
+    such a varint, where some replace invalid UTF-8 instead.
+    """
+    set_marker(MARKER)
+    raw = request.SerializeToString()
+    at = raw.index(MARKER.encode())
+    tag = raw[at - 2]
+    assert raw.count(MARKER.encode()) == 1 and tag < 0x80 and raw[at - 1] == len(MARKER)
+    varint = b"\xff" * len(MARKER) + b"\x01"  # len + 1 > 10 bytes
+    return raw[:at - 2] + bytes([tag & ~7]) + varint + raw[at + len(MARKER):]

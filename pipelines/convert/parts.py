@@ -23,8 +23,9 @@ whether the record decodes whole or part by part, on every retry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError
@@ -162,21 +163,32 @@ def _isolate_resource(raw: bytes, decode: Callable[[bytes], M], position: int, o
     return position
 
 
+def _walk_items(payload: bytes) -> Iterator[bytes]:
+    """Each item of ``payload`` as an Export request of its own (with its resource and scope)."""
+    for raw in top_level_fields(payload):
+        num, body = _split_field(raw)
+        if num != 1 or body is None:
+            continue
+        r_context, scopes = _children(body)
+        for scope_x in scopes:
+            s_context, entries = _children(scope_x)
+            for entry in entries:
+                yield _request(r_context, s_context, (entry,))
+
+
+def item_requests(payload: bytes) -> list[bytes]:
+    """Every item of ``payload`` (wire order) as an Export request of its own, with its resource
+    and scope; ``[payload]`` if the walk fails (bytes not framed as the module says)."""
+    try:
+        return list(_walk_items(payload))
+    except WireError:
+        return [payload]
+
+
 def item_request(payload: bytes, position: int) -> bytes:
     """The Export request holding only the item at ``position`` (wire order) of ``payload``,
-    with its resource and scope; the whole payload if the walk cannot find it (WireError-free)."""
+    with its resource and scope; the whole payload if the walk cannot find it."""
     try:
-        seen = 0
-        for raw in top_level_fields(payload):
-            num, body = _split_field(raw)
-            if num != 1 or body is None:
-                continue
-            r_context, scopes = _children(body)
-            for scope_x in scopes:
-                s_context, entries = _children(scope_x)
-                if position < seen + len(entries):
-                    return _request(r_context, s_context, (entries[position - seen],))
-                seen += len(entries)
+        return next(islice(_walk_items(payload), position, None), payload)
     except WireError:
-        pass
-    return payload
+        return payload

@@ -17,6 +17,18 @@ problems such as ``UNIMPLEMENTED``) says nothing against the data, so it is tran
 pipeline retries with backoff and the data waits in Kafka. The transient error names the
 records that did go through, so the pipeline's retry skips them: Jaeger does not deduplicate
 spans.
+
+A record Jaeger refuses alone is split: parts that do not decode here (a malformed varint in
+one of the requests the gateway batched into the record) are rejected at once, the rest goes
+to Jaeger by halves down to single spans (with their resource and scope), so only what Jaeger
+refuses is rejected, each as a copy of the record holding just that part, for the dead-letter
+topic. Should Jaeger stop answering half-way, the rest of the record is sent again after short
+waits (about 7.5 s in all), then dead-lettered with that reason: the part already in Jaeger
+must not be sent twice, which a pipeline retry of the record would do.
+
+Jaeger (2.x, as the stack runs it) does not refuse a span name or attribute that is not UTF-8:
+it stores the span with the name ``invalid-span-name`` and the original bytes in a binary tag
+of that name, so such a span is kept, marked, and not dead-lettered by this sink.
 """
 
 from __future__ import annotations
@@ -26,13 +38,19 @@ import logging
 from collections.abc import Sequence
 
 import grpc
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from prometheus_client import Counter
 
 from gateway.bus.base import BusRecord
 from gateway.config import Config
 from gateway.signals import Signal
+from gateway.wire import top_level_fields
+from pipelines.convert.parts import isolate, item_requests
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
+from pipelines.sinks.parts import part_rejection
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +62,18 @@ REQUESTS = Counter("pipeline_jaeger_requests", "Export calls to Jaeger by gRPC s
 REJECTED_SPANS = Counter("pipeline_jaeger_rejected_spans",
                          "Spans Jaeger reported as rejected in a partial-success answer.")
 
+# Waits before sending the rest of a record again when Jaeger stops answering half-way through
+# isolating its refused parts (the part already in Jaeger must not go twice).
+_SPLIT_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
+
+
 def _identity(b: bytes) -> bytes:
+    return b
+
+
+def _validated(b: bytes) -> bytes:
+    """``b`` itself once it decodes as an ExportTraceServiceRequest; DecodeError if not."""
+    ExportTraceServiceRequest.FromString(b)
     return b
 
 
@@ -121,7 +150,7 @@ class JaegerSink:
         if code is not grpc.StatusCode.INVALID_ARGUMENT:
             return [], [], True
         if len(group) == 1:
-            return [], [Rejection(group[0], "jaeger: INVALID_ARGUMENT")], False
+            return await self._deliver_parts(group[0])
         delivered: list[BusRecord] = []
         rejected: list[Rejection] = []
         transient = False
@@ -130,6 +159,57 @@ class JaegerSink:
             rejected += part[1]
             transient |= part[2]
         return delivered, rejected, transient
+
+    async def _deliver_parts(self, rec: BusRecord) -> tuple[list[BusRecord], list[Rejection], bool]:
+        """One record Jaeger refused: deliver what it takes, reject only what it does not.
+
+        Parts that do not decode here (``pipelines.convert.parts``) are rejected without a call.
+        The rest is sent by halves (``_bisect``), down to single items with their resource and
+        scope. A refused call is an unmarshalling error in Jaeger, so nothing of it was
+        accepted, and no accepted part is ever sent again: Jaeger does not deduplicate.
+        """
+        parts = isolate(rec.value, _validated)
+        rejected = [part_rejection(rec, bad.value, bad.reason) for bad in parts.bad]
+        units = top_level_fields(rec.value) if parts.whole else [raw for _, raw in parts.good]
+        accepted, refused, left = await self._bisect(rec, units)
+        rejected += refused
+        for delay in _SPLIT_RETRY_DELAYS_S if left and accepted else ():
+            # Part of the record is in Jaeger: a pipeline retry would send that part again.
+            await asyncio.sleep(delay)
+            _, refused, left = await self._bisect(rec, left)
+            rejected += refused
+            if not left:
+                break
+        if left and not accepted:
+            return [], [], True  # nothing of it went in: the pipeline's retry starts over
+        if left:
+            rejected.append(part_rejection(rec, b"".join(left), "jaeger unavailable while isolating "
+                                           "the refused parts of this record; not delivered"))
+        whole_rejected = any(r.record is rec for r in rejected)
+        return ([] if whole_rejected else [rec]), rejected, False
+
+    async def _bisect(self, rec: BusRecord, units: list[bytes]) -> tuple[bool, list[Rejection], list[bytes]]:
+        """Send ``units`` (Export requests) in order, splitting refused calls in halves and a
+        refused unit of several items into single items. Returns (anything accepted, the units
+        refused alone, the units not sent because Jaeger stopped answering)."""
+        accepted = False
+        rejected: list[Rejection] = []
+        stack = [units] if units else []
+        while stack:
+            chunk = stack.pop()
+            code = await self._call(b"".join(chunk))
+            if code is grpc.StatusCode.OK:
+                accepted = True
+            elif code is not grpc.StatusCode.INVALID_ARGUMENT:
+                return accepted, rejected, [u for c in (chunk, *reversed(stack)) for u in c]
+            elif len(chunk) > 1:
+                half = len(chunk) // 2
+                stack += [chunk[half:], chunk[:half]]
+            elif len(items := item_requests(chunk[0])) > 1:
+                stack.append(items)
+            else:
+                rejected.append(part_rejection(rec, chunk[0], "jaeger: INVALID_ARGUMENT"))
+        return accepted, rejected, []
 
     async def write(self, records: Sequence[BusRecord]) -> None:
         groups = join_records(records, self.max_request_bytes)
