@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway import correlation, metrics, wire
+from gateway import correlation, metrics, otlp_json, wire
 from gateway.batcher import Batcher
 from gateway.bus.base import Batch, BusUnavailable
 from gateway.config import Config
@@ -110,8 +110,9 @@ class Ingest:
         return None
 
     async def ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,
-                     correlation_id: str | None = None) -> Outcome:
-        """Handle one decoded Export request (protobuf bytes). ``headers`` keys are lower case."""
+                     correlation_id: str | None = None, *, json: bool = False) -> Outcome:
+        """Handle one Export request, inflated: protobuf bytes, or OTLP/JSON with ``json``.
+        ``headers`` keys are lower case."""
         cid = correlation_id or self.correlation_id(headers)
         refused = self.admit(signal, transport, cid)
         if refused is not None:
@@ -121,32 +122,38 @@ class Ingest:
         gauge.inc()
         started = time.perf_counter()
         try:
-            return await self._ingest(signal, transport, headers, payload, cid)
+            return await self._ingest(signal, transport, headers, payload, cid, json)
         finally:
             self.inflight -= 1
             gauge.dec()
             metrics.request_seconds.labels(signal.value, transport).observe(time.perf_counter() - started)
 
     async def _ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,
-                      cid: str) -> Outcome:
+                      cid: str, json: bool) -> Outcome:
         try:
             tenant = self._auth.tenant_for(headers)
         except AuthError as exc:
             return self.refuse(signal, transport, "unauthenticated", str(exc) or "unauthenticated", cid)
         attrs = ((ATTR_TENANT, tenant), (ATTR_CORRELATION, cid))
+        work = functools.partial(_decode_and_prepare, signal, payload, attrs, self._max_items, json)
         try:
-            if len(payload) > _OFFLOAD_BYTES:
-                # Walking and checking megabytes takes tens of ms; in a thread the loop gets the
-                # GIL back every switch interval (5 ms), so other clients keep being served.
-                prepared = await asyncio.get_running_loop().run_in_executor(
-                    _heavy_work(), functools.partial(wire.prepare, signal, payload, attrs,
-                                                     max_items=self._max_items))
+            if len(payload) > (_OFFLOAD_JSON_BYTES if json else _OFFLOAD_BYTES):
+                # Walking and checking megabytes takes tens of ms (JSON: a 400 KB request 13 ms);
+                # in a thread the loop gets the GIL back every switch interval (5 ms), so other
+                # clients keep being served.
+                prepared = await asyncio.get_running_loop().run_in_executor(_heavy_work(), work)
             else:
-                prepared = wire.prepare(signal, payload, attrs, max_items=self._max_items)
+                prepared = work()
         except wire.TooManyItems as exc:
-            return self.refuse(signal, transport, "too_large", f"{exc} (server.max_items_per_request)", cid)
+            # Counting stopped at the limit: the request held at least one item more.
+            return self.refuse(signal, transport, "too_large", f"{exc} (server.max_items_per_request)", cid,
+                               items=self._max_items + 1)
         except wire.WireError as exc:
             return self.refuse(signal, transport, "malformed", str(exc), cid)
+        if not prepared.items and (prepared.rejected_items or prepared.error):
+            # Nothing in it can be delivered: the OTLP answer is 400, not an OK that accepts nothing.
+            return self.refuse(signal, transport, "malformed", prepared.error, cid,
+                               items=prepared.rejected_items)
         if prepared.rejected_items:
             metrics.refused_items.labels(signal.value, "malformed").inc(prepared.rejected_items)
         if self._max_item_bytes is not None and len(prepared.payload) > self._max_item_bytes:
@@ -178,6 +185,29 @@ class Ingest:
 # Requests larger than this are prepared in a worker thread (one, so that heavy requests queue
 # behind each other instead of taking the GIL from the loop together).
 _OFFLOAD_BYTES = 512 * 1024
+_OFFLOAD_JSON_BYTES = 64 * 1024
+MAX_JSON_OBJECTS = 1_000_000
+
+
+def _decode_and_prepare(signal: Signal, payload: bytes, attrs: tuple[tuple[str, str], ...], max_items: int,
+                        json: bool) -> wire.Prepared:
+    """``wire.prepare`` of the request, first from OTLP/JSON if ``json``: a ResourceX that does
+    not encode from JSON is rejected like one that does not check in protobuf."""
+    if not json:
+        return wire.prepare(signal, payload, attrs, max_items=max_items)
+    # Parsed JSON costs about 100 bytes of memory per object whatever its text: 32 MiB of "{}"
+    # would take gigabytes. An SDK span with its attributes is about 25 objects.
+    objects = payload.count(b"{")
+    most = max(MAX_JSON_OBJECTS, 10 * max_items)
+    if objects > most:
+        raise wire.TooManyItems(f"OTLP/JSON request holds {objects} objects, more than {most}")
+    decoded = otlp_json.json_request(signal, payload)
+    budget = max(0, max_items - decoded.rejected_items)
+    prepared = wire.prepare(signal, decoded.payload, attrs, max_items=budget)
+    if decoded.rejected_items or decoded.error:
+        prepared.rejected_items += decoded.rejected_items
+        prepared.error = "; ".join(e for e in (decoded.error, prepared.error) if e)
+    return prepared
 _HEAVY: list[ThreadPoolExecutor] = []
 
 

@@ -17,6 +17,7 @@ import math
 import re
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,7 +30,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from gateway.signals import Signal
 from gateway.wire import WireError, encode_varint, read_varint
 
-__all__ = ["json_to_proto", "proto_to_json", "response_json"]
+__all__ = ["JsonRequest", "json_request", "json_to_proto", "proto_to_json", "response_json"]
 
 _REQUESTS: dict[Signal, Any] = {
     Signal.TRACES: ExportTraceServiceRequest,
@@ -348,6 +349,85 @@ def _loads_keeping_minus_zero(body: bytes) -> Any:
 
 def json_to_proto(signal: Signal, body: bytes) -> bytes:
     """OTLP/JSON Export request -> serialized protobuf request; WireError says what is wrong."""
+    doc = _load(signal, body)
+    try:
+        return _encode(signal, doc)
+    except WireError as e:
+        raise WireError(f"invalid OTLP/JSON {signal.value} request: {e}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class JsonRequest:
+    """An OTLP/JSON request as protobuf, less the ResourceX that do not encode."""
+
+    payload: bytes
+    rejected_items: int
+    error: str
+
+
+def json_request(signal: Signal, body: bytes) -> JsonRequest:
+    """OTLP/JSON Export request -> protobuf, keeping what encodes, one ResourceX at a time.
+
+    A body that is not JSON, or not an object, raises WireError (the whole request is refused,
+    400). A ResourceX with a value that does not fit its field (``"scale": 2**64``, a time that
+    is not a number) is left out and its items counted, as ``wire.prepare`` does for protobuf, so
+    both encodings give the same partial success for the same content.
+    """
+    doc = _load(signal, body)
+    try:
+        return JsonRequest(_encode(signal, doc), 0, "")
+    except WireError as whole:
+        key = next((k for k in (_RX_JSON[signal], _RX_PROTO[signal]) if isinstance(doc.get(k), list)), None)
+        if key is None:
+            raise WireError(f"invalid OTLP/JSON {signal.value} request: {whole}") from None
+    kept: list[bytes] = []
+    rejected = 0
+    errors: list[str] = []
+    for i, rx in enumerate(doc[key]):
+        try:
+            kept.append(_encode(signal, {key: [rx]}))
+        except WireError as e:
+            rejected += _json_items(signal, rx)
+            errors.append(f"{key}[{i}]: {str(e).removeprefix(f'{key}[0].')}")
+    error = f"dropped {len(errors)} invalid {key}: " + "; ".join(errors[:5])
+    if len(errors) > 5:
+        error += f"; and {len(errors) - 5} more"
+    return JsonRequest(b"".join(kept), rejected, error)
+
+
+_RX_JSON = {Signal.TRACES: "resourceSpans", Signal.LOGS: "resourceLogs", Signal.METRICS: "resourceMetrics"}
+_RX_PROTO = {Signal.TRACES: "resource_spans", Signal.LOGS: "resource_logs",
+             Signal.METRICS: "resource_metrics"}
+_SCOPES = {Signal.TRACES: ("scopeSpans", "scope_spans"), Signal.LOGS: ("scopeLogs", "scope_logs"),
+           Signal.METRICS: ("scopeMetrics", "scope_metrics")}
+_ITEMS = {Signal.TRACES: ("spans",), Signal.LOGS: ("logRecords", "log_records"), Signal.METRICS: ("metrics",)}
+_METRIC_DATA = ("gauge", "sum", "histogram", "exponentialHistogram", "exponential_histogram", "summary")
+
+
+def _list(obj: Any, names: tuple[str, ...]) -> list[Any]:
+    if isinstance(obj, dict):
+        for name in names:
+            value = obj.get(name)
+            if isinstance(value, list):
+                return value
+    return []
+
+
+def _json_items(signal: Signal, rx: Any) -> int:
+    """Items (spans, log records, data points) in a ResourceX as JSON, however malformed."""
+    n = 0
+    for scope in _list(rx, _SCOPES[signal]):
+        for item in _list(scope, _ITEMS[signal]):
+            if signal is not Signal.METRICS:
+                n += 1
+                continue
+            for data in _METRIC_DATA:
+                points = item.get(data) if isinstance(item, dict) else None
+                n += len(_list(points, ("dataPoints", "data_points")))
+    return n
+
+
+def _load(signal: Signal, body: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -356,15 +436,19 @@ def json_to_proto(signal: Signal, body: bytes) -> bytes:
         doc = _loads_keeping_minus_zero(body)
     if not isinstance(doc, dict):
         raise WireError(f"OTLP/JSON {signal.value} request must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _encode(signal: Signal, doc: dict[str, Any]) -> bytes:
+    """A parsed OTLP/JSON request as protobuf; WireError names the path of what does not fit."""
     try:
         return _json_encoder(_REQUESTS[signal].DESCRIPTOR).encode(doc)
     except _PathError as e:
-        raise WireError(f"invalid OTLP/JSON {signal.value} request: {e.where()}: {e.message}") from None
+        raise WireError(f"{e.where()}: {e.message}") from None
     except RecursionError:  # AnyValue nests without bound; a hostile body must not cost more
-        raise WireError(f"invalid OTLP/JSON {signal.value} request: values nested too deeply") from None
+        raise WireError("values nested too deeply") from None
     except Exception as e:  # a value a converter did not anticipate is still the client's 400, not a 500
-        raise WireError(f"invalid OTLP/JSON {signal.value} request: {type(e).__name__}: {str(e)[:200]}"
-                        ) from None
+        raise WireError(f"{type(e).__name__}: {str(e)[:200]}") from None
 
 
 def proto_to_json(signal: Signal, payload: bytes) -> bytes:

@@ -1,119 +1,132 @@
-"""Content checks of one ResourceX by protobuf's own C parser (upb), with a nesting limit.
+"""Content check of one ResourceX: what every sink's decoder takes, and nothing else.
 
 ``wire.prepare`` walks only the framing of a request; a ResourceX that is framed well can still
-hold what a store's decoder refuses: a string field that is not UTF-8, a varint over ten
-bytes, a field cut short inside a nested message, or an ``AnyValue`` nested so deep that a
-recursive converter or a JSON encoder gives up. Every sink decodes with upb (Elasticsearch,
-remote write), with Go's pdata (Jaeger, the Collector reading our topics) or with the file
-sink's converter, which follows upb's rules (wrong wire types are unknown fields, over-wide
-varints are truncated to their field's width). So a ResourceX that upb parses, within the
-nesting limit below, is one that every sink takes, and the edge answers OK only for those.
+hold what a store's decoder refuses or reads differently:
 
-Measured on the 2-core reference machine: upb parses a 512-span ResourceSpans (230 KB) in
-about 0.45 ms, roughly what the framing walk costs; see ``tests/unit/test_bench_ingest_path.py``.
+- a string field that is not UTF-8 (proto3 requires it; upb and Go refuse it);
+- a varint over ten bytes, or a ten-byte one over 2**64 (Go refuses it, upb keeps 64 bits);
+- a known field sent with another wire type (Go's pdata, in the Collector and Jaeger, refuses
+  it; upb files it as an unknown field and the value is silently lost);
+- an int32, uint32, sint32 or enum outside its range (parsers keep the low 32 bits: the stores
+  would hold a value the client never sent);
+- a packed field whose length does not fit its elements, a group, field number 0;
+- messages nested so deep that a recursive converter or JSON encoder gives up.
 
-Nesting limit. upb refuses messages nested deeper than 100 levels. To make the limit
-ours, the ResourceX is parsed inside ``100 - MAX_DEPTH`` levels of a wrapper message, so the
-deepest message allowed is ``MAX_DEPTH`` levels below the ResourceX. OTLP's own structure takes
-at most 7 of them (ResourceMetrics > ScopeMetrics > Metric > Histogram > HistogramDataPoint >
-Exemplar > KeyValue > AnyValue); each nested ``ArrayValue`` adds 2 and each ``KeyValueList``
-3, so 16 nested arrays or kvlists fit wherever a value stands, and no value nests more than
-26 arrays or 17 kvlists deep. Converters and JSON encoders handle that depth (orjson allows 255).
+``gateway/_otlpcheck.c`` checks all of these in one pass over the bytes without allocating,
+driven by tables made here from the opentelemetry-proto descriptors (so a newer OTLP version
+is picked up by upgrading the package). Field numbers the descriptors do not know are unknown
+fields and pass, as protobuf requires, so data from a newer OTLP version is not refused.
+
+Nesting: an AnyValue may hold arrays and kvlists inside one another at most
+``MAX_NESTED_VALUES`` deep (an array in an array is 2). OTLP's messages nest only through them,
+so this bounds the whole depth too: at most 7 + 3 * 16 = 55 messages below a ResourceX, which
+every converter, JSON encoder (orjson allows 255) and Elasticsearch mapping takes.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError
-from opentelemetry.proto.logs.v1 import logs_pb2
-from opentelemetry.proto.metrics.v1 import metrics_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
+from google.protobuf.descriptor import FieldDescriptor as FD
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
+from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from gateway import _otlpcheck
 from gateway.signals import Signal
-from gateway.wire import encode_varint
 
-__all__ = ["MAX_DEPTH", "MAX_NESTED_VALUES", "check_resource"]
+__all__ = ["MAX_NESTED_VALUES", "check_export_fields", "check_resource"]
 
-MAX_DEPTH = 55
-"""Messages may nest at most this many levels below a ResourceX (the ResourceX is level 0)."""
 MAX_NESTED_VALUES = 16
-"""AnyValue arrays/kvlists that always fit inside one another, wherever the value stands."""
+"""AnyValue arrays/kvlists inside one another, at most (a value holding an array is 1)."""
+_NESTING = frozenset(("opentelemetry.proto.common.v1.ArrayValue",
+                      "opentelemetry.proto.common.v1.KeyValueList"))
 
-_UPB_MAX_DEPTH = 100  # upb_DecodeOptions_MaxDepth's default, which Python's upb always uses
-_WRAPS = _UPB_MAX_DEPTH - MAX_DEPTH
-# Field of the wrapper that holds each signal's ResourceX.
-_FIELD = {Signal.TRACES: 2, Signal.LOGS: 3, Signal.METRICS: 4}
-
-
-def _wrapper_class() -> Any:
-    """``message Nest { Nest next = 1; ResourceSpans spans = 2; ResourceLogs logs = 3;
-    ResourceMetrics metrics = 4; }`` in a pool of its own, so nothing global changes."""
-    pool = descriptor_pool.DescriptorPool()
-    for module in (trace_pb2, logs_pb2, metrics_pb2):
-        _add_with_deps(pool, module.DESCRIPTOR)
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="telemetry_gateway/nest.proto", package="telemetry_gateway.internal", syntax="proto3",
-        dependency=[trace_pb2.DESCRIPTOR.name, logs_pb2.DESCRIPTOR.name, metrics_pb2.DESCRIPTOR.name])
-    msg = fdp.message_type.add(name="Nest")
-    label = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
-    mtype = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
-    for number, name, type_name in (
-        (1, "next", ".telemetry_gateway.internal.Nest"),
-        (2, "spans", ".opentelemetry.proto.trace.v1.ResourceSpans"),
-        (3, "logs", ".opentelemetry.proto.logs.v1.ResourceLogs"),
-        (4, "metrics", ".opentelemetry.proto.metrics.v1.ResourceMetrics"),
-    ):
-        msg.field.add(name=name, number=number, label=label, type=mtype, type_name=type_name)
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("telemetry_gateway.internal.Nest"))
+# Kinds as _otlpcheck.c numbers them.
+_K_MSG, _K_STRING, _K_BYTES = 1, 2, 3
+_REPEATED = 0x100
+_KINDS = {
+    FD.TYPE_STRING: _K_STRING, FD.TYPE_BYTES: _K_BYTES, FD.TYPE_INT64: 4, FD.TYPE_INT32: 5,
+    FD.TYPE_ENUM: 5, FD.TYPE_UINT32: 6, FD.TYPE_SINT32: 7, FD.TYPE_SINT64: 8, FD.TYPE_BOOL: 9,
+    FD.TYPE_FIXED64: 10, FD.TYPE_SFIXED64: 10, FD.TYPE_DOUBLE: 10,
+    FD.TYPE_FIXED32: 11, FD.TYPE_SFIXED32: 11, FD.TYPE_FLOAT: 11, FD.TYPE_UINT64: 12,
+}
+_WHY = {
+    1: "truncated",
+    2: "varint longer than 10 bytes",
+    3: "varint over 64 bits",
+    4: "wrong wire type for its declared type",
+    5: "groups are not used by OTLP",
+    6: "field number 0 or too large",
+    7: "not valid UTF-8",
+    8: f"AnyValue arrays/kvlists nested more than {MAX_NESTED_VALUES} deep",
+    9: "value out of range for its type",
+    10: "packed field length does not fit its elements",
+}
 
 
-def _add_with_deps(pool: descriptor_pool.DescriptorPool, fd: Any) -> None:
-    for dep in fd.dependencies:
-        _add_with_deps(pool, dep)
-    try:
-        pool.FindFileByName(fd.name)
-    except KeyError:
-        proto = descriptor_pb2.FileDescriptorProto()
-        fd.CopyToProto(proto)
-        pool.Add(proto)
+def _tables() -> tuple[bytes, dict[Signal, int], dict[Signal, int], list[Any]]:
+    """The flat int32 table _otlpcheck.setup takes, the indexes of each signal's ResourceX and
+    Export request, and the descriptors by index (to name a field in an error)."""
+    index: dict[str, int] = {}
+    order: list[Any] = []
+
+    def visit(desc: Any) -> int:
+        found = index.get(desc.full_name)
+        if found is not None:
+            return found
+        index[desc.full_name] = len(order)
+        order.append(desc)
+        for f in desc.fields:
+            if f.type == FD.TYPE_MESSAGE:
+                visit(f.message_type)
+        return index[desc.full_name]
+
+    roots = {Signal.TRACES: visit(ResourceSpans.DESCRIPTOR), Signal.LOGS: visit(ResourceLogs.DESCRIPTOR),
+             Signal.METRICS: visit(ResourceMetrics.DESCRIPTOR)}
+    requests = {Signal.TRACES: visit(ExportTraceServiceRequest.DESCRIPTOR),
+                Signal.LOGS: visit(ExportLogsServiceRequest.DESCRIPTOR),
+                Signal.METRICS: visit(ExportMetricsServiceRequest.DESCRIPTOR)}
+    ints = [len(order)]
+    for desc in order:
+        top = max((f.number for f in desc.fields), default=0)
+        kinds = [0] * (top + 1)
+        subs = [0] * (top + 1)
+        for f in desc.fields:
+            if f.type == FD.TYPE_MESSAGE:
+                kinds[f.number] = _K_MSG
+                subs[f.number] = index[f.message_type.full_name]
+            else:
+                kinds[f.number] = _KINDS[f.type] | (_REPEATED if f.is_repeated else 0)
+        ints += [top, int(desc.full_name in _NESTING), *kinds, *subs]
+    return struct.pack(f"<{len(ints)}i", *ints), roots, requests, order
 
 
-_NEST = _wrapper_class()
-
-
-def _prefix(signal: Signal, size: int) -> bytes:
-    """The bytes before a ResourceX body of ``size`` bytes that put it ``_WRAPS`` levels deep."""
-    heads = [bytes([_FIELD[signal] << 3 | 2]) + encode_varint(size)]
-    inner = size + len(heads[0])
-    for _ in range(_WRAPS - 1):
-        head = b"\x0a" + encode_varint(inner)
-        heads.append(head)
-        inner += len(head)
-    return b"".join(reversed(heads))
+_TABLE, _ROOTS, _REQUESTS, _DESCRIPTORS = _tables()
+_otlpcheck.setup(_TABLE)
 
 
 def check_resource(signal: Signal, body: bytes | memoryview) -> str | None:
-    """None if every sink can decode this ResourceX body (without its tag and length), else why not.
-
-    Raises nothing: a refusal is a value, so ``wire.prepare`` can drop this ResourceX alone.
-    """
-    try:
-        _NEST.FromString(_prefix(signal, len(body)) + body)
-    except DecodeError as exc:
-        return _reason(str(exc))
-    except Exception as exc:  # upb raises other types for some inputs; never a 5xx for them
-        return f"not decodable: {type(exc).__name__}: {str(exc)[:200]}"
-    return None
+    """None if every sink decodes this ResourceX body (without its tag and length) as sent,
+    else why not, naming the message and field. Raises nothing."""
+    return _explain(_otlpcheck.check(body, _ROOTS[signal], MAX_NESTED_VALUES), "resource")
 
 
-def _reason(upb_message: str) -> str:
-    """upb's message, said in the request's terms (it names the wrapper or an inner type)."""
-    if "MaxDepth" in upb_message:
-        return (f"messages nested more than {MAX_DEPTH} levels deep (at most {MAX_NESTED_VALUES} nested "
-                "AnyValue arrays/kvlists are guaranteed)")
-    if "UTF-8" in upb_message:
-        return "a string field is not valid UTF-8"
-    return "not a valid protobuf message: " + upb_message.split(": ", 1)[-1]
+def check_export_fields(signal: Signal, fields: bytes | memoryview) -> str | None:
+    """None if these top-level fields of an Export request, other than its ResourceX, are what
+    every decoder reads alike (unknown fields from a newer OTLP, kept as they are), else why not."""
+    return _explain(_otlpcheck.check(fields, _REQUESTS[signal], MAX_NESTED_VALUES), "request")
+
+
+def _explain(fault: tuple[int, int, int, int] | None, what: str) -> str | None:
+    if fault is None:
+        return None
+    code, msg, field, offset = fault
+    desc = _DESCRIPTORS[msg]
+    known = desc.fields_by_number.get(field)
+    where = f"{desc.name}.{known.name}" if known is not None else f"{desc.name} field {field}"
+    return f"{where}: {_WHY.get(code, 'invalid')} (byte {offset} of the {what})"

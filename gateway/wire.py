@@ -317,7 +317,7 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
     passes the limit. ``check=False`` skips the content check, for bytes that were checked
     before (a batch being split).
     """
-    from gateway.validate import check_resource  # it builds on this module's varints
+    from gateway.validate import check_export_fields, check_resource  # they build on this module
 
     buf = bytes(payload)
     view = memoryview(buf)  # slices of it are copied once, by the final join
@@ -336,7 +336,10 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
     budget = (1 << 62) if max_items is None else max_items
     for num, wt, s, vs, ve in top:
         if num != 1:
-            out.append(view[s:ve])  # unknown top-level field: keep it
+            fault = check_export_fields(signal, view[s:ve]) if check else None
+            if fault:  # the envelope itself: no decoder would take the request
+                raise WireError(f"{_request_name(signal)}: {fault}")
+            out.append(view[s:ve])  # unknown top-level field (a newer OTLP): keep it
             continue
         if wt != _LEN:
             raise WireError(f"{_request_name(signal)}: {rx_name} has wire type {wt}, expected 2")

@@ -17,7 +17,6 @@ from gateway.receivers.gunzip import BadGzip, TooLarge, gunzip_async
 from gateway.receivers.httpserver import Request, Response, Timeouts
 from gateway.receivers.status import HTTP_STATUS, export_response, rpc_status
 from gateway.signals import CORRELATION_HEADER, Signal
-from gateway.wire import WireError
 
 TRANSPORT = "http"
 PROTOBUF = "application/x-protobuf"
@@ -67,12 +66,9 @@ class OtlpHttp:
         elif encoding not in ("identity", ""):
             return self._refuse(signal, "unsupported_media_type",
                                 f"Content-Encoding {encoding} is not gzip or identity", cid, as_json)
-        if as_json:
-            try:
-                body = otlp_json.json_to_proto(signal, body)
-            except WireError as exc:
-                return self._refuse(signal, "malformed", str(exc), cid, True)
-        outcome = await self._ingest.ingest(signal, TRANSPORT, req.headers, body, cid)
+        # OTLP/JSON is turned into protobuf by Ingest, one ResourceX at a time, so a JSON value
+        # that does not fit costs only its resource, as in protobuf.
+        outcome = await self._ingest.ingest(signal, TRANSPORT, req.headers, body, cid, json=as_json)
         if outcome.refused is not None:
             return _render_refusal(outcome, as_json)
         return _render_ok(signal, outcome, as_json)

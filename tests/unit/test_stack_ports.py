@@ -44,7 +44,8 @@ def test_no_stack_port_is_one_the_gateway_uses() -> None:
 
 def test_kafka_format_takes_a_cluster_id_that_starts_with_a_dash() -> None:
     """One id in 64 starts with "-": as a separate word Kafka's argparse takes it for an option."""
-    from stack.stackctl.kafka import format_argv
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "stack"))
+    from stackctl.kafka import format_argv
 
     argv = format_argv(Path("/k"), Path("/k/log4j2.properties"), "-_C7uev5TOSA102e50dhLw", Path("/k/p"))
     assert "--cluster-id=-_C7uev5TOSA102e50dhLw" in argv

@@ -8,14 +8,14 @@ import struct
 
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from gateway.otlp_json import json_to_proto, proto_to_json
 from gateway.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
-from gateway.validate import MAX_DEPTH, MAX_NESTED_VALUES, check_resource
-from gateway.wire import TooManyItems, encode_varint, prepare
+from gateway.validate import MAX_NESTED_VALUES, check_resource
+from gateway.wire import TooManyItems, WireError, encode_varint, prepare
 from tests.otlp_payloads import payload
 
+OVERFLOW = b"\xff" * 9 + b"\x7f"  # a ten-byte varint over 2**64: upb keeps the low 64 bits, Go refuses it
 ATTRS = ((ATTR_TENANT, "acme"), (ATTR_CORRELATION, "0192a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b"))
 
 
@@ -64,20 +64,49 @@ def test_sixteen_nested_values_fit_in_the_deepest_place_otlp_has() -> None:
         assert check_resource(Signal.METRICS, exemplar_rx(nested(kind, MAX_NESTED_VALUES))) is None
 
 
-@pytest.mark.parametrize(("kind", "most"), [("array", 25), ("kvlist", 17)])
-def test_nesting_past_the_limit_is_refused(kind: str, most: int) -> None:
-    # a log attribute's AnyValue is 4 levels below the ResourceLogs; arrays take 2, kvlists 3
-    assert 4 + (2 if kind == "array" else 3) * most <= MAX_DEPTH
-    assert check_resource(Signal.LOGS, log_rx(nested(kind, most))) is None
-    reason = check_resource(Signal.LOGS, log_rx(nested(kind, most + 1)))
-    assert reason is not None and "nested" in reason
-    assert check_resource(Signal.LOGS, log_rx(nested(kind, 100))) is not None
+@pytest.mark.parametrize("kind", ["array", "kvlist"])
+@pytest.mark.parametrize("where", ["log attribute", "log body", "resource attribute"])
+def test_nesting_past_the_limit_is_refused(kind: str, where: str) -> None:
+    def rx(value: bytes) -> bytes:
+        if where == "log attribute":
+            return log_rx(value)
+        if where == "log body":
+            return log_rx(body=value)
+        return lf(1, lf(1, lf(1, b"k") + lf(2, value)))
+
+    assert check_resource(Signal.LOGS, rx(nested(kind, MAX_NESTED_VALUES))) is None
+    for levels in (MAX_NESTED_VALUES + 1, 100, 5000):
+        reason = check_resource(Signal.LOGS, rx(nested(kind, levels)))
+        assert reason is not None and "nested more than 16 deep" in reason, reason
+
+
+def test_tags_and_lengths_over_five_bytes_are_refused_as_upb_does() -> None:
+    padded_tag = b"\x8a\x80\x80\x80\x80\x00" + b"\x02ok"  # key (field 1) in six bytes
+    padded_len = b"\x0a\x82\x80\x80\x80\x80\x00ok"
+    for kv in (padded_tag, padded_len):
+        reason = check_resource(Signal.LOGS, lf(2, lf(2, lf(6, kv))))
+        assert reason is not None and "longer than" in reason, reason
+    five = b"\x8a\x80\x80\x80\x00" + b"\x02ok"
+    assert check_resource(Signal.LOGS, lf(2, lf(2, lf(6, five)))) is None
+
+
+def test_unknown_top_level_fields_are_kept_if_well_formed() -> None:
+    good = request([log_rx(string_value(b"v"))])
+    newer = good + b"\x12\x03abc"  # a field 2 a newer OTLP might add
+    assert prepare(Signal.LOGS, newer, ATTRS).payload.endswith(b"\x12\x03abc")
+    with pytest.raises(WireError, match="varint over 64 bits"):
+        prepare(Signal.LOGS, good + b"\x18" + OVERFLOW, ATTRS)
 
 
 def test_invalid_utf8_in_any_string_field_is_refused() -> None:
-    for rx in (log_rx(body=string_value(b"\xff")), log_rx(string_value(b"ok"), name=b"\xc3("),
-               lf(1, lf(1, lf(1, b"k\xff") + lf(2, string_value(b"v"))))):  # resource attribute key
-        assert check_resource(Signal.LOGS, rx) == "a string field is not valid UTF-8"
+    for rx, where in ((log_rx(body=string_value(b"\xff")), "AnyValue.string_value"),
+                      (log_rx(string_value(b"ok"), name=b"\xc3("), "KeyValue.key"),
+                      (log_rx(string_value(b"\xed\xa0\x80")), "AnyValue.string_value"),  # a surrogate
+                      (log_rx(string_value(b"\xc0\xaf")), "AnyValue.string_value"),  # overlong "/"
+                      (lf(1, lf(1, lf(1, b"k\xff") + lf(2, string_value(b"v")))), "KeyValue.key")):
+        reason = check_resource(Signal.LOGS, rx)
+        assert reason is not None and reason.startswith(f"{where}: not valid UTF-8"), reason
+    assert check_resource(Signal.LOGS, log_rx(string_value("żółw 🐢".encode()))) is None
 
 
 def test_request_with_a_bad_resource_keeps_the_good_one() -> None:
@@ -104,37 +133,79 @@ def test_too_many_items_stops_counting_at_the_limit() -> None:
         prepare(Signal.METRICS, metrics, ATTRS, max_items=10)
 
 
-# --- what the edge lets through converts: upb's leniencies, mirrored by the file sink ---------
+# --- what parsers read differently: refused at the edge, tolerated by the file sink -------------
 
-OVERFLOW = b"\xff" * 9 + b"\x7f"  # a ten-byte varint over 2**64: upb keeps the low 64 bits
+
+
+@pytest.mark.parametrize(("name", "value", "why"), [
+    ("double_value sent as a varint over 2**64", b"\x20" + OVERFLOW,
+     "AnyValue.double_value: varint over 64 bits"),
+    ("double_value sent as a varint", b"\x20\x05", "AnyValue.double_value: wrong wire type"),
+    ("double_value sent as a fixed32", b"\x25\x00\x00\x80\x3f", "AnyValue.double_value: wrong wire type"),
+    ("string_value sent as a varint", b"\x08\x05", "AnyValue.string_value: wrong wire type"),
+    ("kvlist_value sent as a fixed64", b"\x31" + b"\x00" * 8, "AnyValue.kvlist_value: wrong wire type"),
+    ("int_value over 2**64", b"\x18" + OVERFLOW, "AnyValue.int_value: varint over 64 bits"),
+    ("int_value of 11 bytes", b"\x18" + b"\xff" * 10 + b"\x01", "varint longer than 10 bytes"),
+    ("a group", b"\x0b\x0c", "groups are not used"),
+    ("field number 0", b"\x02\x00", "field number 0"),
+])
+def test_values_parsers_read_differently_are_refused(name: str, value: bytes, why: str) -> None:
+    good = log_rx(string_value(b"fine"))
+    prepared = prepare(Signal.LOGS, request([log_rx(value), good]), ATTRS)
+    assert (prepared.items, prepared.rejected_items) == (1, 1), name
+    assert why in prepared.error, prepared.error
+    # The file sink's converter reads such bytes as protobuf does (defence in depth): it converts,
+    # or says what is wrong with a WireError, which the sink sets aside; nothing else escapes.
+    try:
+        assert b'"key":"a"' in proto_to_json(Signal.LOGS, request([log_rx(value)]))
+    except WireError:
+        assert name in ("int_value of 11 bytes", "a group")
 
 
 @pytest.mark.parametrize(("name", "value"), [
-    ("double_value sent as a varint over 2**64", b"\x20" + OVERFLOW),
-    ("double_value sent as a fixed32", b"\x25\x00\x00\x80\x3f"),
-    ("string_value sent as a varint", b"\x08\x05"),
-    ("kvlist_value sent as a fixed64", b"\x31" + b"\x00" * 8),
-    ("int_value over 2**64", b"\x18" + OVERFLOW),
+    ("an unknown field number, any wire type", b"\x48\x01\x55\x00\x00\x00\x00\x62\x01x"),
+    ("a negative int_value, ten bytes", b"\x18" + b"\xff" * 9 + b"\x01"),
     ("bool_value of 7", b"\x10\x07"),
+    ("a double NaN", b"\x21" + struct.pack("<d", math.nan)),
+    ("an empty AnyValue", b""),
 ])
-def test_accepted_odd_values_convert_to_json(name: str, value: bytes) -> None:
-    prepared = prepare(Signal.LOGS, request([log_rx(value)]), ATTRS)
-    assert (prepared.items, prepared.rejected_items) == (1, 0), name
-    doc = proto_to_json(Signal.LOGS, prepared.payload)
-    assert b'"key":"a"' in doc
+def test_valid_odd_values_are_accepted(name: str, value: bytes) -> None:
+    kv = lf(1, b"a") + (lf(2, value) if value or name.startswith("an empty") else b"")
+    rx = lf(2, lf(2, lf(6, kv)))
+    assert check_resource(Signal.LOGS, rx) is None, name
+    assert b'"key":"a"' in proto_to_json(Signal.LOGS, request([rx]))
 
 
-def test_sint32_scale_as_a_ten_byte_varint_converts_like_protobuf() -> None:
-    # ExponentialHistogramDataPoint.scale (sint32, field 6) with 64 bits set: protobuf keeps the
-    # low 32 bits, zigzag 0xFFFFFFFF = -2**31
+def test_out_of_range_32_bit_values_are_refused() -> None:
+    # ExponentialHistogramDataPoint.scale (sint32, field 6) as a ten-byte varint: parsers keep the
+    # low 32 bits, so the store would hold a scale the client never sent
     point = b"\x30" + b"\xff" * 9 + b"\x01"
-    metric = lf(1, b"m") + lf(10, lf(1, point))
-    data = request([lf(2, lf(2, metric))])
-    prepared = prepare(Signal.METRICS, data, ATTRS)
-    assert prepared.items == 1 and not prepared.rejected_items
-    upb_scale = (ExportMetricsServiceRequest.FromString(prepared.payload)
-                 .resource_metrics[0].scope_metrics[0].metrics[0].exponential_histogram.data_points[0].scale)
-    assert b'"scale":%d' % upb_scale in proto_to_json(Signal.METRICS, prepared.payload)
+    rx = lf(2, lf(2, lf(1, b"m") + lf(10, lf(1, point))))
+    why = check_resource(Signal.METRICS, rx) or ""
+    assert "ExponentialHistogramDataPoint.scale: value out of range" in why
+    assert b'"scale":' in proto_to_json(Signal.METRICS, request([rx]))  # converts like protobuf
+    # LogRecord.severity_number (enum, field 2) of 2**31 and dropped_attributes_count (uint32) of 2**32
+    for lr in (b"\x10" + encode_varint(1 << 31), b"\x38" + encode_varint(1 << 32)):
+        assert "out of range" in (check_resource(Signal.LOGS, lf(2, lf(2, lr))) or "")
+    assert check_resource(Signal.LOGS, lf(2, lf(2, b"\x10" + encode_varint((1 << 64) - 1)))) is None  # -1
+
+
+def test_packed_and_unpacked_repeated_fields_are_both_accepted() -> None:
+    # HistogramDataPoint.bucket_counts (repeated fixed64, 6), explicit_bounds (repeated double, 7)
+    packed = lf(6, struct.pack("<2Q", 1, 2)) + lf(7, struct.pack("<d", 1.0))
+    unpacked = (b"\x31" + struct.pack("<Q", 1) + b"\x31" + struct.pack("<Q", 2)
+                + b"\x39" + struct.pack("<d", 1.0))
+    for point in (packed, unpacked):
+        assert check_resource(Signal.METRICS, lf(2, lf(2, lf(9, lf(1, point))))) is None
+    bad = lf(6, b"\x00" * 9)
+    assert "packed field length" in (check_resource(Signal.METRICS, lf(2, lf(2, lf(9, lf(1, bad))))) or "")
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_what_sdks_and_our_json_write_passes(signal: Signal) -> None:
+    data = payload(signal)
+    assert not prepare(signal, data, ATTRS).rejected_items
+    assert not prepare(signal, json_to_proto(signal, proto_to_json(signal, data)), ATTRS).rejected_items
 
 
 def test_json_minus_zero_is_a_negative_zero_double() -> None:
