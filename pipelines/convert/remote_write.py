@@ -397,7 +397,7 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
             labels = {**_attr_labels(dp.attributes), **base, "__name__": name}
             out.add(labels, ts, _number(dp))
             newest = max(newest, ts)
-            if dp.exemplars:
+            if dp.exemplars and not dp.flags & _NO_RECORDED_VALUE:  # a stale marker has no measurement
                 if counter:
                     out.add_exemplars(labels, dp.exemplars)
                 else:

@@ -264,7 +264,9 @@ def _nested_kv(depth: int) -> object:
 async def test_tenants_that_differ_only_in_case_or_punctuation_get_stores_of_their_own(
         sink: ElasticsearchSink, es: AsyncElasticsearch) -> None:
     run = uuid.uuid4().hex[:8]
-    pairs = [(f"Acme{run}", f"acme{run}"), (f"a/b{run}", f"a_b{run}"), (f"x-{run}", f"x_{run}")]
+    pairs = [(f"Acme{run}", f"acme{run}"), (f"a/b{run}", f"a_b{run}"), (f"x-{run}", f"x_{run}"),
+             (f".{run}", f"_{run}"), (f"-{run}", f"+{run}"), (f"Ä {run}", f"ä,{run}"),
+             ("L" * 300 + run, "l" * 300 + run)]
     records = []
     for offset, (a, b) in enumerate(pairs):
         records += [bus_record(Signal.LOGS, logs_payload(a, n=1), a, offset=2 * offset),

@@ -531,7 +531,8 @@ def test_every_point_kind_without_a_recorded_value_is_a_stale_marker() -> None:
             time_unix_nano=TS_NS, as_int=3, flags=flags)])),
         otlp.Metric(name="c", sum=otlp.Sum(
             is_monotonic=True, aggregation_temporality=_CUMULATIVE,
-            data_points=[otlp.NumberDataPoint(time_unix_nano=TS_NS, as_double=3.0, flags=flags)])),
+            data_points=[otlp.NumberDataPoint(time_unix_nano=TS_NS, as_double=3.0, flags=flags,
+                                              exemplars=[otlp_exemplar(3.0)])])),
         otlp.Metric(name="s", summary=otlp.Summary(data_points=[otlp.SummaryDataPoint(
             time_unix_nano=TS_NS, count=2, sum=3.0, flags=flags,
             quantile_values=[otlp.SummaryDataPoint.ValueAtQuantile(quantile=0.5, value=1.0)])])),
@@ -544,7 +545,7 @@ def test_every_point_kind_without_a_recorded_value_is_a_stale_marker() -> None:
     floats = [ts for ts in req.timeseries if ts.samples and ts.labels[0].value != "target_info"]
     assert len(floats) == 1 + 1 + 3 + 4  # g, c_total, s{quantile} _sum _count, h le=1 +Inf _sum _count
     assert all(bits(ts.samples[0].value) == STALE_BITS for ts in floats)
-    assert not conv.dropped
+    assert not conv.dropped and not any(ts.exemplars for ts in req.timeseries)  # no measurement
 
 
 def test_exponential_histogram_without_a_recorded_value_is_a_stale_native_histogram() -> None:
