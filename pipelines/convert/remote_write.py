@@ -290,18 +290,36 @@ def _downscale(offset: int, counts: Sequence[int], by: int) -> tuple[int, list[i
 
 
 def _spans_deltas(offset: int, counts: Sequence[int]) -> tuple[list[types_pb2.BucketSpan], list[int]]:
-    """One span over the dense OTLP buckets, counts delta-encoded.
+    """The sparse layout of dense OTLP buckets: spans over the non-empty ones, counts delta-encoded.
 
     OTLP bucket ``i`` covers ``(base**i, base**(i+1)]``; Prometheus bucket ``j`` covers
-    ``(base**(j-1), base**j]``, so the first Prometheus index is the OTLP offset plus one.
+    ``(base**(j-1), base**j]``, so the Prometheus index is the OTLP one plus one. As in the
+    Collector's translator (after client_golang): empty buckets at either end are left out, a
+    run of more than two empty buckets starts a new span (its offset is the gap), shorter runs
+    are written as zeros.
     """
-    if not counts:
-        return [], []
-    deltas, prev = [], 0
-    for c in counts:
-        deltas.append(c - prev)
-        prev = c
-    return [types_pb2.BucketSpan(offset=offset + 1, length=len(counts))], deltas
+    spans: list[types_pb2.BucketSpan] = []
+    deltas: list[int] = []
+    prev = 0
+    end = 0  # Prometheus index after the last bucket written
+    for i, count in enumerate(counts):
+        if not count:
+            continue
+        index = offset + 1 + i
+        if not spans:
+            spans.append(types_pb2.BucketSpan(offset=index, length=0))
+        elif index - end > 2:
+            spans.append(types_pb2.BucketSpan(offset=index - end, length=0))
+        else:
+            for _ in range(index - end):
+                deltas.append(-prev)
+                prev = 0
+            spans[-1].length += index - end
+        spans[-1].length += 1
+        deltas.append(count - prev)
+        prev = count
+        end = index + 1
+    return spans, deltas
 
 
 def native_histogram(dp: otlp.ExponentialHistogramDataPoint, ts_ms: int) -> types_pb2.Histogram | None:
@@ -311,7 +329,7 @@ def native_histogram(dp: otlp.ExponentialHistogramDataPoint, ts_ms: int) -> type
     translator): schema = scale, downscaled to 8 by merging buckets when above (any scale, say
     100, only merges more); a scale below -4 cannot be rescaled and the point is dropped;
     ``zero_threshold`` is the point's, or ``1e-128`` when unset (0); ``zero_count`` as is;
-    buckets as one span per side, OTLP index + 1, counts delta-encoded; reset hint UNKNOWN,
+    buckets as spans per side (``_spans_deltas``), counts delta-encoded; reset hint UNKNOWN,
     the one that is always safe (Prometheus detects resets itself). A point flagged "no
     recorded value" becomes a stale marker: sum is the stale NaN bit pattern, count 0 and no
     buckets, as Prometheus' own native-histogram stale marker (the spec and the Collector put

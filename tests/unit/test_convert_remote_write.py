@@ -609,3 +609,18 @@ def test_a_metric_that_does_not_decode_costs_only_itself() -> None:
     ((pos, part),) = conv.bad
     assert pos == 0 and part.items == 1 and "malformed OTLP" in part.reason
     assert MARKER.encode()[1:] in part.value and b"good_one" not in part.value
+
+
+def test_native_histogram_spans_skip_empty_runs_like_the_collector() -> None:
+    dp = otlp.ExponentialHistogramDataPoint(
+        time_unix_nano=TS_NS, scale=0, count=6,
+        positive=otlp.ExponentialHistogramDataPoint.Buckets(
+            offset=0, bucket_counts=[0, 1, 0, 0, 0, 2, 0, 3, 0]),
+        negative=otlp.ExponentialHistogramDataPoint.Buckets(offset=-3, bucket_counts=[0, 0, 0]))
+    h = native_histogram(dp, TS_MS)
+    assert h is not None
+    # Leading and trailing empty buckets left out; three empty ones start a new span (offset =
+    # the gap); one empty one is written as a zero.
+    assert [(s.offset, s.length) for s in h.positive_spans] == [(2, 1), (3, 3)]
+    assert list(h.positive_deltas) == [1, 1, -2, 3]
+    assert not h.negative_spans and not h.negative_deltas
