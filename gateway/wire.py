@@ -343,6 +343,8 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
             continue
         if wt != _LEN:
             raise WireError(f"{_request_name(signal)}: {rx_name} has wire type {wt}, expected 2")
+        if vs - s > 6 and check and _long_head(buf, s, vs):
+            raise WireError(f"{_request_name(signal)}: {rx_name} tag or length longer than 5 bytes")
         try:
             body, size, n = _prepare_rx(signal, buf, view, vs, ve, drop_keys, ours,
                                         budget - items - rejected, check_resource if check else None)
@@ -362,6 +364,13 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
         if len(errors) > 5:
             error += f"; and {len(errors) - 5} more"
     return Prepared(b"".join(out), items, rejected, error)
+
+
+def _long_head(buf: bytes, start: int, value_start: int) -> bool:
+    """Whether a field's tag or length takes more than 5 bytes: upb refuses such a request, so
+    the edge does too, though the ResourceX is written again with a canonical head."""
+    _tag, after_tag = read_varint(buf, start, value_start)
+    return after_tag - start > 5 or value_start - after_tag > 5
 
 
 def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int,

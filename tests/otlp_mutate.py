@@ -648,7 +648,8 @@ _DATA_KEYS = ("gauge", "sum", "histogram", "exponentialHistogram", "summary")
 
 def json_points(metric: Any) -> int:
     """Data points of one OTLP/JSON metric."""
-    return sum(len(metric[k].get("dataPoints", [])) for k in _DATA_KEYS if isinstance(metric.get(k), dict))
+    points = (metric[k].get("dataPoints") for k in _DATA_KEYS if isinstance(metric.get(k), dict))
+    return sum(len(p) for p in points if isinstance(p, list))  # a mutant may hold "1e400" there
 
 
 # --- sending: one answer shape over OTLP/HTTP protobuf, OTLP/HTTP JSON and OTLP/gRPC ----------

@@ -217,3 +217,14 @@ def test_json_minus_zero_is_a_negative_zero_double() -> None:
     assert math.copysign(1.0, lr.attributes[0].value.double_value) == -1.0
     assert lr.attributes[0].key == "x-0" and lr.time_unix_nano == 0
     assert b'"doubleValue":-0.0' in proto_to_json(Signal.LOGS, json_to_proto(Signal.LOGS, body))
+
+
+def test_a_resource_with_a_padded_tag_or_length_is_refused_like_upb_does() -> None:
+    rx = log_rx(string_value(b"v"))
+    padded_tag = b"\x8a\x80\x80\x80\x80\x00" + encode_varint(len(rx)) + rx
+    padded_len = b"\x0a" + bytes([len(rx) | 0x80]) + b"\x80\x80\x80\x80\x00" + rx
+    for data in (padded_tag, padded_len):
+        with pytest.raises(WireError, match="longer than 5 bytes"):
+            prepare(Signal.LOGS, data, ATTRS)
+    five = b"\x8a\x80\x80\x80\x00" + encode_varint(len(rx)) + rx
+    assert prepare(Signal.LOGS, five, ATTRS).items == 1
