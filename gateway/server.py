@@ -204,7 +204,8 @@ class _Worker:
         otlp_http = OtlpHttp(self.ingest, server_cfg)
         self.http = await httpserver.serve(otlp_http, server_cfg.host, server_cfg.http_port,
                                            max_body=server_cfg.max_request_bytes,
-                                           too_large=otlp_http.too_large, reuse_port=reuse_port)
+                                           too_large=otlp_http.too_large, reuse_port=reuse_port,
+                                           timeouts=otlp_http.timeouts)
         self._listening = True
         if self.shared is not None:
             self.shared.publish()  # ready now, not at the next period
