@@ -3,7 +3,9 @@
 Run with figures:
     .venv/bin/pytest tests/unit/test_bench_ingest_path.py --benchmark-enable --benchmark-only
 Spans/s per core = 512 / mean. ``test_bench_upb_*`` is the decode/edit/encode alternative
-that ``wire.prepare`` is measured against.
+that ``wire.prepare`` is measured against, and protobuf's parser that the content check
+(``gateway/validate.py``, in C) is measured against; ``prepare`` includes the check,
+``..._without_content_check`` shows what it adds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from gateway import correlation
@@ -24,6 +27,7 @@ from gateway.ingest import Ingest
 from gateway.otlp_json import json_to_proto, proto_to_json
 from gateway.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
 from gateway.tenancy import Authenticator, RateLimiter
+from gateway.validate import check_resource
 from gateway.wire import prepare, split, split_spans_by_trace_id
 from tests.otlp_payloads import payload
 
@@ -31,6 +35,7 @@ SPANS = 512
 ATTRS = ((ATTR_TENANT, "acme"), (ATTR_CORRELATION, "0192a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b"))
 TRACES_512 = payload(Signal.TRACES, spans_per_request=SPANS, attributes=10)
 TRACES_512_JSON = proto_to_json(Signal.TRACES, TRACES_512)
+RESOURCE_512 = ExportTraceServiceRequest.FromString(TRACES_512).resource_spans[0].SerializeToString()
 
 pytestmark = pytest.mark.benchmark(group="ingest-path", min_rounds=20)
 
@@ -49,6 +54,21 @@ async def _no_op_publish(batch: Batch) -> None:
 def test_bench_prepare_512_spans(benchmark: BenchmarkFixture) -> None:
     prepared = benchmark(prepare, Signal.TRACES, TRACES_512, ATTRS)
     assert prepared.items == SPANS
+
+
+def test_bench_prepare_512_spans_without_content_check(benchmark: BenchmarkFixture) -> None:
+    """The framing walk and enrichment alone: ``prepare`` less the content check."""
+    assert benchmark(prepare, Signal.TRACES, TRACES_512, ATTRS, check=False).items == SPANS
+
+
+def test_bench_content_check_512_spans(benchmark: BenchmarkFixture) -> None:
+    """``validate.check_resource`` (C) over the one 230 KB ResourceSpans of a 512-span request."""
+    assert benchmark(check_resource, Signal.TRACES, RESOURCE_512) is None
+
+
+def test_bench_upb_parse_512_spans(benchmark: BenchmarkFixture) -> None:
+    """protobuf's own parser over the same ResourceSpans: what the check is measured against."""
+    assert len(benchmark(ResourceSpans.FromString, RESOURCE_512).scope_spans) > 0
 
 
 @pytest.mark.parametrize(("signal", "shape", "items"), [
