@@ -21,7 +21,8 @@ async def test_counts_what_ingest_acknowledged_even_a_name_that_is_not_utf8() ->
     good_items = otlp_payloads.item_count(Signal.TRACES, good)  # the full decode, as the oracle
     req = ExportTraceServiceRequest()
     req.resource_spans.add().scope_spans.add().spans.add(name="bad!")
-    # Ingest checks the framing only, so this span is acknowledged and must count as delivered.
+    # The Collector does not check UTF-8, so it acknowledges this span (our edge refuses it):
+    # in a Collector round it must count as delivered.
     bad = req.SerializeToString().replace(b"bad!", b"ba\xff!")
     topics = topics_for(f"it_count_{uuid.uuid4().hex[:8]}_", [Signal.TRACES])
     bootstrap = stackenv.KAFKA_BOOTSTRAP
