@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import probes, procs
+from . import otel_java, probes, procs
 from .elasticsearch import Elasticsearch
 from .jaeger import Jaeger
 from .kafka import Kafka
@@ -18,12 +18,15 @@ from .settings import Settings
 # Install/start order: Kafka first (others wait on it), the slow Go build of Jaeger last so the
 # JVMs boot while it compiles.
 ORDER = ["kafka", "elasticsearch", "prometheus", "jaeger"]
+# Installed by `stack/up` (with no names, or named) before the services; nothing of them runs.
+TOOLS: dict[str, Callable[[Settings], None]] = {otel_java.NAME: otel_java.install}
 
 
 def _services(names: list[str], brokers: int | None) -> tuple[Settings, list[Service]]:
-    unknown = [n for n in names if n not in ORDER]
+    unknown = [n for n in names if n not in ORDER and n not in TOOLS]
     if unknown:
-        raise SystemExit(f"stack: unknown service(s) {', '.join(unknown)}; known: {', '.join(ORDER)}")
+        raise SystemExit(f"stack: unknown service(s) {', '.join(unknown)}; "
+                         f"known: {', '.join([*ORDER, *TOOLS])}")
     s = Settings.from_env()
     made: dict[str, Callable[[], Service]] = {
         "kafka": lambda: Kafka(s, brokers), "elasticsearch": lambda: Elasticsearch(s),
@@ -96,6 +99,13 @@ def _wait_healthy(services: list[Service], timeout: float) -> int:
 def up(ns: argparse.Namespace) -> int:
     began = time.monotonic()
     settings, services = _services(ns.services, ns.kafka_brokers or 1)
+    for name, install in TOOLS.items():
+        if not ns.services or name in ns.services:
+            try:
+                install(settings)
+            except RuntimeError as exc:
+                print(f"\nstack/up: {name} was not installed: {exc}", file=sys.stderr)
+                return 1
     to_wait = []
     for svc in services:
         try:
@@ -148,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="1 (default): single node on 9092; 3: replicated cluster on 9092/9094/9096")
     for name, fn in (("up", up), ("down", down), ("status", status)):
         p = p_up if name == "up" else sub.add_parser(name)
-        p.add_argument("services", nargs="*", metavar="SERVICE", help=" | ".join(ORDER))
+        p.add_argument("services", nargs="*", metavar="SERVICE", help=" | ".join([*ORDER, *TOOLS]))
         p.set_defaults(fn=fn)
     ns = parser.parse_args(argv)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from .procs import run_logged
@@ -28,21 +29,30 @@ def _mvn() -> list[str]:
     return [mvn, "-B", "-q", "-Dstyle.color=never"]
 
 
-def copy_dependencies(s: Settings, name: str, coords: list[str], out: Path) -> None:
+def copy_dependencies(s: Settings, name: str, coords: list[str], out: Path,
+                      exclude: Sequence[str] = ()) -> None:
     """Resolve ``coords`` (group:artifact:version) with their runtime closure into ``out``.
 
-    A stamp next to ``out`` names the coordinates it holds; when they change, the missing jars
-    are added in place (never removed: a running JVM may still be reading them).
+    ``exclude`` (group:artifact) is cut out of every dependency's closure, with what only it
+    brings. A stamp next to ``out`` names the coordinates (and exclusions, as ``!g:a``) it holds;
+    when they change, the missing jars are added in place (never removed: a running JVM may still
+    be reading them), so a closure that must lose jars needs a directory of its own.
     """
     stamp = out.with_name(out.name + ".coords")
-    if out.is_dir() and stamp.exists() and stamp.read_text().split() == coords:
+    wanted = [*coords, *(f"!{x}" for x in exclude)]
+    if out.is_dir() and stamp.exists() and stamp.read_text().split() == wanted:
         return
     print(f"{name}: fetching {', '.join(coords)} and the runtime classpath", flush=True)
     work = s.cache / "maven" / name
     work.mkdir(parents=True, exist_ok=True)
+    exclusions = "".join(
+        f"<exclusion><groupId>{g}</groupId><artifactId>{a}</artifactId></exclusion>"
+        for g, a in (x.split(":") for x in exclude)
+    )
     deps = "\n".join(
         f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
-        f"<version>{v}</version></dependency>"
+        f"<version>{v}</version>" + (f"<exclusions>{exclusions}</exclusions>" if exclusions else "")
+        + "</dependency>"
         for g, a, v in (c.split(":") for c in coords)
     )
     (work / "pom.xml").write_text(_POM.format(artifact=name, deps=deps))
@@ -56,7 +66,7 @@ def copy_dependencies(s: Settings, name: str, coords: list[str], out: Path) -> N
         if not (out / jar.name).exists():
             jar.rename(out / jar.name)
     shutil.rmtree(tmp)
-    stamp.write_text("\n".join(coords) + "\n")
+    stamp.write_text("\n".join(wanted) + "\n")
 
 
 def copy_artifact(s: Settings, name: str, artifact: str, out: Path) -> Path:

@@ -44,6 +44,7 @@ class Settings:
     telemetrygen_bin: Path
     prometheus_port: int
     prometheus_bin: Path
+    otel_java_version: str
 
     @property
     def bin_dir(self) -> Path:
@@ -84,4 +85,5 @@ class Settings:
             telemetrygen_bin=Path(_env("TG_STACK_TELEMETRYGEN_BIN")),
             prometheus_port=_port("TG_STACK_PROMETHEUS_PORT"),
             prometheus_bin=Path(_env("TG_STACK_PROMETHEUS_BIN")),
+            otel_java_version=_env("TG_STACK_OTEL_JAVA_VERSION"),
         )
