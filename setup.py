@@ -3,4 +3,4 @@
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("gateway._otlpcheck", ["gateway/_otlpcheck.c"],
-                             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"])])
+                             extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"])])

@@ -69,6 +69,11 @@ static int fail(Err *err, int code, int32_t msg, uint32_t field, const uint8_t *
 static inline int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out, int *code,
                               int max_bytes) {
     const uint8_t *p = *pp;
+    if (p < end && *p < 0x80) { /* most tags, lengths and values are one byte */
+        *out = *p;
+        *pp = p + 1;
+        return 1;
+    }
     uint64_t r = 0;
     for (int i = 0; i < 10; i++) {
         if (i == max_bytes) {
