@@ -18,7 +18,8 @@
  * Field numbers not in a table are unknown fields: accepted with any valid wire format, as
  * protobuf requires, so data from a newer OTLP version passes.
  *
- * check(buffer, message index, max nesting) -> None, or (code, message index, field number, offset).
+ * check(buffer, message index, max nesting, max items) -> the number of items (fields flagged ITEM:
+ * spans, log records, data points), or (code, message index, field number, offset).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -31,10 +32,12 @@ enum {
     K_SINT32 = 7, K_SINT64 = 8, K_BOOL = 9, K_FIXED64 = 10, K_FIXED32 = 11, K_UINT64 = 12
 };
 #define REPEATED 0x100
+#define ITEM 0x200 /* a span, log record or data point: counted, up to a limit */
 
 enum {
     E_OK = 0, E_TRUNCATED = 1, E_VARINT_TOO_LONG = 2, E_VARINT_OVERFLOW = 3, E_WIRE_TYPE = 4,
-    E_GROUP = 5, E_FIELD_NUMBER = 6, E_UTF8 = 7, E_DEPTH = 8, E_RANGE = 9, E_PACKED = 10
+    E_GROUP = 5, E_FIELD_NUMBER = 6, E_UTF8 = 7, E_DEPTH = 8, E_RANGE = 9, E_PACKED = 10,
+    E_TOO_MANY = 11
 };
 
 typedef struct {
@@ -54,6 +57,8 @@ typedef struct {
     int32_t msg;
     uint32_t field;
     Py_ssize_t offset;
+    long long items; /* ITEM fields seen */
+    long long limit; /* more is E_TOO_MANY */
 } Err;
 
 static int fail(Err *err, int code, int32_t msg, uint32_t field, const uint8_t *at) {
@@ -224,6 +229,8 @@ static int check_msg(const uint8_t *p, const uint8_t *end, int32_t mi, int depth
                     return fail(err, E_UTF8, mi, field, at);
                 break;
             case K_MSG: {
+                if ((entry & ITEM) && ++err->items > err->limit)
+                    return fail(err, E_TOO_MANY, mi, field, at);
                 /* OTLP's messages nest only through AnyValue's arrays and kvlists, so counting
                    those bounds the recursion too. */
                 int32_t sub = m->subs[field];
@@ -327,7 +334,8 @@ static PyObject *check(PyObject *self, PyObject *args) {
     Py_buffer view;
     int32_t mi;
     int max_nesting;
-    if (!PyArg_ParseTuple(args, "y*ii", &view, &mi, &max_nesting))
+    long long limit;
+    if (!PyArg_ParseTuple(args, "y*iiL", &view, &mi, &max_nesting, &limit))
         return NULL;
     if (msgs == NULL || mi < 0 || mi >= n_msgs) {
         PyBuffer_Release(&view);
@@ -335,7 +343,7 @@ static PyObject *check(PyObject *self, PyObject *args) {
         return NULL;
     }
     const uint8_t *buf = (const uint8_t *)view.buf;
-    Err err = {buf, 0, 0, 0, 0};
+    Err err = {buf, 0, 0, 0, 0, 0, limit};
     int ok;
     if (view.len < (1 << 20)) {
         /* Short work keeps the GIL: giving it up can cost a wait of a whole switch interval (5 ms)
@@ -351,14 +359,14 @@ static PyObject *check(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&view);
     if (ok)
-        Py_RETURN_NONE;
+        return PyLong_FromLongLong(err.items);
     return Py_BuildValue("(iiIn)", err.code, err.msg, err.field, err.offset);
 }
 
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS, "setup(table: bytes) -> None: install the descriptor tables."},
     {"check", check, METH_VARARGS,
-     "check(buffer, message_index, max_nesting) -> None | (code, message_index, field, offset)."},
+     "check(buffer, message_index, max_nesting, max_items) -> items | (code, message_index, field, offset)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -39,7 +39,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from gateway import _otlpcheck
 from gateway.signals import Signal
 
-__all__ = ["MAX_NESTED_VALUES", "check_export_fields", "check_resource"]
+__all__ = ["MAX_NESTED_VALUES", "TOO_MANY", "check_and_count", "check_export_fields", "check_resource"]
 
 MAX_NESTED_VALUES = 16
 """AnyValue arrays/kvlists inside one another, at most (a value holding an array is 1)."""
@@ -49,6 +49,15 @@ _NESTING = frozenset(("opentelemetry.proto.common.v1.ArrayValue",
 # Kinds as _otlpcheck.c numbers them.
 _K_MSG, _K_STRING, _K_BYTES = 1, 2, 3
 _REPEATED = 0x100
+_ITEM = 0x200
+# The fields whose every occurrence is one item (span, log record, data point), counted in C.
+_ITEM_FIELDS = frozenset((
+    "opentelemetry.proto.trace.v1.ScopeSpans.spans", "opentelemetry.proto.logs.v1.ScopeLogs.log_records",
+    *(f"opentelemetry.proto.metrics.v1.{kind}.data_points"
+      for kind in ("Gauge", "Sum", "Histogram", "ExponentialHistogram", "Summary")),
+))
+TOO_MANY = "more items than allowed"
+"""The reason ``check_and_count`` gives when counting passed its limit (compare with ``is``)."""
 _KINDS = {
     FD.TYPE_STRING: _K_STRING, FD.TYPE_BYTES: _K_BYTES, FD.TYPE_INT64: 4, FD.TYPE_INT32: 5,
     FD.TYPE_ENUM: 5, FD.TYPE_UINT32: 6, FD.TYPE_SINT32: 7, FD.TYPE_SINT64: 8, FD.TYPE_BOOL: 9,
@@ -98,7 +107,7 @@ def _tables() -> tuple[bytes, dict[Signal, int], dict[Signal, int], list[Any]]:
         subs = [0] * (top + 1)
         for f in desc.fields:
             if f.type == FD.TYPE_MESSAGE:
-                kinds[f.number] = _K_MSG
+                kinds[f.number] = _K_MSG | (_ITEM if f.full_name in _ITEM_FIELDS else 0)
                 subs[f.number] = index[f.message_type.full_name]
             else:
                 kinds[f.number] = _KINDS[f.type] | (_REPEATED if f.is_repeated else 0)
@@ -113,18 +122,32 @@ _otlpcheck.setup(_TABLE)
 def check_resource(signal: Signal, body: bytes | memoryview) -> str | None:
     """None if every sink decodes this ResourceX body (without its tag and length) as sent,
     else why not, naming the message and field. Raises nothing."""
-    return _explain(_otlpcheck.check(body, _ROOTS[signal], MAX_NESTED_VALUES), "resource")
+    return check_and_count(signal, body, 1 << 62)[1]
+
+
+def check_and_count(signal: Signal, body: bytes | memoryview, max_items: int) -> tuple[int, str | None]:
+    """(items, None) if every sink decodes this ResourceX body as sent, with its spans / log
+    records / data points counted; else (0, why not), ``TOO_MANY`` itself once counting passes
+    ``max_items`` (the walk stops there). Raises nothing."""
+    found = _otlpcheck.check(body, _ROOTS[signal], MAX_NESTED_VALUES, max_items)
+    if isinstance(found, int):
+        return found, None
+    if found[0] == _E_TOO_MANY:
+        return 0, TOO_MANY
+    return 0, _explain(found, "resource")
 
 
 def check_export_fields(signal: Signal, fields: bytes | memoryview) -> str | None:
     """None if these top-level fields of an Export request, other than its ResourceX, are what
     every decoder reads alike (unknown fields from a newer OTLP, kept as they are), else why not."""
-    return _explain(_otlpcheck.check(fields, _REQUESTS[signal], MAX_NESTED_VALUES), "request")
+    found = _otlpcheck.check(fields, _REQUESTS[signal], MAX_NESTED_VALUES, 1 << 62)
+    return None if isinstance(found, int) else _explain(found, "request")
 
 
-def _explain(fault: tuple[int, int, int, int] | None, what: str) -> str | None:
-    if fault is None:
-        return None
+_E_TOO_MANY = 11
+
+
+def _explain(fault: tuple[int, int, int, int], what: str) -> str:
     code, msg, field, offset = fault
     desc = _DESCRIPTORS[msg]
     known = desc.fields_by_number.get(field)

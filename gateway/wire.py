@@ -16,9 +16,10 @@ Message shapes used here (field numbers from opentelemetry-proto):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway import validate
 from gateway.signals import Signal
 
 __all__ = ["Prepared", "TooManyItems", "WireError", "encode_attributes", "encode_varint", "prepare",
@@ -317,8 +318,6 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
     passes the limit. ``check=False`` skips the content check, for bytes that were checked
     before (a batch being split).
     """
-    from gateway.validate import check_export_fields, check_resource  # they build on this module
-
     buf = bytes(payload)
     view = memoryview(buf)  # slices of it are copied once, by the final join
     drop_keys = frozenset(k.encode() for k, _ in attrs)
@@ -336,7 +335,7 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
     budget = (1 << 62) if max_items is None else max_items
     for num, wt, s, vs, ve in top:
         if num != 1:
-            fault = check_export_fields(signal, view[s:ve]) if check else None
+            fault = validate.check_export_fields(signal, view[s:ve]) if check else None
             if fault:  # the envelope itself: no decoder would take the request
                 raise WireError(f"{_request_name(signal)}: {fault}")
             out.append(view[s:ve])  # unknown top-level field (a newer OTLP): keep it
@@ -347,7 +346,7 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
             raise WireError(f"{_request_name(signal)}: {rx_name} tag or length longer than 5 bytes")
         try:
             body, size, n = _prepare_rx(signal, buf, view, vs, ve, drop_keys, ours,
-                                        budget - items - rejected, check_resource if check else None)
+                                        budget - items - rejected, check)
         except TooManyItems:
             raise TooManyItems(f"{_request_name(signal)} holds more than {max_items} items") from None
         except _Counted as e:
@@ -375,14 +374,25 @@ def _long_head(buf: bytes, start: int, value_start: int) -> bool:
 
 def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int,
                 drop_keys: frozenset[bytes], ours: bytes, limit: int,
-                check: Callable[[Signal, memoryview], str | None] | None
-                ) -> tuple[list[bytes | memoryview], int, int]:
+                check: bool) -> tuple[list[bytes | memoryview], int, int]:
     """The enriched ResourceX body as parts, its size, and its item count.
 
     Raises _Counted naming the first fault, after counting every item it can (including
     those of well-formed scopes after the fault), since all of them are dropped; TooManyItems
     once more than ``limit`` items are counted.
+
+    With ``check``, the content check (C) counts the items as it goes; only when it finds a
+    fault does the walk below count them again, to name a framing fault precisely and to say how
+    many items the client loses.
     """
+    checked: int | None = None
+    content_fault = ""
+    if check:
+        checked, found = validate.check_and_count(signal, view[pos:end], limit)
+        if found is validate.TOO_MANY:
+            raise TooManyItems(f"more than {limit} items")
+        if found is not None:
+            checked, content_fault = None, found
     n = 0
     sx_name = _SX_NAMES[signal]
     try:
@@ -403,7 +413,7 @@ def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int
         if num == 2:
             if wt != _LEN:
                 fault = fault or f"{sx_name}[{scope_index}]: wire type {wt}, expected 2"
-            else:
+            elif checked is None:
                 try:
                     n += _count_scope(signal, buf, vs, ve, limit - n)
                 except _Counted as e:
@@ -412,14 +422,10 @@ def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int
             scope_index += 1
         rest.append(view[s:ve])
         size += ve - s
-    if fault:
-        raise _Counted(fault, n)
-    if check is not None:
-        # After the walk: a framing fault is named more precisely by it, and the count above
-        # has bounded how much work this parse can be.
-        fault = check(signal, view[pos:end]) or ""
-        if fault:
-            raise _Counted(fault, n)
+    if fault or content_fault:
+        raise _Counted(fault or content_fault, n)
+    if checked is not None:
+        n = checked
     try:
         resource = _resource_body(buf, resources, drop_keys, ours)
     except WireError as e:
