@@ -2,5 +2,5 @@
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("gateway._otlpcheck", ["gateway/_otlpcheck.c"],
+setup(ext_modules=[Extension("otlp._otlpcheck", ["otlp/_otlpcheck.c"],
                              extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"])])

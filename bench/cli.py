@@ -27,7 +27,7 @@ from bench.results import RoundResult, aggregate
 from bench.runner import Environment, RoundPlan, compare_plan, open_plan, run_plans
 from bench.systems import REPO_ROOT, StartError, base_collector_config_path, default_jaeger_bin
 from bench.targets import TARGETS_PATH, TargetsError, evaluate, gaps_to_collector, load_targets
-from gateway.signals import Signal
+from otlp.signals import Signal
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway import wire
-from gateway.signals import Signal
+from otlp import wire
+from otlp.signals import Signal
 
 
 @dataclass

@@ -26,7 +26,7 @@ from bench.histogram import LatencyHistogram
 from bench.payloads import PayloadShape, build_ring
 from bench.schedule import intended_times, offset_for, per_process_rate
 from bench.transports import make_sender
-from gateway.signals import Signal
+from otlp.signals import Signal
 
 PROGRESS_EVERY_S = 0.5
 

@@ -26,7 +26,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from gateway.signals import Signal
+from otlp.signals import Signal
 
 BASE_TIME_NS = 1_700_000_000_000_000_000
 

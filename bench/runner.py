@@ -20,7 +20,7 @@ from bench.procstat import TreeMonitor
 from bench.progress import ProgressLine
 from bench.results import RoundResult, scenario_name
 from bench.systems import CollectorSystem, GatewaySystem
-from gateway.signals import Signal
+from otlp.signals import Signal
 
 MIB = 1024.0
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from bench.subprocs import free_port, spawn, terminate
-from gateway.signals import Signal
+from otlp.signals import Signal
 from pipelines.sinks.file import complete_lines
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

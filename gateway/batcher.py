@@ -20,9 +20,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from bus.contract import Batch, BusUnavailable
 from gateway import metrics
-from gateway.bus.base import Batch, BusUnavailable
-from gateway.signals import Signal
+from otlp.signals import Signal
 
 __all__ = ["Batcher"]
 

@@ -17,12 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway import correlation, metrics, otlp_json, wire
+from bus.contract import Batch, BusUnavailable
+from gateway import correlation, metrics
 from gateway.batcher import Batcher
-from gateway.bus.base import Batch, BusUnavailable
-from gateway.config import Config
-from gateway.signals import ATTR_CORRELATION, ATTR_TENANT, CORRELATION_HEADER, Signal
 from gateway.tenancy import Authenticator, AuthError, RateLimiter
+from otlp import json_mapping, wire
+from otlp.signals import ATTR_CORRELATION, ATTR_TENANT, CORRELATION_HEADER, Signal
+from settings.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def _decode_and_prepare(signal: Signal, payload: bytes, attrs: tuple[tuple[str, 
     most = max(MAX_JSON_OBJECTS, 10 * max_items)
     if objects > most:
         raise wire.TooManyItems(f"OTLP/JSON request holds {objects} objects, more than {most}")
-    decoded = otlp_json.json_request(signal, payload)
+    decoded = json_mapping.json_request(signal, payload)
     budget = max(0, max_items - decoded.rejected_items)
     prepared = wire.prepare(signal, decoded.payload, attrs, max_items=budget)
     if decoded.rejected_items or decoded.error:

@@ -24,12 +24,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from gateway import config
-from gateway.config import Config
+from settings import config
+from settings.config import Config
 
 if TYPE_CHECKING:  # the worker imports these itself, after the fork
-    from gateway.bus.base import BusRecord
-    from gateway.bus.memory import MemoryBus, MemorySource
+    from bus.contract import BusRecord
+    from bus.memory import MemoryBus, MemorySource
 
 log = logging.getLogger("gateway.server")
 
@@ -157,8 +157,8 @@ class _Worker:
 
     def __init__(self, cfg: Config, index: int, stop: asyncio.Event, ready_dir: Path | None = None) -> None:
         # Imported here, in the worker, after any fork (grpc) and after PROMETHEUS_MULTIPROC_DIR.
+        from bus.factory import make_bus, max_item_bytes
         from gateway.batcher import Batcher
-        from gateway.bus.factory import make_bus, max_item_bytes
         from gateway.ingest import Ingest, observe_flush
         from gateway.readiness import SharedReadiness
         from gateway.tenancy import Authenticator, RateLimiter
@@ -185,8 +185,8 @@ class _Worker:
         return self.bus.readiness()
 
     async def start(self) -> None:
+        from bus.memory import MemoryBus
         from gateway.admin import Admin
-        from gateway.bus.memory import MemoryBus
         from gateway.receivers import httpserver, otlp_grpc
         from gateway.receivers.otlp_http import OtlpHttp
 
@@ -313,7 +313,7 @@ def _items(record: BusRecord) -> int:
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from gateway.signals import Signal
+    from otlp.signals import Signal
 
     try:
         if record.signal is Signal.TRACES:

@@ -15,8 +15,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gateway.config import AuthConfig, LimitsConfig, RateLimit
-from gateway.signals import DEFAULT_TENANT, TENANT_HEADER
+from otlp.signals import DEFAULT_TENANT, TENANT_HEADER
+from settings.config import AuthConfig, LimitsConfig, RateLimit
 
 __all__ = ["AuthError", "Authenticator", "RateLimiter", "valid_tenant"]
 

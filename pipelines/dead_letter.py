@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from gateway.bus.kafka import ensure_topics
-from gateway.config import KafkaConfig
+from bus.kafka.client import durable_producer
+from bus.kafka.topics import ensure_topics
 from pipelines.sinks.base import Rejection, TransientSinkError
+from settings.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,8 @@ class KafkaDeadLetter:
     async def start(self) -> None:
         if self._cfg.create_topics:
             await ensure_topics(self._cfg, [self.topic])
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._cfg.bootstrap_servers,
-            client_id=f"{self._cfg.client_id}-dlq-{self._sink}",
-            acks="all",
-            enable_idempotence=True,
-            max_request_size=self._cfg.max_message_bytes + 64 * 1024,
-            request_timeout_ms=self._cfg.request_timeout_ms,
-        )
+        producer = durable_producer(self._cfg, f"{self._cfg.client_id}-dlq-{self._sink}",
+                                    max_request_size=self._cfg.max_message_bytes + 64 * 1024)
         try:
             await producer.start()
         except BaseException:

@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 
 from prometheus_client import Counter
 
-from gateway.bus.base import BusRecord, Source
+from bus.contract import BusRecord, Source
 from pipelines.sinks.base import PermanentSinkError, Rejection, Sink, TransientSinkError
 
 log = logging.getLogger(__name__)

@@ -23,13 +23,13 @@ from typing import Any, cast
 
 from prometheus_client import start_http_server
 
-from gateway import config as config_mod
-from gateway.bus.kafka import ensure_topics
-from gateway.config import Config
+from bus.kafka.consumer import KafkaSource
+from bus.kafka.topics import ensure_topics
 from pipelines.dead_letter import KafkaDeadLetter
-from pipelines.kafka_source import KafkaSource
 from pipelines.pipeline import Pipeline
 from pipelines.sinks.base import Sink
+from settings import config as config_mod
+from settings.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValueList
 
-from gateway.signals import Signal
+from otlp.signals import Signal
 
 MAX_ANY_DEPTH = 16  # arrays/kvlists an AnyValue may nest; the 17th is refused
 U64 = 1 << 64

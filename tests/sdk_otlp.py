@@ -31,8 +31,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from gateway.bus.base import BusRecord
-from gateway.signals import (
+from bus.contract import BusRecord
+from otlp.signals import (
     ATTR_CORRELATION,
     ATTR_TENANT,
     HEADER_CORRELATION,

@@ -44,7 +44,7 @@ from typing import cast
 import httptools
 
 from gateway import correlation, metrics
-from gateway.signals import CORRELATION_HEADER
+from otlp.signals import CORRELATION_HEADER
 
 log = logging.getLogger(__name__)
 

@@ -44,11 +44,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 
 from gateway import metrics
-from gateway.config import ServerConfig
 from gateway.ingest import Ingest, Outcome
 from gateway.receivers.gunzip import GZIP_MAGIC, BadGzip, TooLarge, gunzip_async
 from gateway.receivers.status import GRPC_CODE, RESPONSES, export_response, rpc_status
-from gateway.signals import CORRELATION_HEADER, Signal
+from otlp.signals import CORRELATION_HEADER, Signal
+from settings.config import ServerConfig
 
 log = logging.getLogger(__name__)
 

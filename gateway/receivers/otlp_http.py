@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-from gateway import otlp_json
-from gateway.config import ServerConfig
 from gateway.ingest import Ingest, Outcome, Reason
 from gateway.receivers.gunzip import BadGzip, TooLarge, gunzip_async
 from gateway.receivers.httpserver import Request, Response, Timeouts
 from gateway.receivers.status import HTTP_STATUS, export_response, rpc_status
-from gateway.signals import CORRELATION_HEADER, Signal
+from otlp import json_mapping
+from otlp.signals import CORRELATION_HEADER, Signal
+from settings.config import ServerConfig
 
 TRANSPORT = "http"
 PROTOBUF = "application/x-protobuf"
@@ -105,7 +105,7 @@ def _render_ok(signal: Signal, outcome: Outcome, as_json: bool) -> Response:
     headers = [(CORRELATION_HEADER, outcome.correlation_id)]
     ctype = JSON if as_json else PROTOBUF
     if as_json:
-        return Response(200, otlp_json.response_json(outcome.rejected_items, outcome.message, signal),
+        return Response(200, json_mapping.response_json(outcome.rejected_items, outcome.message, signal),
                         ctype, headers)
     return Response(200, export_response(signal, outcome).SerializeToString(), ctype, headers)
 

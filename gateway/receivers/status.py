@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from gateway.ingest import Outcome, Reason
-from gateway.signals import Signal
+from otlp.signals import Signal
 
 HTTP_STATUS: dict[Reason, int] = {
     "malformed": 400,

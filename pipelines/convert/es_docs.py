@@ -33,8 +33,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from gateway.bus.base import BusRecord
-from gateway.signals import Signal
+from bus.contract import BusRecord
+from otlp.signals import Signal
 from pipelines.convert.otlp_values import any_value, attributes, resource_tenant
 from pipelines.convert.parts import BadPart, isolate, item_request
 

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from gateway.signals import ATTR_TENANT, DEFAULT_TENANT
+from otlp.signals import ATTR_TENANT, DEFAULT_TENANT
 
 JSONValue = Any
 

@@ -30,7 +30,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from gateway.wire import WireError, encode_varint, read_varint, top_level_fields
+from otlp.wire import WireError, encode_varint, read_varint, top_level_fields
 
 M = TypeVar("M")
 

@@ -49,7 +49,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
 
-from gateway.signals import ATTR_CORRELATION, ATTR_TENANT
+from otlp.signals import ATTR_CORRELATION, ATTR_TENANT
 from pipelines.convert.otlp_values import as_label_value, resource_tenant
 from pipelines.convert.parts import BadPart, isolate
 from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_name

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.bus.base import BusRecord
-from gateway.signals import Signal
+from bus.contract import BusRecord
+from otlp.signals import Signal
 
 
 @dataclass(frozen=True, slots=True)

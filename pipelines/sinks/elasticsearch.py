@@ -45,9 +45,8 @@ from elastic_transport import ConnectionTimeout
 from elasticsearch import ApiError, AsyncElasticsearch
 from prometheus_client import Counter
 
-from gateway.bus.base import BusRecord
-from gateway.config import Config, ElasticsearchSinkConfig
-from gateway.signals import Signal
+from bus.contract import BusRecord
+from otlp.signals import Signal
 from pipelines.convert.es_docs import (
     LOGS_PREFIX,
     TRACES_PREFIX,
@@ -58,6 +57,7 @@ from pipelines.convert.es_docs import (
 )
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from pipelines.sinks.parts import part_rejection
+from settings.config import Config, ElasticsearchSinkConfig
 
 log = logging.getLogger(__name__)
 

@@ -52,12 +52,12 @@ from typing import BinaryIO
 import orjson
 from prometheus_client import Counter
 
-from gateway.bus.base import BusRecord
-from gateway.config import Config
-from gateway.otlp_json import proto_to_json
-from gateway.signals import Signal
-from gateway.wire import WireError, top_level_fields
+from bus.contract import BusRecord
+from otlp.json_mapping import proto_to_json
+from otlp.signals import Signal
+from otlp.wire import WireError, top_level_fields
 from pipelines.sinks.base import Rejection, TransientSinkError
+from settings.config import Config
 
 log = logging.getLogger(__name__)
 

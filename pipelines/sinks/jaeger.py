@@ -44,13 +44,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from prometheus_client import Counter
 
-from gateway.bus.base import BusRecord
-from gateway.config import Config
-from gateway.signals import Signal
-from gateway.wire import top_level_fields
+from bus.contract import BusRecord
+from otlp.signals import Signal
+from otlp.wire import top_level_fields
 from pipelines.convert.parts import isolate, item_requests
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from pipelines.sinks.parts import part_rejection
+from settings.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gateway.bus.base import BusRecord
+from bus.contract import BusRecord
 from pipelines.sinks.base import Rejection
 
 

@@ -41,13 +41,13 @@ from collections.abc import Sequence
 import aiohttp
 from prometheus_client import Counter
 
-from gateway.bus.base import BusRecord
-from gateway.config import Config, PrometheusSinkConfig
-from gateway.signals import TENANT_HEADER, Signal
+from bus.contract import BusRecord
+from otlp.signals import TENANT_HEADER, Signal
 from pipelines.convert.remote_write import encode, split, to_write_requests
 from pipelines.sinks.base import PermanentSinkError, TransientSinkError
 from pipelines.sinks.parts import part_rejection
 from protos import remote_pb2
+from settings.config import Config, PrometheusSinkConfig
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.subprocs import kill_group, spawn, terminate
-from gateway.otlp_json import proto_to_json
-from gateway.signals import Signal
+from otlp.json_mapping import proto_to_json
+from otlp.signals import Signal
 from pipelines.sinks.file import complete_lines
 from tests.gateway_process import REPO_ROOT, GatewayProcess, free_port
 from tests.integration.kafka_read import read_topic

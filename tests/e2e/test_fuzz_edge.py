@@ -39,8 +39,8 @@ from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from gateway.otlp_json import proto_to_json
-from gateway.signals import Signal
+from otlp.json_mapping import proto_to_json
+from otlp.signals import Signal
 from tests.gateway_process import GatewayProcess, running_gateway
 from tests.otlp_mutate import (
     REQUEST_DESC,

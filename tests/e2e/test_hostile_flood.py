@@ -26,7 +26,7 @@ from multiprocessing.queues import Queue
 import grpc
 import pytest
 
-from gateway.signals import Signal
+from otlp.signals import Signal
 from tests.gateway_process import running_gateway
 from tests.otlp_payloads import payload
 from tests.waiting import wait_for

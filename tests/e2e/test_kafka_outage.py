@@ -18,7 +18,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.signals import Signal
+from otlp.signals import Signal
 from tests import otlp_payloads
 from tests.e2e.kafka_pipeline import Clients, PipelineProcess, kafka_env, missing, received, unique_prefix
 from tests.e2e.private_kafka import PrivateKafka

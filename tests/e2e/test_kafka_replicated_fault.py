@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from aiokafka.errors import KafkaError
 
-from gateway.signals import Signal
+from otlp.signals import Signal
 from tests.e2e.kafka_pipeline import (
     Clients,
     PipelineProcess,

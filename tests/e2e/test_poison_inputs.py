@@ -34,7 +34,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from gateway.signals import Signal
+from otlp.signals import Signal
 from tests.gateway_process import GatewayProcess, running_gateway
 from tests.otlp_mutate import (
     MAX_ANY_DEPTH,

@@ -27,7 +27,7 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
-from gateway.signals import Signal
+from otlp.signals import Signal
 from pipelines.convert.es_docs import index_name
 from tests import stackenv
 from tests.e2e.kafka_pipeline import kafka_env, running_pipeline, unique_prefix

@@ -6,7 +6,7 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from gateway.config import KafkaConfig
+from settings.config import KafkaConfig
 from tests import stackenv
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.bus.base import BusRecord
+from bus.contract import BusRecord
 from pipelines.sinks.base import Sink, TransientSinkError
 
 

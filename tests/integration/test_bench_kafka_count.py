@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaProducer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench.kafka_count import count_delivered, create_topics, delete_topics, topics_for
-from gateway.signals import Signal
+from otlp.signals import Signal
 from tests import otlp_payloads, stackenv
 
 pytestmark = pytest.mark.integration

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from gateway.bus.base import Batch, BusRecord
-from gateway.bus.kafka import KafkaBus
-from gateway.signals import Signal
+from bus.contract import Batch, BusRecord
+from bus.kafka.consumer import KafkaSource
+from bus.kafka.producer import KafkaBus
+from otlp.signals import Signal
 from pipelines.dead_letter import KafkaDeadLetter
-from pipelines.kafka_source import KafkaSource
 from pipelines.pipeline import Pipeline
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from tests import otlp_payloads, stackenv

@@ -7,9 +7,9 @@ from collections import defaultdict
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.bus.base import Batch
-from gateway.bus.kafka import KafkaBus
-from gateway.signals import HEADER_CORRELATION, HEADER_TENANT, Signal
+from bus.contract import Batch
+from bus.kafka.producer import KafkaBus
+from otlp.signals import HEADER_CORRELATION, HEADER_TENANT, Signal
 from tests import otlp_payloads, stackenv
 from tests.integration.kafka_read import read_topic, unique_kafka_config
 

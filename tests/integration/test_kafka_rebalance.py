@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from gateway.bus.base import Batch, BusRecord
-from gateway.bus.kafka import KafkaBus
-from gateway.signals import Signal
-from pipelines.kafka_source import KafkaSource
+from bus.contract import Batch, BusRecord
+from bus.kafka.consumer import KafkaSource
+from bus.kafka.producer import KafkaBus
+from otlp.signals import Signal
 from tests import otlp_payloads, stackenv
 from tests.integration.kafka_read import unique_kafka_config
 from tests.waiting import await_for

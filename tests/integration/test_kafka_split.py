@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.bus.base import Batch
-from gateway.bus.kafka import KafkaBus
-from gateway.signals import HEADER_SIGNAL, HEADER_TENANT, Signal
+from bus.contract import Batch
+from bus.kafka.producer import KafkaBus
+from otlp.signals import HEADER_SIGNAL, HEADER_TENANT, Signal
 from tests import otlp_payloads, stackenv
 from tests.integration.kafka_read import read_topic, unique_kafka_config
 

@@ -11,11 +11,11 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from gateway.config import ElasticsearchSinkConfig
-from gateway.signals import Signal
+from otlp.signals import Signal
 from pipelines.convert.es_docs import index_name
 from pipelines.sinks.base import PermanentSinkError, TransientSinkError
 from pipelines.sinks.elasticsearch import ElasticsearchSink
+from settings.config import ElasticsearchSinkConfig
 from tests import stackenv
 from tests.bad_otlp import MARKER, with_invalid_utf8
 from tests.integration.sink_checks import assert_write_is_transient

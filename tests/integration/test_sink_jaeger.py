@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.signals import Signal
+from otlp.signals import Signal
 from pipelines.sinks.base import PermanentSinkError
 from pipelines.sinks.jaeger import JaegerSink
 from tests import stackenv

@@ -16,10 +16,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
 from prometheus_client import REGISTRY
 
-from gateway.config import PrometheusSinkConfig
-from gateway.signals import Signal
+from otlp.signals import Signal
 from pipelines.sinks.base import PermanentSinkError
 from pipelines.sinks.prometheus import PrometheusSink
+from settings.config import PrometheusSinkConfig
 from tests import stackenv
 from tests.bad_otlp import MARKER, with_invalid_utf8
 from tests.integration.sink_checks import assert_write_is_transient

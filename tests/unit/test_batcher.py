@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from bus.contract import Batch, BusUnavailable
 from gateway.batcher import Batcher
-from gateway.bus.base import Batch, BusUnavailable
-from gateway.signals import Signal
-from gateway.wire import prepare
+from otlp.signals import Signal
+from otlp.wire import prepare
 from tests.otlp_payloads import REQUEST_TYPES, item_count, payload
 from tests.waiting import await_for
 

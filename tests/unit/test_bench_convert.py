@@ -15,7 +15,7 @@ import pytest
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from gateway.signals import Signal
+from otlp.signals import Signal
 from pipelines.convert.es_docs import bulk_body, bulk_items
 from pipelines.convert.remote_write import encode, to_write_requests
 from tests.otlp_payloads import kv, logs_request, traces_request

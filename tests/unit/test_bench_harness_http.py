@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from bench.transports import read_response, rejected_items
-from gateway.signals import Signal
+from otlp.signals import Signal
 
 
 async def parse(raw: bytes) -> tuple[int, bytes, bool]:

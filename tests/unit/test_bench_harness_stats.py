@@ -15,7 +15,7 @@ from bench.payloads import PayloadShape, build, build_ring, item_count
 from bench.procstat import machine_cpu, parse_stat, parse_status_kib
 from bench.schedule import intended_times, offset_for, per_process_rate
 from bench.systems import count_json_items
-from gateway.signals import Signal
+from otlp.signals import Signal
 
 
 def nearest_rank(sorted_values: list[float], p: float) -> float:

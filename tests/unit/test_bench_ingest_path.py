@@ -4,7 +4,7 @@ Run with figures:
     .venv/bin/pytest tests/unit/test_bench_ingest_path.py --benchmark-enable --benchmark-only
 Spans/s per core = 512 / mean. ``test_bench_upb_*`` is the decode/edit/encode alternative
 that ``wire.prepare`` is measured against, and protobuf's parser that the content check
-(``gateway/validate.py``, in C) is measured against; ``prepare`` includes the check,
+(``otlp/validate.py``, in C) is measured against; ``prepare`` includes the check,
 ``..._without_content_check`` shows what it adds.
 """
 
@@ -19,16 +19,16 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from bus.contract import Batch
 from gateway import correlation
 from gateway.batcher import Batcher
-from gateway.bus.base import Batch
-from gateway.config import AuthConfig, Config, LimitsConfig, RateLimit
 from gateway.ingest import Ingest
-from gateway.otlp_json import json_to_proto, proto_to_json
-from gateway.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
 from gateway.tenancy import Authenticator, RateLimiter
-from gateway.validate import check_resource
-from gateway.wire import prepare, split, split_spans_by_trace_id
+from otlp.json_mapping import json_to_proto, proto_to_json
+from otlp.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
+from otlp.validate import check_resource
+from otlp.wire import prepare, split, split_spans_by_trace_id
+from settings.config import AuthConfig, Config, LimitsConfig, RateLimit
 from tests.otlp_payloads import payload
 
 SPANS = 512

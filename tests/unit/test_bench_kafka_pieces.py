@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from gateway.bus.base import Batch
-from gateway.bus.kafka import message_pieces
-from gateway.signals import Signal
+from bus.contract import Batch
+from bus.kafka.producer import message_pieces
+from otlp.signals import Signal
 from tests import otlp_payloads
 
 pytestmark = pytest.mark.benchmark(group="kafka-pieces", min_rounds=20)

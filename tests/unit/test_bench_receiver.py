@@ -16,15 +16,15 @@ from collections.abc import Iterator
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from gateway import config
+from bus.contract import Batch
 from gateway.batcher import Batcher
-from gateway.bus.base import Batch
 from gateway.ingest import Ingest
 from gateway.receivers.gunzip import gunzip
 from gateway.receivers.httpserver import HttpProtocol, HttpServer
 from gateway.receivers.otlp_http import OtlpHttp
-from gateway.signals import Signal
 from gateway.tenancy import Authenticator, RateLimiter
+from otlp.signals import Signal
+from settings import config
 from tests.otlp_payloads import payload
 
 TRACES_512 = payload(Signal.TRACES, spans_per_request=512, attributes=10)

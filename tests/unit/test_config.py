@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load
+from settings.config import ConfigError, load
 
 
 def test_defaults_are_the_embedded_gateway() -> None:

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.bus.base import BusRecord
-from gateway.signals import HEADER_TENANT, Signal
-from gateway.wire import encode_varint
+from bus.contract import BusRecord
+from otlp.signals import HEADER_TENANT, Signal
+from otlp.wire import encode_varint
 from pipelines.sinks.base import Rejection, TransientSinkError
 from pipelines.sinks.file import REJECTED_PARTS, FileSink, safe_name, tenant_of
 
@@ -200,8 +200,8 @@ async def test_embedded_pipeline_keeps_up_with_a_full_memory_bus(tmp_path: Path)
     """A publisher waiting on a full memory bus must wake when the sink commits, not time out."""
     import asyncio
 
-    from gateway.bus.base import Batch
-    from gateway.bus.memory import MemoryBus
+    from bus.contract import Batch
+    from bus.memory import MemoryBus
     from pipelines.pipeline import Pipeline
 
     bus = MemoryBus(max_records=2, full_wait_s=30.0)

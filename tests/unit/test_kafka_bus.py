@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.bus import kafka as kafka_bus
-from gateway.bus.base import Batch, BusUnavailable
-from gateway.bus.kafka import KafkaBus, message_pieces, new_topics
-from gateway.config import KafkaConfig
-from gateway.signals import Signal
+from bus.contract import Batch, BusUnavailable
+from bus.kafka import producer as kafka_bus
+from bus.kafka.producer import KafkaBus, message_pieces
+from bus.kafka.topics import new_topics
+from otlp.signals import Signal
+from settings.config import KafkaConfig
 from tests import otlp_payloads
 from tests.gateway_process import free_port
 from tests.waiting import await_for

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.bus.base import Batch, BusUnavailable
-from gateway.bus.memory import MemoryBus
-from gateway.signals import Signal
+from bus.contract import Batch, BusUnavailable
+from bus.memory import MemoryBus
+from otlp.signals import Signal
 
 
 def _batch(signal: Signal, n: int) -> Batch:

@@ -17,9 +17,9 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from gateway.otlp_json import json_to_proto, proto_to_json, response_json
-from gateway.signals import Signal
-from gateway.wire import WireError, encode_varint
+from otlp.json_mapping import json_to_proto, proto_to_json, response_json
+from otlp.signals import Signal
+from otlp.wire import WireError, encode_varint
 from tests.otlp_payloads import REQUEST_TYPES, kv, payload, resource, scope
 
 TRACE_HEX = "5B8EFFF798038103D269B633813FC60C"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from gateway.bus.base import BusRecord
-from gateway.signals import Signal
+from bus.contract import BusRecord
+from otlp.signals import Signal
 from pipelines.pipeline import ACKED_RECORDS, DEAD_LETTER_RECORDS, ISOLATED_BATCHES, SINK_ERRORS, Pipeline
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from tests.waiting import await_for

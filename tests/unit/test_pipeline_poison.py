@@ -8,9 +8,9 @@ import asyncio
 import json
 from pathlib import Path
 
-from gateway.bus.base import Batch
-from gateway.bus.memory import MemoryBus
-from gateway.signals import Signal
+from bus.contract import Batch
+from bus.memory import MemoryBus
+from otlp.signals import Signal
 from pipelines.pipeline import Pipeline
 from pipelines.sinks.file import FileSink
 from tests.unit.test_file_sink import deep_resource_spans, names, spans

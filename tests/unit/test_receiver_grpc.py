@@ -7,13 +7,13 @@ import asyncio
 import grpc
 from prometheus_client import REGISTRY
 
-from gateway import config
+from bus.contract import Batch
 from gateway.batcher import Batcher
-from gateway.bus.base import Batch
 from gateway.ingest import Ingest
 from gateway.receivers import otlp_grpc
-from gateway.signals import Signal
 from gateway.tenancy import Authenticator, RateLimiter
+from otlp.signals import Signal
+from settings import config
 from tests.otlp_payloads import payload
 from tests.waiting import await_for
 

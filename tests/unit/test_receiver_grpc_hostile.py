@@ -21,13 +21,13 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import REGISTRY
 
-from gateway import config
+from bus.memory import MemoryBus
 from gateway.batcher import Batcher
-from gateway.bus.memory import MemoryBus
 from gateway.ingest import Ingest
 from gateway.receivers import otlp_grpc
-from gateway.signals import Signal
 from gateway.tenancy import Authenticator, RateLimiter
+from otlp.signals import Signal
+from settings import config
 from tests.otlp_payloads import payload
 from tests.waiting import await_for
 

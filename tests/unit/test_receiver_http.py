@@ -18,14 +18,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from gateway import config
+from bus.contract import Batch, BusUnavailable
+from bus.memory import MemoryBus
 from gateway.batcher import Batcher
-from gateway.bus.base import Batch, BusUnavailable
-from gateway.bus.memory import MemoryBus
 from gateway.ingest import Ingest
 from gateway.receivers.httpserver import HttpProtocol, HttpServer, Request
 from gateway.receivers.otlp_http import OtlpHttp
 from gateway.tenancy import Authenticator, RateLimiter
+from settings import config
 from tests.waiting import await_for
 
 PB = {"content-type": "application/x-protobuf"}

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway import config
+from bus.memory import MemoryBus
 from gateway.batcher import Batcher
-from gateway.bus.memory import MemoryBus
 from gateway.ingest import Ingest
 from gateway.receivers import httpserver
 from gateway.receivers.otlp_http import OtlpHttp
 from gateway.tenancy import Authenticator, RateLimiter
+from settings import config
 from tests.unit.test_receiver_http import spans
 from tests.waiting import await_for
 

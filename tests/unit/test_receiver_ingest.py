@@ -8,12 +8,12 @@ from collections.abc import Mapping
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import REGISTRY
 
-from gateway import config
+from bus.contract import Batch, BusUnavailable
 from gateway.batcher import Batcher
-from gateway.bus.base import Batch, BusUnavailable
 from gateway.ingest import Ingest
-from gateway.signals import Signal
 from gateway.tenancy import Authenticator, RateLimiter
+from otlp.signals import Signal
+from settings import config
 from tests.waiting import await_for
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config
 from pipelines.runner import SINKS, make_sink
 from pipelines.sinks.file import FileSink
+from settings.config import Config
 
 
 @pytest.mark.parametrize("name", SINKS)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from gateway.config import ElasticsearchSinkConfig
-from gateway.signals import Signal
+from otlp.signals import Signal
 from pipelines.convert.es_docs import BulkItem
 from pipelines.sinks.elasticsearch import ElasticsearchSink, index_template
 from pipelines.sinks.jaeger import join_records
 from pipelines.sinks.prometheus import drop_reason, sample_refusal
+from settings.config import ElasticsearchSinkConfig
 from tests.sdk_otlp import bus_record
 
 

@@ -6,8 +6,8 @@ import hmac
 
 import pytest
 
-from gateway.config import AuthConfig, LimitsConfig, RateLimit
 from gateway.tenancy import Authenticator, AuthError, RateLimiter, valid_tenant
+from settings.config import AuthConfig, LimitsConfig, RateLimit
 
 KEYS = {"k-acme-123": "acme", "k-globex-456": "globex"}
 

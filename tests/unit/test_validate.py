@@ -1,5 +1,5 @@
 """The edge's content check: what it refuses, what it lets through, and that what it lets
-through converts in every sink's decoder (``gateway/validate.py``)."""
+through converts in every sink's decoder (``otlp/validate.py``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import struct
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from gateway.otlp_json import json_to_proto, proto_to_json
-from gateway.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
-from gateway.validate import MAX_NESTED_VALUES, check_resource
-from gateway.wire import TooManyItems, WireError, encode_varint, prepare
+from otlp.json_mapping import json_to_proto, proto_to_json
+from otlp.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
+from otlp.validate import MAX_NESTED_VALUES, check_resource
+from otlp.wire import TooManyItems, WireError, encode_varint, prepare
 from tests.otlp_payloads import payload
 
 OVERFLOW = b"\xff" * 9 + b"\x7f"  # a ten-byte varint over 2**64: upb keeps the low 64 bits, Go refuses it

@@ -1,4 +1,4 @@
-"""gateway.wire against opentelemetry-proto: the byte walk must agree with a full decode."""
+"""otlp.wire against opentelemetry-proto: the byte walk must agree with a full decode."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from gateway.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
-from gateway.wire import (
+from otlp.signals import ATTR_CORRELATION, ATTR_TENANT, Signal
+from otlp.wire import (
     WireError,
     encode_attributes,
     encode_varint,

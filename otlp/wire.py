@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway import validate
-from gateway.signals import Signal
+from otlp import validate
+from otlp.signals import Signal
 
 __all__ = ["Prepared", "TooManyItems", "WireError", "encode_attributes", "encode_varint", "prepare",
            "read_varint", "split", "split_spans_by_trace_id"]

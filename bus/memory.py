@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from gateway.bus.base import Batch, BusRecord, BusUnavailable
-from gateway.signals import Signal
+from bus.contract import Batch, BusRecord, BusUnavailable
+from otlp.signals import Signal
 
 
 class MemoryBus:

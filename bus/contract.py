@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.signals import HEADER_CORRELATION, HEADER_SIGNAL, HEADER_TENANT, Signal
+from otlp.signals import HEADER_CORRELATION, HEADER_SIGNAL, HEADER_TENANT, Signal
 
 
 class BusUnavailable(Exception):

@@ -19,18 +19,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
-from aiokafka.errors import for_code as kafka_error_for_code
 from prometheus_client import Counter, Histogram
 
-from gateway import wire
-from gateway.bus.base import Batch, BusUnavailable
-from gateway.config import KafkaConfig
-from gateway.signals import Signal
+from bus.contract import Batch, BusUnavailable
+from bus.kafka.client import close_producer, describe, durable_producer
+from bus.kafka.topics import ensure_topics
+from otlp import wire
+from otlp.signals import Signal
+from settings.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,6 @@ _RECORD_OVERHEAD = 256
 # Room kept for headers and key when stating the largest item a message can carry; the
 # comma-joined correlation ids of a full batch stay well under it.
 _ITEM_HEADROOM = 64 * 1024
-_TOPIC_EXISTS = 36
 
 
 class KafkaBus:
@@ -99,7 +97,7 @@ class KafkaBus:
         producer, self._producer = self._producer, None
         self._connected.clear()
         if producer is not None:
-            await _close(producer, self._timeout_s)
+            await close_producer(producer, self._timeout_s)
         self._reason = "kafka: stopped"
 
     def readiness(self) -> tuple[bool, str]:
@@ -123,12 +121,12 @@ class KafkaBus:
                     await ensure_topics(self._cfg, [s.topic(self._prefix) for s in Signal])
                     self._topics_created = True
             except asyncio.CancelledError:
-                await _close(producer, 1.0)  # stop() while connecting: leave no client behind
+                await close_producer(producer, 1.0)  # stop() while connecting: leave no client behind
                 raise
             except (KafkaError, OSError, TimeoutError) as exc:
-                self._reason = f"kafka: cannot connect to {self._cfg.bootstrap_servers}: {_describe(exc)}"
+                self._reason = f"kafka: cannot connect to {self._cfg.bootstrap_servers}: {describe(exc)}"
                 log.warning("%s; retrying in %.1fs", self._reason, backoff)
-                await _close(producer, 1.0)
+                await close_producer(producer, 1.0)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._cfg.reconnect_backoff_max_ms / 1000)
                 continue
@@ -145,27 +143,21 @@ class KafkaBus:
                     await self._probe(producer)
             self._producer = None
             self._connected.clear()
-            await _close(producer, 1.0)
+            await close_producer(producer, 1.0)
 
     async def _probe(self, producer: AIOKafkaProducer) -> None:
         """A metadata round trip, so /readyz notices a lost broker even while no data flows."""
         try:
             await asyncio.wait_for(producer.client.fetch_all_metadata(), self._timeout_s)
         except (KafkaError, OSError, TimeoutError) as exc:
-            self._mark_broken(producer, f"health check failed: {_describe(exc)}")
+            self._mark_broken(producer, f"health check failed: {describe(exc)}")
 
     def _new_producer(self) -> AIOKafkaProducer:
         cfg = self._cfg
-        return AIOKafkaProducer(
-            bootstrap_servers=cfg.bootstrap_servers,
-            client_id=cfg.client_id,
-            acks="all",
-            enable_idempotence=True,
-            compression_type=None if cfg.compression == "none" else cfg.compression,
-            linger_ms=cfg.linger_ms,
-            max_batch_size=cfg.max_message_bytes,
-            max_request_size=cfg.max_message_bytes,
-            request_timeout_ms=cfg.request_timeout_ms,
+        return durable_producer(
+            cfg, cfg.client_id, max_request_size=cfg.max_message_bytes,
+            compression=None if cfg.compression == "none" else cfg.compression,
+            linger_ms=cfg.linger_ms, max_batch_size=cfg.max_message_bytes,
         )
 
     def _mark_broken(self, producer: AIOKafkaProducer, why: str) -> None:
@@ -205,7 +197,7 @@ class KafkaBus:
         except (TimeoutError, KafkaError, OSError) as exc:
             kind = _error_kind(exc)
             PRODUCE_ERRORS.labels(topic, kind).inc()
-            why = f"publish to {topic} failed within {self._timeout_s:.1f}s: {_describe(exc)}"
+            why = f"publish to {topic} failed within {self._timeout_s:.1f}s: {describe(exc)}"
             if _breaks_producer(exc):
                 self._mark_broken(producer, why)
             raise BusUnavailable(f"kafka: {why}", self._retry_after_s) from exc
@@ -250,43 +242,6 @@ def _fit(signal: Signal, payload: bytes, budget: int) -> list[bytes]:
     return wire.split(signal, payload, max(budget, 1024))
 
 
-def new_topics(cfg: KafkaConfig, names: Sequence[str]) -> list[NewTopic]:
-    """The topics as configured: partitions, replicas, and the settings acks=all relies on.
-
-    ``min.insync.replicas`` is set on the topic rather than left to the broker, because it is
-    what makes acks=all durable: with the broker's usual default of 1, Kafka acknowledges data
-    that only the leader holds, and a leader lost then loses it.
-    """
-    configs = {"max.message.bytes": str(cfg.max_message_bytes + 64 * 1024)}
-    if cfg.min_insync_replicas:
-        configs["min.insync.replicas"] = str(cfg.min_insync_replicas)
-    return [NewTopic(n, cfg.partitions, cfg.replication_factor, topic_configs=dict(configs)) for n in names]
-
-
-async def ensure_topics(cfg: KafkaConfig, names: Sequence[str]) -> None:
-    """Create the topics that do not exist yet; an existing topic keeps its settings."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id + "-admin",
-                                request_timeout_ms=cfg.request_timeout_ms)
-    await admin.start()
-    try:
-        resp: Any = await admin.create_topics(new_topics(cfg, names))
-        for entry in resp.topic_errors:
-            topic, code = entry[0], entry[1]
-            if code not in (0, _TOPIC_EXISTS):
-                message = entry[2] if len(entry) > 2 else ""
-                raise kafka_error_for_code(code)(f"creating topic {topic}: {message}")
-    finally:
-        await admin.close()
-
-
-async def _close(producer: AIOKafkaProducer, within: float) -> None:
-    """Stop a producer without letting a dead broker hold the caller hostage."""
-    try:
-        await asyncio.wait_for(producer.stop(), within)
-    except (TimeoutError, KafkaError, OSError) as exc:
-        log.debug("kafka producer stop: %s", _describe(exc))
-
-
 def _breaks_producer(exc: BaseException) -> bool:
     if isinstance(exc, (TimeoutError, KafkaTimeoutError, KafkaConnectionError, OSError)):
         return True
@@ -297,8 +252,3 @@ def _error_kind(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timeout"
     return type(exc).__name__
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -12,7 +12,7 @@ hold what a store's decoder refuses or reads differently:
 - a packed field whose length does not fit its elements, a group, field number 0;
 - messages nested so deep that a recursive converter or JSON encoder gives up.
 
-``gateway/_otlpcheck.c`` checks all of these in one pass over the bytes without allocating,
+``otlp/_otlpcheck.c`` checks all of these in one pass over the bytes without allocating,
 driven by tables made here from the opentelemetry-proto descriptors (so a newer OTLP version
 is picked up by upgrading the package). Field numbers the descriptors do not know are unknown
 fields and pass, as protobuf requires, so data from a newer OTLP version is not refused.
@@ -36,8 +36,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from gateway import _otlpcheck
-from gateway.signals import Signal
+from otlp import _otlpcheck
+from otlp.signals import Signal
 
 __all__ = ["MAX_NESTED_VALUES", "TOO_MANY", "check_and_count", "check_export_fields", "check_resource"]
 

@@ -23,9 +23,9 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
 
-from gateway.bus.base import BusRecord
-from gateway.config import KafkaConfig
-from gateway.signals import Signal
+from bus.contract import BusRecord
+from otlp.signals import Signal
+from settings.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 

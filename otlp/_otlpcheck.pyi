@@ -1,4 +1,4 @@
-"""Types of the C module ``gateway/_otlpcheck.c`` (see its header comment and gateway/validate.py)."""
+"""Types of the C module ``otlp/_otlpcheck.c`` (see its header comment and otlp/validate.py)."""
 
 def setup(table: bytes, /) -> None: ...
 def check(buffer: bytes | memoryview, message_index: int, max_nesting: int, max_items: int,

@@ -5,9 +5,9 @@ Kafka is imported only when configured, so the embedded default starts without l
 
 from __future__ import annotations
 
-from gateway.bus.base import Bus
-from gateway.bus.memory import MemoryBus
-from gateway.config import Config
+from bus.contract import Bus
+from bus.memory import MemoryBus
+from settings.config import Config
 
 MEMORY_BUS_BUDGET = 16 * 1024 * 1024
 
@@ -21,7 +21,7 @@ def make_bus(cfg: Config) -> Bus:
         # backlog small enough to write out within the shutdown drain.
         max_records = max(8, MEMORY_BUS_BUDGET // cfg.batch.max_bytes)
         return MemoryBus(topic_prefix=cfg.bus.kafka.topic_prefix, max_records=max_records)
-    from gateway.bus.kafka import KafkaBus
+    from bus.kafka.producer import KafkaBus
 
     return KafkaBus(cfg.bus.kafka)
 
@@ -30,6 +30,6 @@ def max_item_bytes(cfg: Config) -> int | None:
     """The largest single item the configured bus can carry; None when it has no such limit."""
     if cfg.bus.kind == "memory":
         return None
-    from gateway.bus import kafka
+    from bus.kafka import producer as kafka
 
     return kafka.max_item_bytes(cfg.bus.kafka)

@@ -27,8 +27,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
-from gateway.signals import Signal
-from gateway.wire import WireError, encode_varint, read_varint
+from otlp.signals import Signal
+from otlp.wire import WireError, encode_varint, read_varint
 
 __all__ = ["JsonRequest", "json_request", "json_to_proto", "proto_to_json", "response_json"]
 

@@ -1,1 +1,0 @@
-"""The bus between the ingest edge and the pipelines: Kafka in production, memory when embedded."""

@@ -1,0 +1,1 @@
+"""Configuration both sides read: one YAML file with ``TG_*`` environment overrides."""
