@@ -30,11 +30,7 @@ from otlp.signals import Signal
 
 BASE_TIME_NS = 1_700_000_000_000_000_000
 
-REQUEST_TYPES: dict[Signal, Any] = {
-    Signal.TRACES: ExportTraceServiceRequest,
-    Signal.LOGS: ExportLogsServiceRequest,
-    Signal.METRICS: ExportMetricsServiceRequest,
-}
+REQUEST_TYPES: dict[Signal, Any] = {s: s.spec.request for s in Signal}
 
 
 def kv(key: str, value: str | int | float | bool) -> KeyValue:

@@ -16,17 +16,9 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-
 from otlp.signals import Signal
 
-GRPC_METHODS = {
-    Signal.TRACES: "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-    Signal.LOGS: "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-    Signal.METRICS: "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
-}
+GRPC_METHODS = {s: s.spec.grpc_path for s in Signal}
 
 
 def rejected_items(signal: Signal, response: bytes) -> int:
@@ -34,11 +26,8 @@ def rejected_items(signal: Signal, response: bytes) -> int:
     if not response:
         return 0
     try:
-        if signal is Signal.TRACES:
-            return int(ExportTraceServiceResponse.FromString(response).partial_success.rejected_spans)
-        if signal is Signal.LOGS:
-            return int(ExportLogsServiceResponse.FromString(response).partial_success.rejected_log_records)
-        return int(ExportMetricsServiceResponse.FromString(response).partial_success.rejected_data_points)
+        partial = signal.spec.response.FromString(response).partial_success
+        return int(getattr(partial, signal.spec.rejected_field))
     except Exception:  # a non-protobuf body on success (e.g. JSON "{}") refuses nothing
         return 0
 

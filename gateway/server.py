@@ -309,20 +309,10 @@ async def _drain(source: MemorySource, bus: MemoryBus) -> None:
 
 def _items(record: BusRecord) -> int:
     """Spans, log records or metrics in a bus record (0 if it does not even parse)."""
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    from otlp.signals import Signal
-
+    spec = record.signal.spec
     try:
-        if record.signal is Signal.TRACES:
-            req = ExportTraceServiceRequest.FromString(record.value)
-            return sum(len(s.spans) for r in req.resource_spans for s in r.scope_spans)
-        if record.signal is Signal.LOGS:
-            logs = ExportLogsServiceRequest.FromString(record.value)
-            return sum(len(s.log_records) for r in logs.resource_logs for s in r.scope_logs)
-        metrics = ExportMetricsServiceRequest.FromString(record.value)
-        return sum(len(s.metrics) for r in metrics.resource_metrics for s in r.scope_metrics)
+        req = spec.request.FromString(record.value)
+        return sum(len(getattr(s, spec.item_field)) for r in getattr(req, spec.resource_field)
+                   for s in getattr(r, spec.scope_field))
     except Exception:  # a record that does not parse still counts as a record lost
         return 0

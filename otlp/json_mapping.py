@@ -22,9 +22,6 @@ from typing import Any
 
 import orjson
 from google.protobuf.descriptor import FieldDescriptor as FD
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from otlp.signals import Signal
@@ -32,16 +29,6 @@ from otlp.wire import WireError, encode_varint, read_varint
 
 __all__ = ["JsonRequest", "json_request", "json_to_proto", "proto_to_json", "response_json"]
 
-_REQUESTS: dict[Signal, Any] = {
-    Signal.TRACES: ExportTraceServiceRequest,
-    Signal.LOGS: ExportLogsServiceRequest,
-    Signal.METRICS: ExportMetricsServiceRequest,
-}
-_REJECTED_FIELD = {
-    Signal.TRACES: "rejectedSpans",
-    Signal.LOGS: "rejectedLogRecords",
-    Signal.METRICS: "rejectedDataPoints",
-}
 
 # --- JSON -> protobuf bytes, driven by the message descriptors ---------------------------------
 #
@@ -377,7 +364,8 @@ def json_request(signal: Signal, body: bytes) -> JsonRequest:
     try:
         return JsonRequest(_encode(signal, doc), 0, "")
     except WireError as whole:
-        key = next((k for k in (_RX_JSON[signal], _RX_PROTO[signal]) if isinstance(doc.get(k), list)), None)
+        names = (signal.spec.resource_json, signal.spec.resource_field)
+        key = next((k for k in names if isinstance(doc.get(k), list)), None)
         if key is None:
             raise WireError(f"invalid OTLP/JSON {signal.value} request: {whole}") from None
     kept: list[bytes] = []
@@ -395,12 +383,6 @@ def json_request(signal: Signal, body: bytes) -> JsonRequest:
     return JsonRequest(b"".join(kept), rejected, error)
 
 
-_RX_JSON = {Signal.TRACES: "resourceSpans", Signal.LOGS: "resourceLogs", Signal.METRICS: "resourceMetrics"}
-_RX_PROTO = {Signal.TRACES: "resource_spans", Signal.LOGS: "resource_logs",
-             Signal.METRICS: "resource_metrics"}
-_SCOPES = {Signal.TRACES: ("scopeSpans", "scope_spans"), Signal.LOGS: ("scopeLogs", "scope_logs"),
-           Signal.METRICS: ("scopeMetrics", "scope_metrics")}
-_ITEMS = {Signal.TRACES: ("spans",), Signal.LOGS: ("logRecords", "log_records"), Signal.METRICS: ("metrics",)}
 _METRIC_DATA = ("gauge", "sum", "histogram", "exponentialHistogram", "exponential_histogram", "summary")
 
 
@@ -416,9 +398,10 @@ def _list(obj: Any, names: tuple[str, ...]) -> list[Any]:
 def _json_items(signal: Signal, rx: Any) -> int:
     """Items (spans, log records, data points) in a ResourceX as JSON, however malformed."""
     n = 0
-    for scope in _list(rx, _SCOPES[signal]):
-        for item in _list(scope, _ITEMS[signal]):
-            if signal is not Signal.METRICS:
+    spec = signal.spec
+    for scope in _list(rx, (spec.scope_json, spec.scope_field)):
+        for item in _list(scope, (spec.item_json, spec.item_field)):
+            if not spec.counts_data_points:
                 n += 1
                 continue
             for data in _METRIC_DATA:
@@ -442,7 +425,7 @@ def _load(signal: Signal, body: bytes) -> dict[str, Any]:
 def _encode(signal: Signal, doc: dict[str, Any]) -> bytes:
     """A parsed OTLP/JSON request as protobuf; WireError names the path of what does not fit."""
     try:
-        return _json_encoder(_REQUESTS[signal].DESCRIPTOR).encode(doc)
+        return _json_encoder(signal.spec.request.DESCRIPTOR).encode(doc)
     except _PathError as e:
         raise WireError(f"{e.where()}: {e.message}") from None
     except RecursionError:  # AnyValue nests without bound; a hostile body must not cost more
@@ -455,7 +438,7 @@ def proto_to_json(signal: Signal, payload: bytes) -> bytes:
     """Serialized protobuf request -> compact OTLP/JSON (hex ids, int enums, camelCase)."""
     buf = bytes(payload)
     try:
-        doc = _json_decoder(_REQUESTS[signal].DESCRIPTOR).decode(buf, 0, len(buf))
+        doc = _json_decoder(signal.spec.request.DESCRIPTOR).decode(buf, 0, len(buf))
     except WireError as e:
         raise WireError(f"invalid {signal.value} request: {e}") from None
     except RecursionError:
@@ -735,7 +718,7 @@ def response_json(rejected: int, message: str, signal: Signal) -> bytes:
         return b"{}"
     partial: dict[str, Any] = {}
     if rejected > 0:
-        partial[_REJECTED_FIELD[signal]] = str(rejected)  # int64 -> string, as proto3 JSON
+        partial[signal.spec.rejected_json] = str(rejected)  # int64 -> string, as proto3 JSON
     if message:
         partial["errorMessage"] = message
     return orjson.dumps({"partialSuccess": partial})

@@ -29,12 +29,6 @@ import struct
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor as FD
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
-from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from otlp import _otlpcheck
 from otlp.signals import Signal
@@ -95,11 +89,8 @@ def _tables() -> tuple[bytes, dict[Signal, int], dict[Signal, int], list[Any]]:
                 visit(f.message_type)
         return index[desc.full_name]
 
-    roots = {Signal.TRACES: visit(ResourceSpans.DESCRIPTOR), Signal.LOGS: visit(ResourceLogs.DESCRIPTOR),
-             Signal.METRICS: visit(ResourceMetrics.DESCRIPTOR)}
-    requests = {Signal.TRACES: visit(ExportTraceServiceRequest.DESCRIPTOR),
-                Signal.LOGS: visit(ExportLogsServiceRequest.DESCRIPTOR),
-                Signal.METRICS: visit(ExportMetricsServiceRequest.DESCRIPTOR)}
+    roots = {s: visit(s.spec.resource.DESCRIPTOR) for s in Signal}
+    requests = {s: visit(s.spec.request.DESCRIPTOR) for s in Signal}
     ints = [len(order)]
     for desc in order:
         top = max((f.number for f in desc.fields), default=0)

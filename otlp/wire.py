@@ -27,10 +27,6 @@ __all__ = ["Prepared", "TooManyItems", "WireError", "encode_attributes", "encode
 
 _LEN = 2  # wire type of length-delimited fields
 _METRIC_DATA_FIELDS = frozenset((5, 7, 9, 10, 11))
-_ITEM_NAMES = {Signal.TRACES: "spans", Signal.LOGS: "log_records"}
-_RX_NAMES = {Signal.TRACES: "resource_spans", Signal.LOGS: "resource_logs",
-             Signal.METRICS: "resource_metrics"}
-_SX_NAMES = {Signal.TRACES: "scope_spans", Signal.LOGS: "scope_logs", Signal.METRICS: "scope_metrics"}
 
 
 class WireError(ValueError):
@@ -298,12 +294,12 @@ def _count_metrics(buf: bytes, pos: int, end: int, limit: int) -> int:
 
 def _count_scope(signal: Signal, buf: bytes, pos: int, end: int, limit: int) -> int:
     """Items in a ScopeX body; errors name the path below the ScopeX."""
-    if signal is Signal.METRICS:
+    if signal.spec.counts_data_points:
         return _count_metrics(buf, pos, end, limit)
     try:
         return _count(buf, pos, end, 2, limit)
     except _Counted as e:
-        raise _Counted(f"{_ITEM_NAMES[signal]}: {e}", e.items) from None
+        raise _Counted(f"{signal.spec.item_field}: {e}", e.items) from None
 
 
 def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
@@ -322,7 +318,7 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
     view = memoryview(buf)  # slices of it are copied once, by the final join
     drop_keys = frozenset(k.encode() for k, _ in attrs)
     ours = encode_attributes(attrs)
-    rx_name = _RX_NAMES[signal]
+    rx_name = signal.spec.resource_field
     try:
         top = _fields(buf, 0, len(buf))
     except WireError as e:
@@ -394,7 +390,7 @@ def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int
         if found is not None:
             checked, content_fault = None, found
     n = 0
-    sx_name = _SX_NAMES[signal]
+    sx_name = signal.spec.scope_field
     try:
         fields = _fields(buf, pos, end)
     except WireError as e:
@@ -435,8 +431,7 @@ def _prepare_rx(signal: Signal, buf: bytes, view: memoryview, pos: int, end: int
 
 
 def _request_name(signal: Signal) -> str:
-    return {Signal.TRACES: "ExportTraceServiceRequest", Signal.LOGS: "ExportLogsServiceRequest",
-            Signal.METRICS: "ExportMetricsServiceRequest"}[signal]
+    return signal.spec.request_name
 
 
 # --- split ----------------------------------------------------------------------------------
@@ -445,11 +440,13 @@ def _request_name(signal: Signal) -> str:
 # None: the field's messages are indivisible items.
 _Spec = dict[int, "_Spec | None"]
 _POINTS: _Spec = {1: None}
-_SPECS: dict[Signal, _Spec] = {
-    Signal.TRACES: {1: {2: {2: None}}},
-    Signal.LOGS: {1: {2: {2: None}}},
-    Signal.METRICS: {1: {2: {2: {5: _POINTS, 7: _POINTS, 9: _POINTS, 10: _POINTS, 11: _POINTS}}}},
-}
+_ITEMS: _Spec = {2: None}
+_METRIC_POINTS: _Spec = {2: dict.fromkeys(_METRIC_DATA_FIELDS, _POINTS)}
+
+
+def _split_spec(signal: Signal) -> _Spec:
+    """Export request -> ResourceX (1) -> ScopeX (2) -> items (2), down to data points for metrics."""
+    return {1: {2: _METRIC_POINTS if signal.spec.counts_data_points else _ITEMS}}
 
 
 def split(signal: Signal, payload: bytes, max_bytes: int) -> list[bytes]:
@@ -465,7 +462,7 @@ def split(signal: Signal, payload: bytes, max_bytes: int) -> list[bytes]:
     if len(buf) <= max_bytes:
         return [buf] if buf else []
     try:
-        return _split(buf, memoryview(buf), 0, len(buf), _SPECS[signal], max_bytes)
+        return _split(buf, memoryview(buf), 0, len(buf), _split_spec(signal), max_bytes)
     except WireError as e:
         raise WireError(f"{_request_name(signal)}: {e}") from None
 

@@ -46,7 +46,7 @@ import grpc
 from gateway import metrics
 from gateway.ingest import Ingest, Outcome
 from gateway.receivers.gunzip import GZIP_MAGIC, BadGzip, TooLarge, gunzip_async
-from gateway.receivers.status import GRPC_CODE, RESPONSES, export_response, rpc_status
+from gateway.receivers.status import GRPC_CODE, export_response, rpc_status
 from otlp.signals import CORRELATION_HEADER, Signal
 from settings.config import ServerConfig
 
@@ -59,11 +59,6 @@ _GRPC_REFUSED = "grpc_refused"  # stage while telling a message grpc refused fro
 _GRPC_REFUSED_WAIT_S = 0.05
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
-_SERVICES = {
-    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
-    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
-    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
-}
 
 Export = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[object]]
 
@@ -170,13 +165,13 @@ async def _inflate_and_ingest(ingest: Ingest, signal: Signal, cfg: ServerConfig,
 def handlers(ingest: Ingest, cfg: ServerConfig) -> list[grpc.GenericRpcHandler]:
     """One generic handler per OTLP service, each with its ``Export`` method."""
     out = []
-    for signal, service in _SERVICES.items():
+    for signal in Signal:
         method = grpc.stream_unary_rpc_method_handler(
             _export(ingest, signal, cfg),
             request_deserializer=None,  # raw bytes in
-            response_serializer=RESPONSES[signal].SerializeToString,
+            response_serializer=signal.spec.response.SerializeToString,
         )
-        out.append(grpc.method_handlers_generic_handler(service, {"Export": method}))
+        out.append(grpc.method_handlers_generic_handler(signal.spec.grpc_service, {"Export": method}))
     return out
 
 

@@ -21,7 +21,7 @@ from settings.config import ServerConfig
 TRANSPORT = "http"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-_PATHS = {f"/v1/{s.value}": s for s in Signal}
+_PATHS = {s.spec.http_path: s for s in Signal}
 
 
 class OtlpHttp:

@@ -11,9 +11,6 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from gateway.ingest import Outcome, Reason
 from otlp.signals import Signal
@@ -58,19 +55,12 @@ def rpc_status(reason: Reason, message: str, retry_after_s: float | None = None)
     return st
 
 
-RESPONSES: dict[Signal, Any] = {
-    Signal.TRACES: ExportTraceServiceResponse,
-    Signal.LOGS: ExportLogsServiceResponse,
-    Signal.METRICS: ExportMetricsServiceResponse,
-}
-_REJECTED_FIELD = {Signal.TRACES: "rejected_spans", Signal.LOGS: "rejected_log_records",
-                   Signal.METRICS: "rejected_data_points"}
 
 
 def export_response(signal: Signal, outcome: Outcome) -> Any:
     """The Export*ServiceResponse for an accepted request; ``partial_success`` only when needed."""
-    resp = RESPONSES[signal]()
+    resp = signal.spec.response()
     if outcome.rejected_items or outcome.message:
-        setattr(resp.partial_success, _REJECTED_FIELD[signal], outcome.rejected_items)
+        setattr(resp.partial_success, signal.spec.rejected_field, outcome.rejected_items)
         resp.partial_success.error_message = outcome.message
     return resp
