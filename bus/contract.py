@@ -67,7 +67,17 @@ class BusRecord:
 
 
 class Bus(Protocol):
-    """Producer side. ``publish`` returns only once the bus holds the batch durably."""
+    """Producer side. ``publish`` returns only once the bus holds the batch durably.
+
+    A bus may wrap another (a stage: see ``bus.factory``); it then states its own limits and
+    readiness, which are usually those of the bus it wraps.
+    """
+
+    @property
+    def max_item_bytes(self) -> int | None:
+        """The largest serialized single item (with its resource and scope) the bus can carry;
+        None when it has no such limit. The edge refuses larger items before batching."""
+        ...
 
     async def start(self) -> None: ...
 

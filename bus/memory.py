@@ -30,6 +30,10 @@ class MemoryBus:
         self._changed = asyncio.Condition()
         self._sources: list[MemorySource] = []
 
+    @property
+    def max_item_bytes(self) -> int | None:
+        return None  # a record is a reference to the batch's bytes: no size limit
+
     async def start(self) -> None:
         return None
 

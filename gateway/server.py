@@ -18,8 +18,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -28,15 +26,11 @@ from settings import config
 from settings.config import Config
 
 if TYPE_CHECKING:  # the worker imports these itself, after the fork
-    from bus.contract import BusRecord
-    from bus.memory import MemoryBus, MemorySource
+    from gateway.embedded import Embedded
 
 log = logging.getLogger("gateway.server")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_DRAIN_S = 10.0  # how long shutdown waits for the embedded pipeline to write what was accepted
-_DRAIN_POLL_S = 0.02
-_EMBEDDED_RECORDS_PER_WRITE = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +151,7 @@ class _Worker:
 
     def __init__(self, cfg: Config, index: int, stop: asyncio.Event, ready_dir: Path | None = None) -> None:
         # Imported here, in the worker, after any fork (grpc) and after PROMETHEUS_MULTIPROC_DIR.
-        from bus.factory import make_bus, max_item_bytes
+        from bus.factory import make_bus
         from gateway.batcher import Batcher
         from gateway.ingest import Ingest, observe_flush
         from gateway.readiness import SharedReadiness
@@ -168,12 +162,16 @@ class _Worker:
         self.failed = False
         self._stop = stop
         self._listening = False
-        self.bus = make_bus(cfg)
+        self._embedded: Embedded | None = None
+        if cfg.runs_embedded_pipeline:
+            from gateway.embedded import Embedded
+
+            self._embedded = Embedded(cfg, index)
+        self.bus = make_bus(cfg, base=self._embedded.bus if self._embedded is not None else None)
         self.batcher = Batcher(self.bus.publish, cfg.batch.max_bytes, cfg.batch.max_age_ms / 1000,
                                observe_flush)
         self.ingest = Ingest(cfg, self.batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits),
-                             max_item_bytes=max_item_bytes(cfg))
-        self._embedded: _Embedded | None = None
+                             max_item_bytes=self.bus.max_item_bytes)
         # With several workers /readyz answers for all of them (gateway.readiness).
         self.shared = (SharedReadiness(ready_dir, index, cfg.server.workers, self.readiness)
                        if ready_dir is not None else None)
@@ -185,7 +183,6 @@ class _Worker:
         return self.bus.readiness()
 
     async def start(self) -> None:
-        from bus.memory import MemoryBus
         from gateway.admin import Admin
         from gateway.receivers import httpserver, otlp_grpc
         from gateway.receivers.otlp_http import OtlpHttp
@@ -193,8 +190,7 @@ class _Worker:
         cfg, server_cfg = self.cfg, self.cfg.server
         reuse_port = server_cfg.workers > 1
         await self.bus.start()
-        if isinstance(self.bus, MemoryBus) and cfg.embedded_pipeline:
-            self._embedded = _Embedded(cfg, self.index, self.bus)
+        if self._embedded is not None:
             await self._embedded.start(on_failure=self._pipeline_failed)
         if self.shared is not None:
             self._publishing = asyncio.get_running_loop().create_task(self.shared.run())
@@ -239,80 +235,3 @@ class _Worker:
         if self.shared is not None:
             self.shared.close()
         log.info("worker %d stopped", self.index)
-
-
-class _Embedded:
-    """Memory bus -> file sink pipeline inside the gateway process (the embedded default)."""
-
-    def __init__(self, cfg: Config, index: int, bus: MemoryBus) -> None:
-        from pipelines.pipeline import Pipeline
-        from pipelines.sinks.file import FileSink
-
-        self._bus = bus
-        self._many = cfg.server.workers > 1
-        self.sink = FileSink(cfg.pipelines.file.data_dir, suffix=f"-w{index}" if self._many else "",
-                             offload=True)
-        self.source = bus.source()
-        # Records here are whole batches (up to batch.max_bytes); committing every few of them
-        # frees room in the bounded memory bus early, so waiting clients are not held for the
-        # conversion of a large backlog at once.
-        # Records the sink sets aside for good go to its rejects files: no dead-letter topic here.
-        self.pipeline = Pipeline(self.source, self.sink, dead_letter=self.sink.park,
-                                 max_records=_EMBEDDED_RECORDS_PER_WRITE,
-                                 max_unexpected_retries=cfg.pipelines.max_unexpected_retries)
-        self._task: asyncio.Task[None] | None = None
-
-    def describe(self) -> str:
-        return (f"sink: files under {self.sink.data_dir}/<tenant>/<signal>"
-                f"{'-w<worker>' if self._many else ''}.jsonl")
-
-    async def start(self, on_failure: Callable[[], None]) -> None:
-        await self.sink.start()
-        self._task = asyncio.get_running_loop().create_task(self.pipeline.run())
-
-        def check(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("embedded pipeline failed; stopping the worker", exc_info=task.exception())
-                on_failure()
-
-        self._task.add_done_callback(check)
-
-    async def stop(self) -> bool:
-        """Let the pipeline write what the bus holds (bounded), then stop it and close the files.
-
-        False (and an error log saying how many records and items) when acknowledged data
-        was not written.
-        """
-        if self._task is not None and not self._task.done():
-            await _drain(self.source, self._bus)
-            self.pipeline.stop()
-            await asyncio.wait((self._task,))
-        await self.sink.stop()
-        # The log keeps every record this (only) source has not committed.
-        lost = [r for r in self._bus._log if r.offset >= self.source.committed]
-        if lost:
-            log.error("embedded pipeline: %d acknowledged record(s), %d item(s), were not written to "
-                      "the file sink", len(lost), sum(_items(r) for r in lost))
-        return not lost
-
-
-async def _drain(source: MemorySource, bus: MemoryBus) -> None:
-    """Wait (bounded) until the embedded pipeline committed everything on the memory bus."""
-    deadline = time.monotonic() + _DRAIN_S
-    for _ in range(int(_DRAIN_S / _DRAIN_POLL_S)):
-        if source.committed >= bus.end_offset or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(_DRAIN_POLL_S)
-    if source.committed < bus.end_offset:
-        log.error("embedded pipeline did not drain within %.0fs", _DRAIN_S)
-
-
-def _items(record: BusRecord) -> int:
-    """Spans, log records or metrics in a bus record (0 if it does not even parse)."""
-    spec = record.signal.spec
-    try:
-        req = spec.request.FromString(record.value)
-        return sum(len(getattr(s, spec.item_field)) for r in getattr(req, spec.resource_field)
-                   for s in getattr(r, spec.scope_field))
-    except Exception:  # a record that does not parse still counts as a record lost
-        return 0

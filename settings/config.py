@@ -192,6 +192,11 @@ class Config:
     embedded_pipeline: bool = True
     log_level: str = "INFO"
 
+    @property
+    def runs_embedded_pipeline(self) -> bool:
+        """Whether each gateway worker runs the embedded default: memory bus -> file sink."""
+        return self.bus.kind == "memory" and self.embedded_pipeline
+
 
 def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read YAML (if given), apply ``TG_*`` environment overrides, validate, return Config."""

@@ -76,6 +76,10 @@ class KafkaBus:
         self._timeout_s = cfg.publish_timeout_ms / 1000
         self._retry_after_s = cfg.unavailable_retry_after_ms / 1000
 
+    @property
+    def max_item_bytes(self) -> int:
+        return max_item_bytes(self._cfg)
+
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Start connecting; wait briefly so a healthy start is ready at once, never forever."""
