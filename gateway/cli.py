@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 # subcommand -> (module, help). The module has add_arguments(parser) and main(namespace) -> int.
 SUBCOMMANDS = {
-    "run": ("gateway.server", "run the gateway: receivers, batcher, bus (embedded: memory bus + file sink)"),
-    "pipelines": ("pipelines.runner", "consume the Kafka topics into one sink (consumer group per sink)"),
-    "bench": ("bench.cli", "load-test the gateway and the OpenTelemetry Collector side by side"),
+    "run": ("gateway.command", "run the gateway: receivers, batcher, bus (embedded: memory bus + file sink)"),
+    "pipelines": ("pipelines.command", "consume the Kafka topics into one sink (consumer group per sink)"),
+    "bench": ("bench.command", "load-test the gateway and the OpenTelemetry Collector side by side"),
 }
 
 

@@ -9,20 +9,17 @@ in flight, flush the batcher to the bus, let the embedded pipeline drain, stop t
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from settings import config
 from settings.config import Config
 
 if TYPE_CHECKING:  # the worker imports these itself, after the fork
@@ -33,34 +30,10 @@ log = logging.getLogger("gateway.server")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML configuration (TG_* env vars override it)")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="worker processes sharing the ports (default: server.workers)")
-
-
-def main(ns: argparse.Namespace) -> int:
-    try:
-        cfg = config.load(ns.config)
-        if ns.workers is not None:
-            cfg.server.workers = ns.workers
-            config._check(cfg)
-    except (config.ConfigError, OSError) as exc:
-        print(f"telemetry-gateway: {exc}", file=sys.stderr)
-        return 2
-    # Absolute, so the start-up line says exactly where the file sink writes.
-    cfg.pipelines.file.data_dir = os.path.abspath(cfg.pipelines.file.data_dir)
-    logging.basicConfig(level=cfg.log_level.upper(),
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
-    if cfg.server.workers == 1:
-        return _run_worker(cfg, 0)
-    return _supervise(cfg)
-
-
 # --- parent ---------------------------------------------------------------------------------
 
 
-def _supervise(cfg: Config) -> int:
+def supervise(cfg: Config) -> int:
     """Fork the workers, forward stop signals to them, exit 0 when all exited cleanly."""
     n = cfg.server.workers
     run_dir = Path(tempfile.mkdtemp(prefix="telemetry-gateway-"))
@@ -78,7 +51,7 @@ def _supervise(cfg: Config) -> int:
                 for s in _SIGNALS:
                     signal.signal(s, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                code = _run_worker(cfg, index, ready_dir)
+                code = run_worker(cfg, index, ready_dir)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -122,7 +95,7 @@ def _supervise(cfg: Config) -> int:
 # --- worker ---------------------------------------------------------------------------------
 
 
-def _run_worker(cfg: Config, index: int, ready_dir: Path | None = None) -> int:
+def run_worker(cfg: Config, index: int, ready_dir: Path | None = None) -> int:
     """``ready_dir``: where the workers of a multi-worker gateway share their readiness."""
     import uvloop
 

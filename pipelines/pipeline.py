@@ -26,32 +26,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from prometheus_client import Counter
-
 from bus.contract import BusRecord, Source
+from pipelines.metrics import ACKED_RECORDS, DEAD_LETTER_RECORDS, ISOLATED_BATCHES, SINK_ERRORS
 from pipelines.sinks.base import PermanentSinkError, Rejection, Sink, TransientSinkError
 
 log = logging.getLogger(__name__)
 
 DeadLetter = Callable[[Sequence[Rejection]], Awaitable[None]]
-
-ACKED_RECORDS = Counter(
-    "pipeline_sink_acked_records_total", "Records the sink acknowledged (then committed).", ["sink"]
-)
-DEAD_LETTER_RECORDS = Counter(
-    "pipeline_dead_letter_records_total", "Records the sink rejected for good (sent to dead letters).",
-    ["sink"],
-)
-SINK_ERRORS = Counter(
-    "pipeline_sink_errors_total",
-    "Sink write failures by kind (transient: retried; permanent: dead-lettered; unexpected: "
-    "retried a few times, then per record; gave_up: a record dead-lettered after unexpected errors).",
-    ["sink", "kind"],
-)
-ISOLATED_BATCHES = Counter(
-    "pipeline_isolated_batches_total",
-    "Batches written one record at a time after repeated unexpected sink errors.", ["sink"],
-)
 
 
 @runtime_checkable

@@ -12,7 +12,6 @@ the partitions move at once), then the process exits 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib
@@ -28,34 +27,11 @@ from bus.kafka.topics import ensure_topics
 from pipelines.dead_letter import KafkaDeadLetter
 from pipelines.pipeline import Pipeline
 from pipelines.sinks.base import Sink
-from settings import config as config_mod
 from settings.config import Config
 
 log = logging.getLogger(__name__)
 
 SINKS = ("file", "elasticsearch", "jaeger", "prometheus")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sink", required=True, choices=SINKS, help="which sink this worker feeds")
-    parser.add_argument("--config", metavar="FILE", help="YAML config (TG_* environment overrides apply)")
-    parser.add_argument("--admin-port", type=int, default=None,
-                        help="port of /metrics (default: pipelines.admin_port, 8889)")
-
-
-def main(ns: argparse.Namespace) -> int:
-    cfg = config_mod.load(ns.config)
-    if ns.admin_port is not None:
-        cfg.pipelines.admin_port = ns.admin_port
-    logging.basicConfig(level=cfg.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
-        runner: Callable[..., object] = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run
-    rc = runner(run(cfg, ns.sink))
-    return cast(int, rc)
 
 
 def make_sink(cfg: Config, name: str) -> Sink:

@@ -21,23 +21,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from prometheus_client import Counter, Gauge
 
 from bus.contract import BusRecord
+from bus.metrics import COMMIT_ERRORS, CONSUMER_LAG
 from otlp.signals import Signal
 from settings.config import KafkaConfig
 
 log = logging.getLogger(__name__)
-
-CONSUMER_LAG = Gauge(
-    "pipeline_consumer_lag",
-    "Records in the partition after the last one this worker took (high watermark - position).",
-    ["topic", "partition"],
-)
-COMMIT_ERRORS = Counter(
-    "pipeline_commit_errors_total", "Offset commits that failed and were deferred to the next one.",
-    ["error"],
-)
 
 
 class KafkaSource:

@@ -22,35 +22,17 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
-from prometheus_client import Counter, Histogram
 
 from bus.contract import Batch, BusUnavailable
 from bus.kafka.client import close_producer, describe, durable_producer
 from bus.kafka.topics import ensure_topics
+from bus.metrics import BATCH_BYTES, PRODUCE_ERRORS, PRODUCE_SECONDS, PRODUCED_BYTES
 from otlp import wire
 from otlp.signals import Signal
 from settings.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 
-PRODUCE_SECONDS = Histogram(
-    "gateway_kafka_produce_seconds",
-    "Time from publish() to Kafka's acknowledgement of every piece of a batch.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-)
-PRODUCED_BYTES = Counter(
-    "gateway_kafka_produced_bytes_total", "Message value bytes acknowledged by Kafka.", ["topic"]
-)
-PRODUCE_ERRORS = Counter(
-    "gateway_kafka_produce_errors_total",
-    "Batches Kafka did not acknowledge, by error (the client got a retryable refusal).",
-    ["topic", "error"],
-)
-BATCH_BYTES = Histogram(
-    "gateway_kafka_batch_bytes",
-    "Size of each Kafka message value (a batch, or a piece of one after splitting).",
-    buckets=(1024, 4096, 16384, 65536, 262144, 524288, 1048576, 4194304),
-)
 
 # Bytes a record needs beyond key, value and headers (record batch framing, varints, CRC):
 # generous, so a value cut to the budget never trips the broker's message.max.bytes.

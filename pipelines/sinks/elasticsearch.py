@@ -43,7 +43,6 @@ from typing import Any
 from elastic_transport import ConnectionError as EsConnectionError
 from elastic_transport import ConnectionTimeout
 from elasticsearch import ApiError, AsyncElasticsearch
-from prometheus_client import Counter
 
 from bus.contract import BusRecord
 from otlp.signals import Signal
@@ -55,16 +54,13 @@ from pipelines.convert.es_docs import (
     item_part,
     record_documents,
 )
+from pipelines.metrics import ES_DOCUMENTS
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from pipelines.sinks.parts import part_rejection
 from settings.config import Config, ElasticsearchSinkConfig
 
 log = logging.getLogger(__name__)
 
-DOCUMENTS = Counter(
-    "pipeline_es_documents", "Documents sent to Elasticsearch by outcome (written, rejected, retried).",
-    ["signal", "outcome"],
-)
 
 # The data's fault: retrying cannot help. 413: larger than the node's http.max_content_length.
 PERMANENT_STATUS = frozenset({400, 413})
@@ -271,7 +267,7 @@ class ElasticsearchSink:
                     outcomes[signal, "retried"] += 1
                     transient.add(idx)
         for (signal, outcome), n in outcomes.items():
-            DOCUMENTS.labels(signal, outcome).inc(n)
+            ES_DOCUMENTS.labels(signal, outcome).inc(n)
 
         if transient:
             # A record with a document to retry is not settled, and its rejections are found

@@ -50,12 +50,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import orjson
-from prometheus_client import Counter
 
 from bus.contract import BusRecord
 from otlp.json_mapping import proto_to_json
 from otlp.signals import Signal
 from otlp.wire import WireError, top_level_fields
+from pipelines.metrics import FILE_HELPER_RESTARTS, FILE_REJECTED_PARTS
 from pipelines.sinks.base import Rejection, TransientSinkError
 from settings.config import Config
 
@@ -75,16 +75,6 @@ _Item = tuple[str, bytes]
 _Converted = tuple[bytes | None, list[tuple[bytes, str]]]
 
 # Counted here, not in the helper process: only the sink's own process serves /metrics.
-REJECTED_PARTS = Counter(
-    "pipeline_file_sink_rejected_parts_total",
-    "Parts of records (a ResourceX, or a whole record that cannot be split) that do not convert "
-    "to OTLP/JSON, written to the rejects file instead of the data file.",
-    ["signal"],
-)
-HELPER_RESTARTS = Counter(
-    "pipeline_file_sink_helper_restarts_total",
-    "Conversion helper processes started again after one died (killed, or crashed on input).",
-)
 
 
 class HelperDied(RuntimeError):
@@ -320,7 +310,7 @@ class FileSink:
                 pool, self._pool = self._pool, None
                 pool.shutdown(wait=False)
                 if attempt == 0:
-                    HELPER_RESTARTS.inc()
+                    FILE_HELPER_RESTARTS.inc()
         raise HelperDied(f"conversion helper died twice converting {len(items)} record(s)")
 
     async def write(self, records: Sequence[BusRecord]) -> None:
@@ -337,7 +327,7 @@ class FileSink:
             except OSError as exc:
                 raise TransientSinkError(f"file sink: {exc}", written=records[:i]) from exc
             for _part, reason in rejects:
-                REJECTED_PARTS.labels(rec.signal.value).inc()
+                FILE_REJECTED_PARTS.labels(rec.signal.value).inc()
                 log.warning("file sink: part of %s/%d@%d does not convert, kept in the rejects file: %s",
                             rec.topic, rec.partition, rec.offset, reason)
 

@@ -42,12 +42,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from prometheus_client import Counter
 
 from bus.contract import BusRecord
 from otlp.signals import Signal
 from otlp.wire import top_level_fields
 from pipelines.convert.parts import isolate, item_requests
+from pipelines.metrics import JAEGER_REJECTED_SPANS, JAEGER_REQUESTS
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from pipelines.sinks.parts import part_rejection
 from settings.config import Config
@@ -58,9 +58,6 @@ EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 # What grpc-go answers (as INTERNAL) when the request bytes do not decode.
 UNMARSHAL_ERROR = "grpc: error unmarshalling request"
 
-REQUESTS = Counter("pipeline_jaeger_requests", "Export calls to Jaeger by gRPC status code.", ["code"])
-REJECTED_SPANS = Counter("pipeline_jaeger_rejected_spans",
-                         "Spans Jaeger reported as rejected in a partial-success answer.")
 
 # Waits before sending the rest of a record again when Jaeger stops answering half-way through
 # isolating its refused parts (the part already in Jaeger must not go twice).
@@ -128,16 +125,16 @@ class JaegerSink:
                 raw = await self._export(payload, timeout=self.timeout_s)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-                REQUESTS.labels(code.name).inc()
+                JAEGER_REQUESTS.labels(code.name).inc()
                 if code is grpc.StatusCode.INTERNAL and (exc.details() or "").startswith(UNMARSHAL_ERROR):
                     return grpc.StatusCode.INVALID_ARGUMENT
                 if code is not grpc.StatusCode.INVALID_ARGUMENT:
                     log.warning("jaeger export: %s %s", code.name, exc.details())
                 return code
-        REQUESTS.labels("OK").inc()
+        JAEGER_REQUESTS.labels("OK").inc()
         resp = ExportTraceServiceResponse.FromString(raw)
         if resp.partial_success.rejected_spans:
-            REJECTED_SPANS.inc(resp.partial_success.rejected_spans)
+            JAEGER_REJECTED_SPANS.inc(resp.partial_success.rejected_spans)
             log.warning("jaeger rejected %d span(s): %s", resp.partial_success.rejected_spans,
                         resp.partial_success.error_message)
         return grpc.StatusCode.OK

@@ -39,11 +39,17 @@ import logging
 from collections.abc import Sequence
 
 import aiohttp
-from prometheus_client import Counter
 
 from bus.contract import BusRecord
 from otlp.signals import TENANT_HEADER, Signal
 from pipelines.convert.remote_write import encode, split, to_write_requests
+from pipelines.metrics import (
+    REMOTE_WRITE_DROPPED_EXEMPLAR_LABELS,
+    REMOTE_WRITE_DROPPED_EXEMPLARS,
+    REMOTE_WRITE_DROPPED_SAMPLES,
+    REMOTE_WRITE_REQUESTS,
+    REMOTE_WRITE_SAMPLES,
+)
 from pipelines.sinks.base import PermanentSinkError, TransientSinkError
 from pipelines.sinks.parts import part_rejection
 from protos import remote_pb2
@@ -51,15 +57,6 @@ from settings.config import Config, PrometheusSinkConfig
 
 log = logging.getLogger(__name__)
 
-SENT_SAMPLES = Counter("pipeline_remote_write_samples",
-                       "Samples (and native histogram samples) accepted by remote write.")
-DROPPED_SAMPLES = Counter("pipeline_remote_write_dropped_samples",
-                          "Samples not written, by reason (conversion or a 4xx answer).", ["reason"])
-DROPPED_EXEMPLARS = Counter("pipeline_remote_write_dropped_exemplars",
-                            "Exemplars not written by the conversion, by reason.", ["reason"])
-DROPPED_EXEMPLAR_LABELS = Counter("pipeline_remote_write_dropped_exemplar_labels",
-                                  "Exemplar attributes left off to keep the label set within 128 characters.")
-REQUESTS = Counter("pipeline_remote_write_requests", "Remote-write requests by HTTP status.", ["status"])
 
 # Not the data's fault: wait (in Kafka) until the store or its configuration is fixed.
 TRANSIENT_STATUS = frozenset({401, 403, 404, 405, 429})
@@ -120,19 +117,19 @@ class PrometheusSink:
         try:
             async with self._session.post(self.cfg.url, data=encode(req),
                                           headers={**HEADERS, TENANT_HEADER: tenant}) as resp:
-                REQUESTS.labels(str(resp.status)).inc()
+                REMOTE_WRITE_REQUESTS.labels(str(resp.status)).inc()
                 if resp.status < 300:
-                    SENT_SAMPLES.inc(n)
+                    REMOTE_WRITE_SAMPLES.inc(n)
                     return
                 text = (await resp.text())[:500]
         except (aiohttp.ClientError, TimeoutError) as exc:
-            REQUESTS.labels("error").inc()
+            REMOTE_WRITE_REQUESTS.labels("error").inc()
             raise TransientSinkError(f"remote write to {self.cfg.url} failed: {exc!r}") from exc
         transient = resp.status in TRANSIENT_STATUS or resp.status >= 500
         if transient and sample_refusal(text) is None:
             raise TransientSinkError(f"remote write {resp.status}: {text}")
         reason = drop_reason(resp.status, text)
-        DROPPED_SAMPLES.labels(reason).inc(n)
+        REMOTE_WRITE_DROPPED_SAMPLES.labels(reason).inc(n)
         log.warning("remote write dropped %d sample(s) of tenant %s: %d %s", n, tenant, resp.status, text)
 
     async def _post_tenant(self, tenant: str, req: remote_pb2.WriteRequest) -> None:
@@ -145,11 +142,11 @@ class PrometheusSink:
                                if req.timeseries))
         # Counted only once the batch went through, so a retried batch does not count twice.
         for reason, n in conv.dropped.items():
-            DROPPED_SAMPLES.labels(reason).inc(n)
+            REMOTE_WRITE_DROPPED_SAMPLES.labels(reason).inc(n)
         for reason, n in conv.dropped_exemplars.items():
-            DROPPED_EXEMPLARS.labels(reason).inc(n)
+            REMOTE_WRITE_DROPPED_EXEMPLARS.labels(reason).inc(n)
         if conv.dropped_exemplar_labels:
-            DROPPED_EXEMPLAR_LABELS.inc(conv.dropped_exemplar_labels)
+            REMOTE_WRITE_DROPPED_EXEMPLAR_LABELS.inc(conv.dropped_exemplar_labels)
         if conv.bad:
             # Only the parts that do not decode: the record's other series were just written.
             raise PermanentSinkError([part_rejection(records[i], part.value, part.reason)

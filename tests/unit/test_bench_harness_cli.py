@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench.cli import add_arguments, finish_run
+from bench.command import add_arguments, finish_run
 from bench.loadgen import LoadSpec
 from bench.runner import Environment
 from bench.targets import parse_targets

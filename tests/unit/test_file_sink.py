@@ -16,8 +16,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from bus.contract import BusRecord
 from otlp.signals import HEADER_TENANT, Signal
 from otlp.wire import encode_varint
+from pipelines.metrics import FILE_REJECTED_PARTS as REJECTED_PARTS
 from pipelines.sinks.base import Rejection, TransientSinkError
-from pipelines.sinks.file import REJECTED_PARTS, FileSink, safe_name, tenant_of
+from pipelines.sinks.file import FileSink, safe_name, tenant_of
 
 
 def record(tenant: str, value: bytes, offset: int, signal: Signal = Signal.TRACES) -> BusRecord:

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from bus.contract import BusRecord
 from otlp.signals import Signal
-from pipelines.pipeline import ACKED_RECORDS, DEAD_LETTER_RECORDS, ISOLATED_BATCHES, SINK_ERRORS, Pipeline
+from pipelines.metrics import ACKED_RECORDS, DEAD_LETTER_RECORDS, ISOLATED_BATCHES, SINK_ERRORS
+from pipelines.pipeline import Pipeline
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from tests.waiting import await_for
 

@@ -1,0 +1,73 @@
+"""The pipelines' self-metrics (Prometheus), defined once, served on ``pipelines.admin_port``.
+
+The consumer's own (lag, commit errors) are the bus's: ``bus/metrics.py``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+# pipeline
+ACKED_RECORDS = Counter(
+    "pipeline_sink_acked_records_total", "Records the sink acknowledged (then committed).", ["sink"]
+)
+DEAD_LETTER_RECORDS = Counter(
+    "pipeline_dead_letter_records_total", "Records the sink rejected for good (sent to dead letters).",
+    ["sink"],
+)
+SINK_ERRORS = Counter(
+    "pipeline_sink_errors_total",
+    "Sink write failures by kind (transient: retried; permanent: dead-lettered; unexpected: "
+    "retried a few times, then per record; gave_up: a record dead-lettered after unexpected errors).",
+    ["sink", "kind"],
+)
+ISOLATED_BATCHES = Counter(
+    "pipeline_isolated_batches_total",
+    "Batches written one record at a time after repeated unexpected sink errors.", ["sink"],
+)
+
+# file
+FILE_REJECTED_PARTS = Counter(
+    "pipeline_file_sink_rejected_parts_total",
+    "Parts of records (a ResourceX, or a whole record that cannot be split) that do not convert "
+    "to OTLP/JSON, written to the rejects file instead of the data file.",
+    ["signal"],
+)
+FILE_HELPER_RESTARTS = Counter(
+    "pipeline_file_sink_helper_restarts_total",
+    "Conversion helper processes started again after one died (killed, or crashed on input).",
+)
+
+# prometheus
+REMOTE_WRITE_SAMPLES = Counter(
+    "pipeline_remote_write_samples", "Samples (and native histogram samples) accepted by remote write."
+)
+REMOTE_WRITE_DROPPED_SAMPLES = Counter(
+    "pipeline_remote_write_dropped_samples", "Samples not written, by reason (conversion or a 4xx answer).",
+    ["reason"],
+)
+REMOTE_WRITE_DROPPED_EXEMPLARS = Counter(
+    "pipeline_remote_write_dropped_exemplars", "Exemplars not written by the conversion, by reason.",
+    ["reason"],
+)
+REMOTE_WRITE_DROPPED_EXEMPLAR_LABELS = Counter(
+    "pipeline_remote_write_dropped_exemplar_labels",
+    "Exemplar attributes left off to keep the label set within 128 characters.",
+)
+REMOTE_WRITE_REQUESTS = Counter(
+    "pipeline_remote_write_requests", "Remote-write requests by HTTP status.", ["status"]
+)
+
+# jaeger
+JAEGER_REQUESTS = Counter(
+    "pipeline_jaeger_requests", "Export calls to Jaeger by gRPC status code.", ["code"]
+)
+JAEGER_REJECTED_SPANS = Counter(
+    "pipeline_jaeger_rejected_spans", "Spans Jaeger reported as rejected in a partial-success answer."
+)
+
+# elasticsearch
+ES_DOCUMENTS = Counter(
+    "pipeline_es_documents", "Documents sent to Elasticsearch by outcome (written, rejected, retried).",
+    ["signal", "outcome"],
+)
