@@ -1,7 +1,9 @@
 """Dead-letter topic: records a sink rejects for good are parked, with why, and the pipeline goes on.
 
 The original value, key and headers are kept as they were (so the record can be replayed once
-the cause is fixed), and headers say which sink refused it, why, and where it came from.
+the cause is fixed), and headers say which sink refused it, why, and where it came from. When a
+sink refused only part of a record (``Rejection.part``), the value is that part, an Export
+request of its own, and ``dlq-part: part`` says so (``whole`` otherwise).
 ``__call__`` returns only after Kafka acknowledged every dead letter: the pipeline commits the
 originals right after, so a dead letter must be durable first.
 """
@@ -27,6 +29,7 @@ HEADER_SINK = "dlq-sink"
 HEADER_TOPIC = "dlq-original-topic"
 HEADER_PARTITION = "dlq-original-partition"
 HEADER_OFFSET = "dlq-original-offset"
+HEADER_PART = "dlq-part"
 _MAX_REASON = 1000
 
 
@@ -40,6 +43,7 @@ def dead_letter_headers(rej: Rejection, sink: str) -> list[tuple[str, bytes]]:
         (HEADER_TOPIC, rec.topic.encode()),
         (HEADER_PARTITION, str(rec.partition).encode()),
         (HEADER_OFFSET, str(rec.offset).encode()),
+        (HEADER_PART, b"whole" if rej.part is None else b"part"),
     ]
     return headers
 
@@ -75,7 +79,7 @@ class KafkaDeadLetter:
             raise TransientSinkError("dead-letter producer not started")
         try:
             futures = [
-                await self._producer.send(self.topic, rej.record.value, key=rej.record.key,
+                await self._producer.send(self.topic, rej.value, key=rej.record.key,
                                           headers=dead_letter_headers(rej, self._sink))
                 for rej in rejected
             ]

@@ -12,8 +12,20 @@ from otlp.signals import Signal
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
+    """``record`` (the very object ``write`` was given) refused for ``reason``.
+
+    ``part``: when only part of the record is refused, the bytes to dead-letter instead of
+    ``record.value`` (an Export request of its own); None when the whole record is refused.
+    """
+
     record: BusRecord
     reason: str
+    part: bytes | None = None
+
+    @property
+    def value(self) -> bytes:
+        """What goes to the dead letters: the part, or the whole record."""
+        return self.record.value if self.part is None else self.part
 
 
 class TransientSinkError(Exception):
@@ -23,13 +35,17 @@ class TransientSinkError(Exception):
     record objects ``write`` was given). The pipeline's retry then sends only the rest, so a sink
     keeps no memory between attempts, and a store that is not idempotent (Jaeger) gets no
     duplicates from a batch that failed half-way.
+
+    ``retry_after_s``: how long the store asked to be left alone (HTTP ``Retry-After``, gRPC
+    ``RetryInfo``), for the retry's backoff; None when it did not say.
     """
 
     def __init__(self, message: str, *, written: Sequence[BusRecord] = (),
-                 rejected: Sequence[Rejection] = ()) -> None:
+                 rejected: Sequence[Rejection] = (), retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.written = list(written)
         self.rejected = list(rejected)
+        self.retry_after_s = retry_after_s
 
 
 class PermanentSinkError(Exception):

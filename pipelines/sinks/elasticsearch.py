@@ -20,16 +20,20 @@ document and a map in another is a mapping conflict that refuses the document, a
 key is a new field against ``index.mapping.total_fields.limit``. ``match_only_text``
 (mapper-extras module) is refused, so ``body.text`` is ``text``.
 
-Errors. Only a 400 (the document does not parse or fit the mapping) rejects for good
-(``PermanentSinkError`` -> dead letters), and only that document's item (its span or log
-record, with resource and scope), as do parts of a record that do not decode. The mapping
-leaves little to refuse: ``ignore_above`` on every keyword and flattened leaf (Lucene's
-32766-byte term limit), ``flattened`` attributes, ``ignore_malformed``; what remains is, for
-one, an attribute key over 32766 bytes. Everything else is about
-the store, not the data, and raises ``TransientSinkError``: 429 and 5xx, connection failures,
-and also 403 (a write block, e.g. the disk flood stage) and 404 (auto-create disabled), which
-an operator fixes while the data waits in Kafka. The transient error names the records fully
-written or rejected, so the pipeline's retry sends only the rest.
+The templates (``pipelines.convert.es_templates``) sit beside the documents they map.
+
+``write`` is three steps: ``_build`` converts records to bulk items (parts that do not decode
+are rejected there), ``_send`` bulks them in chunks, ``_tally`` reads each item's status through
+the shared HTTP classifier (``pipelines.sinks.answers``; 409 on ``create`` counts as written).
+A document refused for good (400: it does not parse or fit the mapping; 413) is rejected
+alone, its item (span or log record, with resource and scope) as the dead-lettered part. The
+mapping leaves little to refuse: ``ignore_above`` on every keyword and flattened leaf,
+``flattened`` attributes, ``ignore_malformed``; what remains is, for one, an attribute key over
+32766 bytes. Everything else is about the store, not the data, and raises
+``TransientSinkError``: 429 and 5xx, connection failures, and also 403 (a write block, e.g. the
+disk flood stage) and 404 (auto-create disabled), which an operator fixes while the data waits
+in Kafka. The transient error names the records fully written or rejected, so the pipeline's
+retry sends only the rest.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import asyncio
 import logging
 from collections import Counter as TallyCounter
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
 
 from elastic_transport import ConnectionError as EsConnectionError
 from elastic_transport import ConnectionTimeout
@@ -46,119 +50,34 @@ from elasticsearch import ApiError, AsyncElasticsearch
 
 from bus.contract import BusRecord
 from otlp.signals import Signal
-from pipelines.convert.es_docs import (
-    LOGS_PREFIX,
-    TRACES_PREFIX,
-    BulkItem,
-    bulk_body,
-    item_part,
-    record_documents,
-)
+from pipelines.convert.es_docs import BulkItem, bulk_body, item_part, record_documents
+from pipelines.convert.es_templates import index_template
 from pipelines.metrics import ES_DOCUMENTS
+from pipelines.sinks.answers import Answer, Throttle, Verdict, classify_http
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
-from pipelines.sinks.parts import part_rejection
+from pipelines.sinks.parts import part_rejection, refuses_whole
 from settings.config import Config, ElasticsearchSinkConfig
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ElasticsearchSink", "index_template", "make_sink"]
 
-# The data's fault: retrying cannot help. 413: larger than the node's http.max_content_length.
-PERMANENT_STATUS = frozenset({400, 413})
-
-# Lucene refuses a term over 32766 bytes, and a refused term refuses the whole document. Every
-# keyword (and every leaf of a flattened field) longer than this many characters is kept in
-# _source but not indexed: 8191 characters are at most 32764 UTF-8 bytes. Flattened leaves are
-# indexed a second time as "<key>\0<value>", so theirs is lower, leaving room for the key.
-KEYWORD_IGNORE_ABOVE = 8191
-FLATTENED_IGNORE_ABOVE = 4096
-# AnyValue nesting the edge lets through is 16 arrays/kvlists; a flattened field counts only
-# object levels (arrays do not add one), so 16 nested kvlists under an attribute are 17.
-FLATTENED_DEPTH_LIMIT = 32
-
-_KEYWORD = {"type": "keyword", "ignore_above": KEYWORD_IGNORE_ABOVE}
-_DATE = {"type": "date_nanos"}
-# Attribute maps of any shape: one field each, whatever the keys (no mapping explosion against
-# index.mapping.total_fields.limit), and no mapping conflicts when a key holds a string in one
-# document and a number or a map in another (every leaf is a keyword).
-_ATTRIBUTES = {"type": "flattened", "ignore_above": FLATTENED_IGNORE_ABOVE,
-               "depth_limit": FLATTENED_DEPTH_LIMIT}
-_COUNT = {"type": "long"}
+# On ``create``, 409 says the ``_id`` is already there: written by an earlier delivery.
+_ALREADY_THERE = (409,)
 
 
-def _common_mappings() -> dict[str, Any]:
-    return {
-        "@timestamp": _DATE,
-        "data_stream": {"properties": {"type": _KEYWORD, "dataset": _KEYWORD, "namespace": _KEYWORD}},
-        "trace_id": _KEYWORD,
-        "span_id": _KEYWORD,
-        "attributes": _ATTRIBUTES,
-        "dropped_attributes_count": _COUNT,
-        "resource": {"properties": {
-            "attributes": _ATTRIBUTES, "dropped_attributes_count": _COUNT, "schema_url": _KEYWORD,
-        }},
-        "scope": {"properties": {
-            "name": _KEYWORD, "version": _KEYWORD, "attributes": _ATTRIBUTES,
-            "dropped_attributes_count": _COUNT, "schema_url": _KEYWORD,
-        }},
-    }
+@dataclass
+class _Batch:
+    """One ``write``: the records, their bulk items (``owners[i]``: the record of item ``i``),
+    and the rejections found so far, per record index."""
 
+    records: Sequence[BusRecord]
+    items: list[BulkItem] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)
+    rejected: dict[int, list[Rejection]] = field(default_factory=dict)
 
-def index_template(signal: Signal, data_streams: bool) -> dict[str, Any]:
-    """The composable template body for one signal's ``<prefix>*`` family.
-
-    No attribute value of any size or type gets a document refused: keywords have
-    ``ignore_above``, attribute maps are ``flattened`` (see ``_ATTRIBUTES``), strings of other
-    dynamic fields become keywords with ``ignore_above``, and ``ignore_malformed`` covers
-    numbers and dates that do not parse.
-    """
-    props = _common_mappings()
-    if signal is Signal.TRACES:
-        props.update({
-            "parent_span_id": _KEYWORD,
-            "trace_state": _KEYWORD,
-            "name": _KEYWORD,
-            "kind": _KEYWORD,
-            "duration": _COUNT,
-            "status": {"properties": {"code": _KEYWORD, "message": {"type": "text"}}},
-            "dropped_events_count": _COUNT,
-            "dropped_links_count": _COUNT,
-            "events": {"properties": {"name": _KEYWORD, "timestamp": _DATE, "attributes": _ATTRIBUTES,
-                                      "dropped_attributes_count": _COUNT}},
-            "links": {"properties": {"trace_id": _KEYWORD, "span_id": _KEYWORD, "trace_state": _KEYWORD,
-                                     "attributes": _ATTRIBUTES, "dropped_attributes_count": _COUNT}},
-        })
-    else:
-        props.update({
-            "observed_timestamp": _DATE,
-            "severity_text": _KEYWORD,
-            "severity_number": {"type": "byte"},
-            "event_name": _KEYWORD,
-            "body": {"properties": {"text": {"type": "text"}, "structured": _ATTRIBUTES}},
-        })
-    template: dict[str, Any] = {
-        "index_patterns": [(TRACES_PREFIX if signal is Signal.TRACES else LOGS_PREFIX) + "*"],
-        # Above the built-in traces-*-* / logs-*-* templates (priority 100) where those exist.
-        "priority": 250,
-        "template": {
-            "settings": {
-                "index.number_of_shards": 1,
-                "index.auto_expand_replicas": "0-1",
-                "index.mapping.ignore_malformed": True,
-                "index.mapping.total_fields.limit": 2000,
-                "index.mapping.total_fields.ignore_dynamic_beyond_limit": True,
-            },
-            "mappings": {
-                "dynamic_templates": [
-                    {"strings_as_keyword": {"match_mapping_type": "string", "mapping": _KEYWORD}},
-                ],
-                "properties": props,
-            },
-        },
-        "_meta": {"managed_by": "telemetry-gateway"},
-    }
-    if data_streams:
-        template["data_stream"] = {}
-    return template
+    def reject(self, idx: int, rejection: Rejection) -> None:
+        self.rejected.setdefault(idx, []).append(rejection)
 
 
 class ElasticsearchSink:
@@ -174,6 +93,7 @@ class ElasticsearchSink:
         # What the node accepts, settled by _install_templates.
         self.data_streams = True
         self._sem = asyncio.Semaphore(max(cfg.concurrency, 1))
+        self._throttle = Throttle()
 
     @property
     def client(self) -> AsyncElasticsearch:
@@ -229,55 +149,68 @@ class ElasticsearchSink:
     async def write(self, records: Sequence[BusRecord]) -> None:
         """Write every document of ``records``; raise what the pipeline needs to settle the rest.
 
-        Parts that do not decode, and documents Elasticsearch refuses for good (400/413), are
-        rejected alone: the ``Rejection`` holds a copy of the record whose value is just that
-        part (an Export request of its own), and the record's other documents are written. A
-        record that is not a protobuf at all is rejected whole. Raises ``PermanentSinkError``
-        with the rejections, or ``TransientSinkError`` naming the records fully settled.
+        Parts that do not decode, and documents Elasticsearch refuses for good, are rejected
+        alone (``Rejection.part``: an Export request of just that part), and the record's other
+        documents are written. A record that is not a protobuf at all is rejected whole. Raises
+        ``PermanentSinkError`` with the rejections, or ``TransientSinkError`` naming the records
+        fully settled.
         """
         await self._ensure_ready()
-        owners: list[int] = []  # item -> index of its record in ``records``
-        items: list[BulkItem] = []
-        rejected: dict[int, list[Rejection]] = {}
+        await self._throttle.wait()
+        batch = await self._build(records)
+        chunks = self._chunks(batch.items)
+        results = await asyncio.gather(*(self._send(batch.items[a:b]) for a, b in chunks))
+        self._tally(batch, [(a, answers) for (a, _), answers in zip(chunks, results, strict=True)])
+
+    async def _build(self, records: Sequence[BusRecord]) -> _Batch:
+        """Convert: every record's bulk items, and a rejection per part that does not decode."""
+        batch = _Batch(records)
         for i, rec in enumerate(records):
             converted = record_documents(rec)
             for bad in converted.bad:
-                rejected.setdefault(i, []).append(part_rejection(rec, bad.value, bad.reason))
-            items.extend(converted.items)
-            owners.extend([i] * len(converted.items))
+                batch.reject(i, part_rejection(rec, bad.value, bad.reason))
+            batch.items.extend(converted.items)
+            batch.owners.extend([i] * len(converted.items))
             # A full batch is seconds of CPU: let the consumer's heartbeats run in between.
             await asyncio.sleep(0)
+        return batch
 
+    def _tally(self, batch: _Batch, results: list[tuple[int, list[Answer]]]) -> None:
+        """Settle the batch from each item's answer: count, reject, or raise for a retry."""
+        records = batch.records
         transient: set[int] = set()
+        wait: float | None = None
         outcomes: TallyCounter[tuple[str, str]] = TallyCounter()
-        chunks = self._chunks(items)
-        results = await asyncio.gather(*(self._send(items[a:b]) for a, b in chunks))
-        for (a, _), statuses in zip(chunks, results, strict=True):
-            for j, (status, reason) in enumerate(statuses):
-                idx = owners[a + j]
+        for start, answers in results:
+            for j, answer in enumerate(answers):
+                idx = batch.owners[start + j]
                 rec = records[idx]
                 signal = rec.signal.value
-                if status < 300 or status == 409:  # 409: this _id is already there
+                if answer.verdict is Verdict.DONE:
                     outcomes[signal, "written"] += 1
-                elif status in PERMANENT_STATUS:
+                elif answer.verdict is Verdict.REJECT:
                     outcomes[signal, "rejected"] += 1
-                    rejected.setdefault(idx, []).append(part_rejection(
-                        rec, item_part(rec, items[a + j]), f"elasticsearch {status}: {reason}"))
+                    batch.reject(idx, part_rejection(rec, item_part(rec, batch.items[start + j]),
+                                                     f"elasticsearch {answer.detail}"))
                 else:
                     outcomes[signal, "retried"] += 1
                     transient.add(idx)
+                    self._throttle.note(answer)
+                    if answer.retry_after_s:
+                        wait = max(wait or 0.0, answer.retry_after_s)
         for (signal, outcome), n in outcomes.items():
             ES_DOCUMENTS.labels(signal, outcome).inc(n)
 
+        rejected = batch.rejected
         if transient:
             # A record with a document to retry is not settled, and its rejections are found
             # again on the retry; the others are written, with their rejected parts.
             settled = [i for i in range(len(records)) if i not in transient]
-            written = [records[i] for i in settled
-                       if not any(r.record is records[i] for r in rejected.get(i, ()))]
+            written = [records[i] for i in settled if not refuses_whole(rejected.get(i, []), records[i])]
             raise TransientSinkError(f"elasticsearch: {len(transient)} record(s) hit 429/5xx; retrying",
                                      written=written,
-                                     rejected=[r for i in settled for r in rejected.get(i, ())])
+                                     rejected=[r for i in settled for r in rejected.get(i, ())],
+                                     retry_after_s=wait)
         if rejected:
             raise PermanentSinkError([r for rs in rejected.values() for r in rs])
 
@@ -296,8 +229,8 @@ class ElasticsearchSink:
             out.append((start, len(items)))
         return out
 
-    async def _send(self, items: list[BulkItem]) -> list[tuple[int, str]]:
-        """Bulk one chunk; (status, reason) per item. A failed request fails every item in it."""
+    async def _send(self, items: list[BulkItem]) -> list[Answer]:
+        """Bulk one chunk; the answer per item. A refused request answers for every item in it."""
         async with self._sem:
             try:
                 resp = await self.client.bulk(
@@ -308,17 +241,22 @@ class ElasticsearchSink:
                 raise TransientSinkError(f"elasticsearch unreachable: {exc}") from exc
             except ApiError as exc:
                 status = exc.meta.status
-                if status not in PERMANENT_STATUS:
-                    raise TransientSinkError(f"elasticsearch bulk {status}: {exc}") from exc
-                return [(status, str(exc))] * len(items)
+                answer = classify_http(status, exc.meta.headers, f"{status}: {exc}")
+                if answer.verdict is Verdict.RETRY:
+                    self._throttle.note(answer)
+                    raise TransientSinkError(f"elasticsearch bulk {status}: {exc}",
+                                             retry_after_s=answer.retry_after_s) from exc
+                return [answer] * len(items)
         body = resp.body
         if not body.get("errors"):
-            return [(200, "")] * len(items)
+            return [Answer(Verdict.DONE)] * len(items)
         out = []
         for entry in body["items"]:
             result = next(iter(entry.values()))
             err = result.get("error") or {}
-            out.append((int(result.get("status", 500)), f"{err.get('type', '')}: {err.get('reason', '')}"))
+            status = int(result.get("status", 500))
+            reason = f"{status}: {err.get('type', '')}: {err.get('reason', '')}"
+            out.append(classify_http(status, None, reason, done=_ALREADY_THERE))
         return out
 
 

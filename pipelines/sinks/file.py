@@ -332,12 +332,12 @@ class FileSink:
                             rec.topic, rec.partition, rec.offset, reason)
 
     async def park(self, rejected: Sequence[Rejection]) -> None:
-        """Dead letters of the embedded pipeline: each whole record, with the reason, in the
+        """Dead letters of the embedded pipeline: each rejected record (or part), with the reason, in the
         tenant's rejects file. Raises TransientSinkError on an I/O error, ``written`` naming the
         records parked before it (nothing of the failing one is left behind)."""
         for i, rej in enumerate(rejected):
             try:
-                self._writer.append(rej.record, None, [(rej.record.value, rej.reason)])
+                self._writer.append(rej.record, None, [(rej.value, rej.reason)])
             except OSError as exc:
                 raise TransientSinkError(f"file sink rejects: {exc}",
                                          written=[r.record for r in rejected[:i]]) from exc

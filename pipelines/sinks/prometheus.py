@@ -6,10 +6,11 @@ remote-write 1.0 headers and ``X-Scope-OrgID: <tenant>``, so a multi-tenant stor
 Cortex, Thanos receive) files it under the tenant; plain Prometheus ignores the header and
 relies on the ``tenant`` label every series carries.
 
-Answers: 2xx is done; 429 and 5xx are transient (the pipeline retries; a resent sample with the
-same timestamp and value is accepted again without harm), and so are 401/403/404/405, which say
-the endpoint or its credentials are wrong, not the data: dropping on them would turn a typo in
-the URL into silent loss. Any other 4xx is a drop, counted in
+Answers, read by the shared classifier (``pipelines.sinks.answers``): 2xx is done; 429 and 5xx
+are transient (the pipeline retries; a resent sample with the same timestamp and value is
+accepted again without harm; ``Retry-After`` is honoured), and so are 401/403/404/405/408, which
+say the endpoint or its credentials are wrong, not the data: dropping on them would turn a typo
+in the URL into silent loss. Any other 4xx is a drop, counted in
 ``pipeline_remote_write_dropped_samples_total{reason}``: the classic case is a 400 for
 out-of-order or duplicate samples, which no retry can fix. The same holds whatever the status
 when the body names such a refusal: Prometheus 2.42 (the stack's) answers a sample older than
@@ -50,6 +51,7 @@ from pipelines.metrics import (
     REMOTE_WRITE_REQUESTS,
     REMOTE_WRITE_SAMPLES,
 )
+from pipelines.sinks.answers import Throttle, Verdict, classify_http
 from pipelines.sinks.base import PermanentSinkError, TransientSinkError
 from pipelines.sinks.parts import part_rejection
 from protos import remote_pb2
@@ -57,9 +59,6 @@ from settings.config import Config, PrometheusSinkConfig
 
 log = logging.getLogger(__name__)
 
-
-# Not the data's fault: wait (in Kafka) until the store or its configuration is fixed.
-TRANSIENT_STATUS = frozenset({401, 403, 404, 405, 429})
 
 HEADERS = {
     "Content-Encoding": "snappy",
@@ -102,6 +101,7 @@ class PrometheusSink:
         self.cfg = cfg
         self.max_series = max_series
         self._session: aiohttp.ClientSession | None = None
+        self._throttle = Throttle()
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
@@ -114,20 +114,23 @@ class PrometheusSink:
     async def _post(self, tenant: str, req: remote_pb2.WriteRequest) -> None:
         assert self._session is not None, "start() first"
         n = _samples(req)
+        await self._throttle.wait()
         try:
             async with self._session.post(self.cfg.url, data=encode(req),
                                           headers={**HEADERS, TENANT_HEADER: tenant}) as resp:
                 REMOTE_WRITE_REQUESTS.labels(str(resp.status)).inc()
-                if resp.status < 300:
+                answer = classify_http(resp.status, resp.headers)
+                if answer.verdict is Verdict.DONE:
                     REMOTE_WRITE_SAMPLES.inc(n)
                     return
                 text = (await resp.text())[:500]
         except (aiohttp.ClientError, TimeoutError) as exc:
             REMOTE_WRITE_REQUESTS.labels("error").inc()
             raise TransientSinkError(f"remote write to {self.cfg.url} failed: {exc!r}") from exc
-        transient = resp.status in TRANSIENT_STATUS or resp.status >= 500
-        if transient and sample_refusal(text) is None:
-            raise TransientSinkError(f"remote write {resp.status}: {text}")
+        if answer.verdict is Verdict.RETRY and sample_refusal(text) is None:
+            self._throttle.note(answer)
+            raise TransientSinkError(f"remote write {resp.status}: {text}",
+                                     retry_after_s=answer.retry_after_s)
         reason = drop_reason(resp.status, text)
         REMOTE_WRITE_DROPPED_SAMPLES.labels(reason).inc(n)
         log.warning("remote write dropped %d sample(s) of tenant %s: %d %s", n, tenant, resp.status, text)
