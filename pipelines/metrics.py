@@ -71,3 +71,15 @@ ES_DOCUMENTS = Counter(
     "pipeline_es_documents", "Documents sent to Elasticsearch by outcome (written, rejected, retried).",
     ["signal", "outcome"],
 )
+
+# OTLP forwarding sinks (otlp_grpc, otlp_http, and jaeger, which is otlp_grpc to Jaeger)
+OTLP_EXPORT_REQUESTS = Counter(
+    "pipeline_otlp_export_requests",
+    "Export requests of the OTLP forwarding sinks by sink, signal and answer (gRPC code or HTTP status).",
+    ["sink", "signal", "code"],
+)
+OTLP_REJECTED_ITEMS = Counter(
+    "pipeline_otlp_rejected_items",
+    "Items (spans, log records, data points) a store reported rejected in a partial-success answer.",
+    ["sink", "signal"],
+)

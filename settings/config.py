@@ -151,7 +151,44 @@ class ElasticsearchSinkConfig:
 
 @dataclass
 class JaegerSinkConfig:
+    """``--sink jaeger``: the OTLP/gRPC forwarding sink, traces only, to Jaeger's receiver."""
+
     endpoint: str = "127.0.0.1:14317"
+
+
+@dataclass
+class OtlpForwardConfig:
+    """What both OTLP forwarding sinks take."""
+
+    # Comma-separated: which signals this worker consumes and forwards.
+    signals: str = "traces,logs,metrics"
+    headers: dict[str, str] = field(default_factory=dict)
+    # Sent with the record's tenant as value (X-Scope-OrgID for Tempo/Mimir-style stores); empty: none.
+    tenant_header: str = ""
+    timeout_s: float = 10.0
+    concurrency: int = 4
+    max_request_bytes: int = 3 * 1024 * 1024
+
+
+@dataclass
+class OtlpGrpcSinkConfig(OtlpForwardConfig):
+    """``--sink otlp_grpc``: forward the OTLP bytes to any OTLP/gRPC receiver (``host:port``)."""
+
+    endpoint: str = "127.0.0.1:4317"
+    compression: Literal["none", "gzip"] = "none"
+
+
+@dataclass
+class OtlpHttpSinkConfig(OtlpForwardConfig):
+    """``--sink otlp_http``: forward as OTLP/HTTP protobuf to ``endpoint`` + ``/v1/<signal>``,
+    or to a signal's own URL in ``urls`` (``{"logs": "http://host/insert/opentelemetry/v1/logs"}``)."""
+
+    endpoint: str = "http://127.0.0.1:4318"
+    urls: dict[str, str] = field(default_factory=dict)
+    compression: Literal["none", "gzip"] = "gzip"
+    # Decode each record before sending it (only parts that decode are sent): a store may keep
+    # the part of a request it read before refusing it, as VictoriaLogs does.
+    validate: bool = True
 
 
 @dataclass
@@ -174,6 +211,8 @@ class PipelinesConfig:
     file: FileSinkConfig = field(default_factory=FileSinkConfig)
     elasticsearch: ElasticsearchSinkConfig = field(default_factory=ElasticsearchSinkConfig)
     jaeger: JaegerSinkConfig = field(default_factory=JaegerSinkConfig)
+    otlp_grpc: OtlpGrpcSinkConfig = field(default_factory=OtlpGrpcSinkConfig)
+    otlp_http: OtlpHttpSinkConfig = field(default_factory=OtlpHttpSinkConfig)
     prometheus: PrometheusSinkConfig = field(default_factory=PrometheusSinkConfig)
 
 

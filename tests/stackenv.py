@@ -27,6 +27,7 @@ JAEGER_OTLP_GRPC = os.environ.get("TG_STACK_JAEGER_OTLP_GRPC", "127.0.0.1:14317"
 JAEGER_OTLP_HTTP = os.environ.get("TG_STACK_JAEGER_OTLP_HTTP", "127.0.0.1:14318")
 JAEGER_QUERY_URL = os.environ.get("TG_STACK_JAEGER_QUERY", "http://127.0.0.1:16686")
 PROMETHEUS_URL = os.environ.get("TG_STACK_PROMETHEUS", "http://127.0.0.1:9090")
+VICTORIALOGS_URL = os.environ.get("TG_STACK_VICTORIALOGS", "http://127.0.0.1:9428")
 JAEGER_BIN = Path(os.environ.get("TG_STACK_JAEGER_BIN") or STACK_CACHE / "bin" / "jaeger")
 TELEMETRYGEN_BIN = Path(os.environ.get("TG_STACK_TELEMETRYGEN_BIN") or STACK_CACHE / "bin" / "telemetrygen")
 
@@ -37,7 +38,10 @@ _ADDRS = {
     "jaeger": JAEGER_OTLP_GRPC,
     "jaeger-query": JAEGER_QUERY_URL.split("//", 1)[-1],
     "prometheus": PROMETHEUS_URL.split("//", 1)[-1],
+    "victorialogs": VICTORIALOGS_URL.split("//", 1)[-1],
 }
+# Services a bare `bash stack/up` does not start when the stack was set up before they existed.
+_HOW = {"kafka-cluster": "bash stack/up --kafka-brokers 3", "victorialogs": "bash stack/up victorialogs"}
 
 
 def _listening(addrs: str) -> bool:
@@ -56,11 +60,11 @@ def require(*services: str) -> None:
     """Fail (never skip) when a stack service is not listening.
 
     Services: kafka, kafka-cluster (the three-broker layout), elasticsearch, jaeger,
-    jaeger-query, prometheus.
+    jaeger-query, prometheus, victorialogs.
     """
     missing = [s for s in services if not _listening(_ADDRS[s])]
     if missing:
-        how = "bash stack/up --kafka-brokers 3" if "kafka-cluster" in missing else "bash stack/up"
+        how = next((_HOW[m] for m in missing if m in _HOW), "bash stack/up")
         pytest.fail(
             f"stack service(s) not running: {', '.join(missing)} "
             f"({'; '.join(_ADDRS[m] for m in missing)}); start them with `{how}`",
