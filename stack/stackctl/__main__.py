@@ -14,10 +14,11 @@ from .kafka import Kafka
 from .prometheus import Prometheus
 from .service import Service
 from .settings import Settings
+from .victorialogs import VictoriaLogs
 
 # Install/start order: Kafka first (others wait on it), the slow Go build of Jaeger last so the
 # JVMs boot while it compiles.
-ORDER = ["kafka", "elasticsearch", "prometheus", "jaeger"]
+ORDER = ["kafka", "elasticsearch", "prometheus", "victorialogs", "jaeger"]
 # Installed by `stack/up` (with no names, or named) before the services; nothing of them runs.
 TOOLS: dict[str, Callable[[Settings], None]] = {otel_java.NAME: otel_java.install}
 
@@ -31,6 +32,7 @@ def _services(names: list[str], brokers: int | None) -> tuple[Settings, list[Ser
     made: dict[str, Callable[[], Service]] = {
         "kafka": lambda: Kafka(s, brokers), "elasticsearch": lambda: Elasticsearch(s),
         "prometheus": lambda: Prometheus(s), "jaeger": lambda: Jaeger(s),
+        "victorialogs": lambda: VictoriaLogs(s),
     }
     return s, [made[n]() for n in ORDER if not names or n in names]
 

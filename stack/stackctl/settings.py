@@ -45,6 +45,9 @@ class Settings:
     prometheus_port: int
     prometheus_bin: Path
     otel_java_version: str
+    victorialogs_version: str
+    victorialogs_port: int
+    victorialogs_bin: Path
 
     @property
     def bin_dir(self) -> Path:
@@ -86,4 +89,7 @@ class Settings:
             prometheus_port=_port("TG_STACK_PROMETHEUS_PORT"),
             prometheus_bin=Path(_env("TG_STACK_PROMETHEUS_BIN")),
             otel_java_version=_env("TG_STACK_OTEL_JAVA_VERSION"),
+            victorialogs_version=_env("TG_STACK_VICTORIALOGS_VERSION"),
+            victorialogs_port=_port("TG_STACK_VICTORIALOGS_PORT"),
+            victorialogs_bin=Path(_env("TG_STACK_VICTORIALOGS_BIN")),
         )
