@@ -1,7 +1,8 @@
 """The one path every Export request takes, whatever transport brought it.
 
-Receivers decode their protocol (HTTP body, gRPC message bytes) into protobuf bytes and call
-``Ingest.ingest``; it answers with an ``Outcome`` that each receiver renders in its own form
+Receivers decode their protocol (HTTP body, gRPC message bytes) into an uncompressed body and
+call ``Ingest.ingest`` with the body's encoding (``receivers.encodings``: protobuf or OTLP/JSON,
+chosen once per request); it answers with an ``Outcome`` that each receiver renders in its own form
 (HTTP status + body, gRPC status + metadata). Keeping tenancy, limits, enrichment, batching and
 counting here means the two receivers cannot drift apart in what they accept or refuse.
 """
@@ -20,8 +21,9 @@ from typing import Literal
 from bus.contract import Batch, BusUnavailable
 from gateway import correlation, metrics
 from gateway.batcher import Batcher
+from gateway.receivers.encodings import PROTOBUF, Encoding
 from gateway.tenancy import Authenticator, AuthError, RateLimiter
-from otlp import json_mapping, wire
+from otlp import wire
 from otlp.signals import ATTR_CORRELATION, ATTR_TENANT, CORRELATION_HEADER, Signal
 from settings.config import Config
 
@@ -111,9 +113,8 @@ class Ingest:
         return None
 
     async def ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,
-                     correlation_id: str | None = None, *, json: bool = False) -> Outcome:
-        """Handle one Export request, inflated: protobuf bytes, or OTLP/JSON with ``json``.
-        ``headers`` keys are lower case."""
+                     correlation_id: str | None = None, *, encoding: Encoding = PROTOBUF) -> Outcome:
+        """Handle one Export request, decompressed, in ``encoding``. ``headers`` keys are lower case."""
         cid = correlation_id or self.correlation_id(headers)
         refused = self.admit(signal, transport, cid)
         if refused is not None:
@@ -123,22 +124,22 @@ class Ingest:
         gauge.inc()
         started = time.perf_counter()
         try:
-            return await self._ingest(signal, transport, headers, payload, cid, json)
+            return await self._ingest(signal, transport, headers, payload, cid, encoding)
         finally:
             self.inflight -= 1
             gauge.dec()
             metrics.request_seconds.labels(signal.value, transport).observe(time.perf_counter() - started)
 
     async def _ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,
-                      cid: str, json: bool) -> Outcome:
+                      cid: str, encoding: Encoding) -> Outcome:
         try:
             tenant = self._auth.tenant_for(headers)
         except AuthError as exc:
             return self.refuse(signal, transport, "unauthenticated", str(exc) or "unauthenticated", cid)
         attrs = ((ATTR_TENANT, tenant), (ATTR_CORRELATION, cid))
-        work = functools.partial(_decode_and_prepare, signal, payload, attrs, self._max_items, json)
+        work = functools.partial(encoding.prepare, signal, payload, attrs, self._max_items)
         try:
-            if len(payload) > (_OFFLOAD_JSON_BYTES if json else _OFFLOAD_BYTES):
+            if len(payload) > encoding.offload_bytes:
                 # Walking and checking megabytes takes tens of ms (JSON: a 400 KB request 13 ms);
                 # in a thread the loop gets the GIL back every switch interval (5 ms), so other
                 # clients keep being served.
@@ -183,32 +184,8 @@ class Ingest:
         return Outcome(cid, rejected_items=prepared.rejected_items, message=prepared.error or "")
 
 
-# Requests larger than this are prepared in a worker thread (one, so that heavy requests queue
-# behind each other instead of taking the GIL from the loop together).
-_OFFLOAD_BYTES = 512 * 1024
-_OFFLOAD_JSON_BYTES = 64 * 1024
-MAX_JSON_OBJECTS = 1_000_000
-
-
-def _decode_and_prepare(signal: Signal, payload: bytes, attrs: tuple[tuple[str, str], ...], max_items: int,
-                        json: bool) -> wire.Prepared:
-    """``wire.prepare`` of the request, first from OTLP/JSON if ``json``: a ResourceX that does
-    not encode from JSON is rejected like one that does not check in protobuf."""
-    if not json:
-        return wire.prepare(signal, payload, attrs, max_items=max_items)
-    # Parsed JSON costs about 100 bytes of memory per object whatever its text: 32 MiB of "{}"
-    # would take gigabytes. An SDK span with its attributes is about 25 objects.
-    objects = payload.count(b"{")
-    most = max(MAX_JSON_OBJECTS, 10 * max_items)
-    if objects > most:
-        raise wire.TooManyItems(f"OTLP/JSON request holds {objects} objects, more than {most}")
-    decoded = json_mapping.json_request(signal, payload)
-    budget = max(0, max_items - decoded.rejected_items)
-    prepared = wire.prepare(signal, decoded.payload, attrs, max_items=budget)
-    if decoded.rejected_items or decoded.error:
-        prepared.rejected_items += decoded.rejected_items
-        prepared.error = "; ".join(e for e in (decoded.error, prepared.error) if e)
-    return prepared
+# Requests larger than their encoding's ``offload_bytes`` are prepared in a worker thread (one,
+# so that heavy requests queue behind each other instead of taking the GIL from the loop together).
 _HEAVY: list[ThreadPoolExecutor] = []
 
 

@@ -35,14 +35,15 @@ class ServerConfig:
     http_port: int = 4318
     workers: int = 1
     max_request_bytes: int = 8 * 1024 * 1024  # as received (compressed)
+    # A body / message once decompressed, whatever its encoding; a bomb stops here.
     max_decompressed_bytes: int = 32 * 1024 * 1024
     max_concurrent_requests: int = 1024
     # Items (spans, log records, metric data points) in one Export request, good or bad; more is
     # refused whole with 413 / RESOURCE_EXHAUSTED without retry info. An SDK batch is 512.
     max_items_per_request: int = 100_000
-    # Inflated bytes per compressed byte (gzip, both transports) beyond which a request is refused
-    # with 413 / RESOURCE_EXHAUSTED; applied only past 1 MiB inflated. OTLP protobuf compresses
-    # 5-20x, JSON up to ~50x; a gzip bomb 1000x. 0 turns it off.
+    # Inflated bytes per compressed byte (any Content-Encoding, both transports) beyond which a
+    # request is refused with 413 / RESOURCE_EXHAUSTED; applied only past 1 MiB inflated. OTLP
+    # protobuf compresses 5-20x, JSON up to ~50x; a gzip or zstd bomb 1000x and more. 0 turns it off.
     max_decompression_ratio: float = 200.0
     # OTLP/HTTP connection deadlines, in seconds (the Collector's confighttp names, with this
     # file's unit suffix): the request head must arrive within read_header_timeout_s of its first

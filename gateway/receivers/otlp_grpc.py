@@ -9,16 +9,21 @@ same, and it lets the handler run before grpc reads the request. So the gateway 
 overloaded call before reading its body. Measured against a unary registration on 76 KB
 requests, the server CPU per call is the same within the noise of this machine.
 
-Compression: grpc's own inflation is off (``grpc.per_message_decompression``), so a gzip
-message reaches the handler compressed and is inflated by ``gunzip`` exactly as an OTLP/HTTP
-body: same size cap, inflation ratio cap, member cap, off the event loop when large. A gzip
-message is recognised by its magic bytes, which no protobuf Export request can start with
-(0x1f is field 3 with the invalid wire type 7). grpc still enforces
-``max_receive_message_length``, now on the message as sent (``server.max_request_bytes``, as
-for an HTTP body), answering RESOURCE_EXHAUSTED itself. Only identity and gzip are enabled
-(OTLP's); a ``grpc-encoding: deflate`` call is answered UNIMPLEMENTED by grpc. Names grpc does
-not know at all (``zstd``, ``br``) are refused by grpc's header parser with INTERNAL before any
-handler runs: nothing here can change that.
+Compression: grpc's own inflation is off (``grpc.per_message_decompression``), so a gzip or
+deflate message reaches the handler compressed and is decoded by the same ``compression`` table
+rows as an OTLP/HTTP body: same size cap, inflation ratio cap, member cap, off the event loop
+when large. grpc does not tell the handler the message's ``grpc-encoding``, so the message is
+recognised by its first bytes (``compression.for_grpc_message``): gzip's magic, which no
+protobuf Export request can start with (0x1f is field 3 with the invalid wire type 7), or a
+zlib header (grpc's deflate), which a request could start with only by beginning with the
+undefined field 15: such a message that does not inflate is ingested as it is, and the content
+check decides. grpc still enforces ``max_receive_message_length``, now on the message as sent
+(``server.max_request_bytes``, as for an HTTP body), answering RESOURCE_EXHAUSTED itself.
+
+grpc-python knows three ``grpc-encoding`` names, identity, gzip and deflate, and all three are
+enabled. Its header parser refuses every other name (``zstd``, ``snappy``, ``br``) with INTERNAL
+before any handler runs, where the gateway would answer UNIMPLEMENTED: nothing here can change
+that (the Collector, on grpc-go, also takes zstd and snappy messages).
 
 Refusals made here:
 
@@ -28,7 +33,7 @@ Refusals made here:
 - a second message on the unary ``Export``: INVALID_ARGUMENT (the request is malformed as a
   unary call; UNIMPLEMENTED would wrongly say the method does not exist);
 - inflated size or ratio over the caps: RESOURCE_EXHAUSTED without RetryInfo (not retryable);
-- bad gzip or more than ``gunzip.MAX_MEMBERS`` members: INVALID_ARGUMENT.
+- bad gzip or deflate, or more than ``compression.MAX_MEMBERS`` gzip members: INVALID_ARGUMENT.
 
 A client that cancels (or whose deadline passes) before its answer is counted in
 ``gateway_incomplete_requests_total{transport="grpc"}`` and logged at WARNING.
@@ -45,16 +50,17 @@ import grpc
 
 from gateway import metrics
 from gateway.ingest import Ingest, Outcome
-from gateway.receivers.gunzip import GZIP_MAGIC, BadGzip, TooLarge, gunzip_async
-from gateway.receivers.status import GRPC_CODE, export_response, rpc_status
+from gateway.receivers import compression
+from gateway.receivers.encodings import export_response
+from gateway.receivers.status import GRPC_CODE, rpc_status
 from otlp.signals import CORRELATION_HEADER, Signal
 from settings.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "grpc"
-# grpc_compression_algorithm bits: identity (0) and gzip (2); deflate (1) off.
-_ENABLED_COMPRESSION = 1 << 0 | 1 << 2
+# grpc_compression_algorithm bits: identity (0), deflate (1), gzip (2): all grpc knows.
+_ENABLED_COMPRESSION = 1 << 0 | 1 << 1 | 1 << 2
 _GRPC_REFUSED = "grpc_refused"  # stage while telling a message grpc refused from a missing one
 _GRPC_REFUSED_WAIT_S = 0.05
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -64,6 +70,8 @@ Export = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[ob
 
 
 def _export(ingest: Ingest, signal: Signal, cfg: ServerConfig) -> Export:
+    limits = compression.Limits(cfg.max_decompressed_bytes, cfg.max_decompression_ratio)
+
     async def export(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> object:
         headers = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         cid = ingest.correlation_id(headers)
@@ -92,7 +100,7 @@ def _export(ingest: Ingest, signal: Signal, cfg: ServerConfig) -> Export:
                     outcome = ingest.refuse(signal, TRANSPORT, "malformed", request, cid)
                 else:
                     gone.stage = "answer"
-                    outcome = await _inflate_and_ingest(ingest, signal, cfg, headers, request, cid)
+                    outcome = await _decode_and_ingest(ingest, signal, limits, headers, request, cid)
         except asyncio.CancelledError:
             if gone.stage == _GRPC_REFUSED:
                 ingest.refuse(signal, TRANSPORT, "too_large",
@@ -104,7 +112,7 @@ def _export(ingest: Ingest, signal: Signal, cfg: ServerConfig) -> Export:
             st = rpc_status(outcome.refused, outcome.message, outcome.retry_after_s)
             await context.abort(GRPC_CODE[outcome.refused], outcome.message,
                                 ((_STATUS_DETAILS_KEY, st.SerializeToString()),))
-        return export_response(signal, outcome)
+        return export_response(signal, outcome.rejected_items, outcome.message)
 
     return export
 
@@ -149,16 +157,18 @@ async def _one_message(context: grpc.aio.ServicerContext) -> bytes | str | None:
     return request
 
 
-async def _inflate_and_ingest(ingest: Ingest, signal: Signal, cfg: ServerConfig, headers: dict[str, str],
-                              request: bytes, cid: str) -> Outcome:
-    if request[:2] == GZIP_MAGIC:
+async def _decode_and_ingest(ingest: Ingest, signal: Signal, limits: compression.Limits,
+                             headers: dict[str, str], request: bytes, cid: str) -> Outcome:
+    decoder = compression.for_grpc_message(request)
+    if decoder is not None:
         try:
-            request = await gunzip_async(request, cfg.max_decompressed_bytes,
-                                         max_ratio=cfg.max_decompression_ratio)
-        except TooLarge as exc:
+            request = await compression.decode_async(decoder, request, limits)
+        except compression.TooLarge as exc:
             return ingest.refuse(signal, TRANSPORT, "too_large", str(exc), cid)
-        except BadGzip as exc:
-            return ingest.refuse(signal, TRANSPORT, "malformed", str(exc), cid)
+        except compression.BadEncoding as exc:
+            if decoder is not compression.DEFLATE:
+                return ingest.refuse(signal, TRANSPORT, "malformed", str(exc), cid)
+            # Not deflate after all: a request starting with field 15 (see the module docstring).
     return await ingest.ingest(signal, TRANSPORT, headers, request, cid)
 
 
@@ -184,7 +194,7 @@ async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> tuple
     server = grpc.aio.server(
         handlers=handlers(ingest, cfg),
         options=[
-            # The message as sent; its inflated size is checked by gunzip (see the docstring).
+            # The message as sent; its decompressed size is checked by compression (see the docstring).
             ("grpc.max_receive_message_length", cfg.max_request_bytes),
             ("grpc.per_message_decompression", 0),
             ("grpc.compression_enabled_algorithms_bitset", _ENABLED_COMPRESSION),

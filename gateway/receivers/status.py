@@ -6,14 +6,11 @@ One table so OTLP/HTTP and OTLP/gRPC refuse the same thing the same way: retryab
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from gateway.ingest import Outcome, Reason
-from otlp.signals import Signal
+from gateway.ingest import Reason
 
 HTTP_STATUS: dict[Reason, int] = {
     "malformed": 400,
@@ -54,13 +51,3 @@ def rpc_status(reason: Reason, message: str, retry_after_s: float | None = None)
         st.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return st
 
-
-
-
-def export_response(signal: Signal, outcome: Outcome) -> Any:
-    """The Export*ServiceResponse for an accepted request; ``partial_success`` only when needed."""
-    resp = signal.spec.response()
-    if outcome.rejected_items or outcome.message:
-        setattr(resp.partial_success, signal.spec.rejected_field, outcome.rejected_items)
-        resp.partial_success.error_message = outcome.message
-    return resp

@@ -19,7 +19,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from bus.contract import Batch
 from gateway.batcher import Batcher
 from gateway.ingest import Ingest
-from gateway.receivers.gunzip import gunzip
+from gateway.receivers.compression import gunzip
 from gateway.receivers.httpserver import HttpProtocol, HttpServer
 from gateway.receivers.otlp_http import OtlpHttp
 from gateway.tenancy import Authenticator, RateLimiter
