@@ -18,8 +18,20 @@ from gateway.receivers.httpserver import Request, Response
 
 
 class Admin:
-    def __init__(self, readiness: Readiness) -> None:
+    """The admin endpoints; ``start()`` listens on ``host:port``, ``stop()`` closes."""
+
+    def __init__(self, readiness: Readiness, *, host: str = "0.0.0.0", port: int = 8888,
+                 reuse_port: bool = False) -> None:
         self._readiness = readiness
+        self._host = host
+        self._port = port
+        self._reuse_port = reuse_port
+        self._server: httpserver.HttpServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one bound, when configured as 0)."""
+        return self._server.port if self._server is not None else self._port
 
     async def __call__(self, req: Request) -> Response:
         if req.method not in ("GET", "HEAD"):
@@ -38,6 +50,11 @@ class Admin:
     def _too_large(path: str, headers: dict[str, str]) -> Response:
         return Response(413, b"admin requests carry no body\n")
 
-    async def serve(self, host: str, port: int, *, reuse_port: bool) -> httpserver.HttpServer:
-        return await httpserver.serve(self, host, port, max_body=64 * 1024, too_large=self._too_large,
-                                      reuse_port=reuse_port)
+    async def start(self) -> None:
+        self._server = await httpserver.serve(self, self._host, self._port, max_body=64 * 1024,
+                                              too_large=self._too_large, reuse_port=self._reuse_port)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown(grace_s=1.0)

@@ -1,4 +1,5 @@
-"""``telemetry-gateway run``: its arguments; the process itself is ``gateway.server``."""
+"""``telemetry-gateway run``: its arguments; the worker is ``gateway.server``, the parent of N
+workers ``gateway.supervisor``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import logging
 import os
 import sys
 
-from gateway.server import run_worker, supervise
+from gateway.server import run_worker
+from gateway.supervisor import supervise
 from settings import config
 
 

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 
 from bus.contract import BusRecord
 from bus.factory import memory_bus
 from bus.memory import MemoryBus, MemorySource
 from pipelines.pipeline import Pipeline
 from pipelines.sinks.file import FileSink
+from runtime import lifecycle
 from settings.config import Config
 
 log = logging.getLogger(__name__)
@@ -27,12 +29,18 @@ _DRAIN_POLL_S = 0.02
 _EMBEDDED_RECORDS_PER_WRITE = 4
 
 
-class Embedded:
-    """Memory bus -> file sink pipeline inside the gateway process (the embedded default)."""
+class Embedded(lifecycle.Composite):
+    """Memory bus -> file sink pipeline inside the gateway process (the embedded default).
 
-    def __init__(self, cfg: Config, index: int) -> None:
+    ``on_failure`` is called when acknowledged data cannot be written: the pipeline failed while
+    running (the worker stops: accepting more would only fill memory), or ``stop`` left records
+    unwritten (the worker exits 1).
+    """
+
+    def __init__(self, cfg: Config, index: int, on_failure: Callable[[], None]) -> None:
         self.bus = self._bus = memory_bus(cfg)  # what the worker publishes to (see bus.factory.make_bus)
         self._many = cfg.server.workers > 1
+        self._on_failure = on_failure
         self.sink = FileSink(cfg.pipelines.file.data_dir, suffix=f"-w{index}" if self._many else "",
                              offload=True)
         self.source = self._bus.source()
@@ -49,34 +57,37 @@ class Embedded:
         return (f"sink: files under {self.sink.data_dir}/<tenant>/<signal>"
                 f"{'-w<worker>' if self._many else ''}.jsonl")
 
-    async def start(self, on_failure: Callable[[], None]) -> None:
-        await self.sink.start()
-        self._task = asyncio.get_running_loop().create_task(self.pipeline.run())
+    async def _start_parts(self, stack: AsyncExitStack) -> None:
+        # Stopped in reverse: drain and stop the pipeline, close the files, then count what the
+        # bus still holds unwritten.
+        stack.callback(self._check_written)
+        await lifecycle.enter(stack, self.sink)
+        self._task = asyncio.get_running_loop().create_task(self.pipeline.run(), name="embedded-pipeline")
+        self._task.add_done_callback(self._check_running)
+        stack.push_async_callback(self._stop_pipeline)
 
-        def check(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("embedded pipeline failed; stopping the worker", exc_info=task.exception())
-                on_failure()
+    def _check_running(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("embedded pipeline failed; stopping the worker", exc_info=task.exception())
+            self._on_failure()
 
-        self._task.add_done_callback(check)
-
-    async def stop(self) -> bool:
-        """Let the pipeline write what the bus holds (bounded), then stop it and close the files.
-
-        False (and an error log saying how many records and items) when acknowledged data
-        was not written.
-        """
-        if self._task is not None and not self._task.done():
+    async def _stop_pipeline(self) -> None:
+        """Let the pipeline write what the bus holds (bounded), then stop it."""
+        task = self._task
+        if task is not None and not task.done():
             await _drain(self.source, self._bus)
             self.pipeline.stop()
-            await asyncio.wait((self._task,))
-        await self.sink.stop()
+            await asyncio.wait((task,))
+
+    def _check_written(self) -> None:
+        """After the files are closed: acknowledged records not written make the exit code 1, and
+        the log says how many records and items."""
         # The log keeps every record this (only) source has not committed.
         lost = [r for r in self._bus._log if r.offset >= self.source.committed]
         if lost:
             log.error("embedded pipeline: %d acknowledged record(s), %d item(s), were not written to "
                       "the file sink", len(lost), sum(_items(r) for r in lost))
-        return not lost
+            self._on_failure()
 
 
 async def _drain(source: MemorySource, bus: MemoryBus) -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import orjson
 
+from runtime import lifecycle
+
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
@@ -42,6 +44,7 @@ class SharedReadiness:
         self._own = own
         self._period_s = period_s
         self._clock = clock  # CLOCK_MONOTONIC: one clock for all processes of the host
+        self._publishing: asyncio.Task[None] | None = None
 
     def _path(self, index: int) -> Path:
         return self._dir / f"worker-{index}.json"
@@ -62,6 +65,17 @@ class SharedReadiness:
             except OSError as exc:
                 log.warning("worker %d cannot publish its readiness: %s", self._index, exc)
             await asyncio.sleep(self._period_s)
+
+    async def start(self) -> None:
+        """Publish every period from now on (``run`` in a task of the running loop)."""
+        self._publishing = asyncio.get_running_loop().create_task(self.run(), name="readiness")
+
+    async def stop(self) -> None:
+        """Stop publishing and remove this worker's report."""
+        task, self._publishing = self._publishing, None
+        if task is not None:
+            await lifecycle.cancel(task)
+        self.close()
 
     def _report(self, index: int) -> tuple[bool, str]:
         try:
