@@ -3,7 +3,8 @@
 This loop is shared by the embedded gateway (MemoryBus -> file sink) and the Kafka pipelines
 runner, so at-least-once behaviour is the same code in both.
 
-While the sink fails transiently the same records are retried with exponential backoff and a
+While the sink fails transiently the same records are retried with exponential backoff
+(``runtime.backoff``; longer when the store says how long with Retry-After) and a
 source that can pause (Kafka) is paused, so nothing new is fetched and the consumer group keeps
 the member. Records the sink rejects for good go to the dead-letter callback (a Kafka topic in
 the runner, the rejects files of the embedded file sink) and are then committed: one poison
@@ -29,8 +30,11 @@ from typing import Protocol, runtime_checkable
 from bus.contract import BusRecord, Source
 from pipelines.metrics import ACKED_RECORDS, DEAD_LETTER_RECORDS, ISOLATED_BATCHES, SINK_ERRORS
 from pipelines.sinks.base import PermanentSinkError, Rejection, Sink, TransientSinkError
+from runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
+
+_KEEPALIVE_S = 1.0  # while backing off, a paused source polls its group at least this often
 
 DeadLetter = Callable[[Sequence[Rejection]], Awaitable[None]]
 
@@ -72,14 +76,16 @@ class Pipeline:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
         max_unexpected_retries: int = 3,
+        backoff: Backoff | None = None,
     ) -> None:
+        """``backoff``: between retries of a write (default: ``backoff_initial_s`` doubling up to
+        ``backoff_max_s``); reset for every write."""
         self.source = source
         self.sink = sink
         self._dead_letter = dead_letter
         self._max_records = max_records
         self._poll_timeout_ms = poll_timeout_ms
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
+        self._backoff = backoff or Backoff(backoff_initial_s, max(backoff_max_s, backoff_initial_s))
         self._max_unexpected_retries = max_unexpected_retries
         self._stopping = asyncio.Event()
         self._paused = False
@@ -213,13 +219,14 @@ class Pipeline:
         (None: for ever), after which the last one is returned.
         """
         unexpected = 0
-        delay = self._backoff_initial_s
+        self._backoff.reset()
         while True:
             try:
                 await attempt()
                 return None
             except TransientSinkError as exc:
                 SINK_ERRORS.labels(self.sink.name, "transient").inc()
+                delay = self._delay(exc)
                 log.warning("sink %s: transient error, retrying in %.1fs: %s", self.sink.name, delay, exc)
             except (_Stopped, asyncio.CancelledError):
                 raise
@@ -233,23 +240,28 @@ class Pipeline:
                     log.error("sink %s: unexpected error on attempt %d, giving up on this write: %s",
                               self.sink.name, unexpected, exc)
                     return exc
+                delay = self._backoff.next_delay()
                 log.exception("sink %s: unexpected error, retrying in %.1fs", self.sink.name, delay)
             self._pause()
-            await self._backoff(delay)
-            delay = min(delay * 2, self._backoff_max_s)
+            await self._wait(delay)
 
-    async def _backoff(self, delay: float) -> None:
+    def _delay(self, exc: TransientSinkError) -> float:
+        """The next backoff, or longer when the store asked for it (Retry-After, RetryInfo)."""
+        delay = self._backoff.next_delay()
+        asked = getattr(exc, "retry_after_s", None)
+        return max(delay, float(asked)) if asked is not None else delay
+
+    async def _wait(self, delay: float) -> None:
         """Wait ``delay`` (keeping a paused source alive in its group); give up early on stop."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + delay
-        while (left := until - loop.time()) > 0:
+        left = delay
+        while left > 0:
             if self._stopping.is_set():
                 raise _Stopped
             if self._paused and isinstance(self.source, PausableSource):
                 await self.source.keepalive()
-            try:
-                await asyncio.wait_for(self._stopping.wait(), min(left, 1.0))
-            except TimeoutError:
-                continue
+            step = min(left, _KEEPALIVE_S)
+            if await self._backoff.sleep(self._stopping, delay=step):
+                raise _Stopped
+            left -= step
         if self._stopping.is_set():
             raise _Stopped

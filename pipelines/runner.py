@@ -18,15 +18,19 @@ import importlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
 from typing import Any, cast
 
 from prometheus_client import start_http_server
 
 from bus.kafka.consumer import KafkaSource
+from bus.kafka.producer import reconnect_backoff
 from bus.kafka.topics import ensure_topics
 from pipelines.dead_letter import KafkaDeadLetter
 from pipelines.pipeline import Pipeline
 from pipelines.sinks.base import Sink
+from runtime import lifecycle
+from runtime.backoff import Backoff
 from settings.config import Config
 
 log = logging.getLogger(__name__)
@@ -58,20 +62,17 @@ async def run(cfg: Config, sink_name: str) -> int:
     start_http_server(cfg.pipelines.admin_port, addr=cfg.pipelines.admin_host)
 
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
-    def on_signal(signum: int) -> None:
-        log.info("pipelines %s: %s, finishing the batch in hand", sink_name, signal.Signals(signum).name)
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("pipelines %s: %s, finishing the batch in hand", sink_name, sig.name)
         stopping.set()
         pipeline.stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-
-    started: list[object] = []
-    try:
+    lifecycle.on_stop_signals(on_signal)
+    # Whatever started is stopped in reverse, also when a stop signal ends the start half-way.
+    async with AsyncExitStack() as stack:
         # Kafka may not be there yet: starting keeps retrying, and a stop signal ends the wait.
-        if not await _until_stopped(_start(cfg, sink, source, dead_letter, started), stopping):
+        if not await _until_stopped(_start(cfg, sink, source, dead_letter, stack), stopping):
             return 0
         log.info("pipelines %s: consumer group %s on %s -> sink %s; metrics on %s:%d", sink_name, group,
                  kcfg.bootstrap_servers, sink.name, cfg.pipelines.admin_host, cfg.pipelines.admin_port)
@@ -79,38 +80,32 @@ async def run(cfg: Config, sink_name: str) -> int:
         log.info("pipelines %s: stopped after %d record(s) written, %d dead-lettered", sink_name,
                  pipeline.written, pipeline.dead_lettered)
         return 0
-    finally:
-        if source in started:
-            await source.stop()
-        if dead_letter in started:
-            await dead_letter.stop()
-        if sink in started:
-            await sink.stop()
 
 
 async def _start(cfg: Config, sink: Sink, source: KafkaSource, dead_letter: KafkaDeadLetter,
-                 started: list[object]) -> None:
+                 stack: AsyncExitStack) -> None:
+    """The sink, then the dead letters, then the consumer: the source joins its group (and takes
+    partitions) only once everything its records go to is up, and leaves it first."""
     kcfg = cfg.bus.kafka
-    await sink.start()
-    started.append(sink)
+    await lifecycle.enter(stack, sink)
+    backoff = reconnect_backoff(kcfg)
     if kcfg.create_topics:
-        await _retry(lambda: ensure_topics(kcfg, source.topics), "creating topics")
-    await source.start()
-    started.append(source)
-    await _retry(dead_letter.start, "starting the dead-letter producer")
-    started.append(dead_letter)
+        await _retry(lambda: ensure_topics(kcfg, source.topics), "creating topics", backoff)
+    await _retry(dead_letter.start, "starting the dead-letter producer", backoff)
+    stack.push_async_callback(dead_letter.stop)
+    await lifecycle.enter(stack, source)
 
 
-async def _retry(step: Callable[[], Awaitable[None]], what: str, backoff_max_s: float = 5.0) -> None:
-    backoff = 0.2
+async def _retry(step: Callable[[], Awaitable[None]], what: str, backoff: Backoff) -> None:
+    backoff.reset()
     while True:
         try:
             await step()
             return
         except Exception as exc:  # Kafka errors, connection refused, timeouts: all worth a retry
-            log.warning("kafka: %s failed (%s); retrying in %.1fs", what, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, backoff_max_s)
+            delay = backoff.next_delay()
+            log.warning("kafka: %s failed (%s); retrying in %.1fs", what, exc, delay)
+            await backoff.sleep(delay=delay)
 
 
 async def _until_stopped(work: Coroutine[Any, Any, None], stopping: asyncio.Event) -> bool:

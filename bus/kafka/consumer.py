@@ -23,8 +23,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from bus.contract import BusRecord
+from bus.kafka.producer import reconnect_backoff
 from bus.metrics import COMMIT_ERRORS, CONSUMER_LAG
 from otlp.signals import Signal
+from runtime.backoff import Backoff
 from settings.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -34,13 +36,16 @@ class KafkaSource:
     """Consumer group ``group_id`` over the OTLP topics of ``signals``."""
 
     def __init__(self, cfg: KafkaConfig, group_id: str, signals: Iterable[Signal], *,
-                 max_records: int = 500, start_backoff_max_s: float = 5.0) -> None:
+                 max_records: int = 500, start_backoff_max_s: float | None = None,
+                 backoff: Backoff | None = None) -> None:
+        """``backoff``: between attempts to join while Kafka is not there (default: the bus's
+        ``reconnect_backoff``, up to ``start_backoff_max_s`` or ``reconnect_backoff_max_ms``)."""
         self._cfg = cfg
         self.group_id = group_id
         self.topics = sorted(s.topic(cfg.topic_prefix) for s in signals)
         self._signal_of = {s.topic(cfg.topic_prefix): s for s in signals}
         self._max_records = max_records
-        self._start_backoff_max_s = start_backoff_max_s
+        self._backoff = backoff or reconnect_backoff(cfg, start_backoff_max_s)
         self._consumer: AIOKafkaConsumer | None = None
         # Next offset to commit per partition (acknowledged by the sink, not yet committed).
         self._acked: dict[TopicPartition, int] = {}
@@ -55,7 +60,7 @@ class KafkaSource:
 
     async def start(self) -> None:
         """Join the group; keep trying while Kafka is not there (a worker may start before it)."""
-        backoff = 0.2
+        self._backoff.reset()
         while True:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self._cfg.bootstrap_servers,
@@ -69,11 +74,11 @@ class KafkaSource:
             try:
                 await consumer.start()
             except (KafkaError, OSError) as exc:
+                delay = self._backoff.next_delay()
                 log.warning("kafka: cannot connect to %s (%s); retrying in %.1fs",
-                            self._cfg.bootstrap_servers, exc, backoff)
+                            self._cfg.bootstrap_servers, exc, delay)
                 await consumer.stop()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._start_backoff_max_s)
+                await self._backoff.sleep(delay=delay)
                 continue
             consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
             self._consumer = consumer

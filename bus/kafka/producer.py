@@ -29,6 +29,7 @@ from bus.kafka.topics import ensure_topics
 from bus.metrics import BATCH_BYTES, PRODUCE_ERRORS, PRODUCE_SECONDS, PRODUCED_BYTES
 from otlp import wire
 from otlp.signals import Signal
+from runtime.backoff import Backoff
 from settings.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,25 @@ _RECORD_OVERHEAD = 256
 # Room kept for headers and key when stating the largest item a message can carry; the
 # comma-joined correlation ids of a full batch stay well under it.
 _ITEM_HEADROOM = 64 * 1024
+_RECONNECT_INITIAL_S = 0.2
+_RECONNECT_JITTER = 0.2
+
+
+def reconnect_backoff(cfg: KafkaConfig, max_s: float | None = None) -> Backoff:
+    """Between attempts to reach Kafka, for every client of it (bus, source, dead letters): 0.2 s
+    doubling up to ``max_s`` (default ``reconnect_backoff_max_ms``), each delay drawn within ±20%
+    so the processes that lost the same broker do not all come back at once."""
+    ceiling = cfg.reconnect_backoff_max_ms / 1000 if max_s is None else max_s
+    return Backoff(_RECONNECT_INITIAL_S, max(ceiling, _RECONNECT_INITIAL_S), jitter=_RECONNECT_JITTER)
 
 
 class KafkaBus:
     """Bus over an ``AIOKafkaProducer`` that (re)connects in the background."""
 
-    def __init__(self, cfg: KafkaConfig) -> None:
+    def __init__(self, cfg: KafkaConfig, *, backoff: Backoff | None = None) -> None:
+        """``backoff``: between connection attempts (default: ``reconnect_backoff(cfg)``)."""
         self._cfg = cfg
+        self._backoff = backoff or reconnect_backoff(cfg)
         self._prefix = cfg.topic_prefix
         self._producer: AIOKafkaProducer | None = None
         self._reason = "kafka: not started"
@@ -93,7 +106,7 @@ class KafkaBus:
 
     async def _maintain(self) -> None:
         """Connect, hold the producer until a publish reports it broken, reconnect; forever."""
-        backoff = 0.2
+        self._backoff.reset()
         while not self._stopping:
             producer = self._new_producer()
             try:
@@ -111,14 +124,14 @@ class KafkaBus:
                 raise
             except (KafkaError, OSError, TimeoutError) as exc:
                 self._reason = f"kafka: cannot connect to {self._cfg.bootstrap_servers}: {describe(exc)}"
-                log.warning("%s; retrying in %.1fs", self._reason, backoff)
+                delay = self._backoff.next_delay()
+                log.warning("%s; retrying in %.1fs", self._reason, delay)
                 await close_producer(producer, 1.0)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._cfg.reconnect_backoff_max_ms / 1000)
+                await self._backoff.sleep(delay=delay)
                 continue
             log.info("kafka: connected to %s (acks=all, idempotent, compression=%s)",
                      self._cfg.bootstrap_servers, self._cfg.compression)
-            backoff = 0.2
+            self._backoff.reset()
             self._broken.clear()
             self._producer = producer
             self._connected.set()
