@@ -8,7 +8,8 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-from pipelines.runner import SINKS, run
+from pipelines.runner import run
+from pipelines.sinks import SINKS
 from settings import config as config_mod
 
 

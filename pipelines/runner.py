@@ -28,6 +28,7 @@ from bus.kafka.producer import reconnect_backoff
 from bus.kafka.topics import ensure_topics
 from pipelines.dead_letter import KafkaDeadLetter
 from pipelines.pipeline import Pipeline
+from pipelines.sinks import SINKS
 from pipelines.sinks.base import Sink
 from runtime import lifecycle
 from runtime.backoff import Backoff
@@ -35,7 +36,6 @@ from settings.config import Config
 
 log = logging.getLogger(__name__)
 
-SINKS = ("file", "elasticsearch", "jaeger", "prometheus")
 
 
 def make_sink(cfg: Config, name: str) -> Sink:
