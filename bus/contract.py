@@ -1,7 +1,7 @@
 """The Bus contract between the ingest edge and the pipelines.
 
 Both sides speak plain OTLP: a message value is one serialized Export*ServiceRequest for one
-tenant (DESIGN.md principle 2), so anything that reads OTLP can read our topics.
+tenant (docs/architecture.md principle 2), so anything that reads OTLP can read our topics.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Group requests by (signal, tenant) into bus-sized batches, flushed on size or age.
 
-Concatenating serialized Export requests yields a valid request (DESIGN.md principle 1), so a
+Concatenating serialized Export requests yields a valid request (docs/architecture.md principle 1), so a
 batch is just a join of payloads; nothing is decoded here. Each ``add`` returns a future that
 settles when the batch holding that payload was published, which is how a receiver answers
 only after the bus acknowledged (``ack: durable``) or turns a bus failure into 503.
@@ -42,7 +42,7 @@ class _Open:
 
 
 class Batcher:
-    """Open batches per (signal, tenant), so every bus message holds one tenant (DESIGN.md
+    """Open batches per (signal, tenant), so every bus message holds one tenant (docs/architecture.md
     principle 2). ``on_flush(batch, seconds)`` observes each successful publish and
     ``on_error(batch, exc)`` each failed one, for metrics; ``max_inflight`` bounds concurrent
     publishes."""

@@ -29,7 +29,7 @@ class Signal(StrEnum):
 
     @property
     def topic_suffix(self) -> str:
-        """Kafka topic suffix: ``otlp_spans``/``otlp_logs``/``otlp_metrics`` per DESIGN.md."""
+        """Kafka topic suffix: ``otlp_spans``/``otlp_logs``/``otlp_metrics`` per docs/architecture.md."""
         return SPECS[self].topic_suffix
 
     def topic(self, prefix: str = "otlp_") -> str:
@@ -105,7 +105,7 @@ SPECS: dict[Signal, SignalSpec] = {
 ATTR_TENANT = "tenant.id"
 ATTR_CORRELATION = "correlation.id"
 
-# Kafka message headers (DESIGN.md "Names on the wire").
+# Kafka message headers (docs/architecture.md "Names on the wire").
 HEADER_TENANT = "tenant"
 HEADER_CORRELATION = "correlation-id"
 HEADER_SIGNAL = "signal"

@@ -2,7 +2,7 @@
 
 Why not decode: an Export*ServiceRequest is ``repeated ResourceX resource_x = 1``, and the
 gateway only needs to touch each ResourceX's ``resource`` and count the items below it
-(DESIGN.md principle 1). Walking tags and lengths is cheaper than materialising every span
+(docs/architecture.md principle 1). Walking tags and lengths is cheaper than materialising every span
 with its attributes just to serialise it again, and it keeps unknown fields byte-for-byte.
 
 Message shapes used here (field numbers from opentelemetry-proto):

@@ -2,7 +2,7 @@
 
 The three ``Export`` methods are registered as generic handlers with no request deserializer,
 so a handler receives the request's raw protobuf bytes and passes them to ``Ingest`` untouched
-(DESIGN.md principle 1).
+(docs/architecture.md principle 1).
 
 They are registered as client-streaming although OTLP's ``Export`` is unary: the wire is the
 same, and it lets the handler run before grpc reads the request. So the gateway refuses an

@@ -8,7 +8,7 @@ dashboards and queries written for that exporter work here: ``@timestamp``, hex 
 
 Each document gets an ``_id`` from the Kafka coordinates of the record it came from and its
 position in that record, so a redelivered record overwrites the same documents instead of
-adding copies (DESIGN.md principle 3). A record that does not decode whole is converted part by
+adding copies (docs/architecture.md principle 3). A record that does not decode whole is converted part by
 part (``pipelines.convert.parts``): the parts that decode become documents at the positions
 they have in the whole record, the others come back as ``BadPart`` for the dead-letter topic.
 

@@ -1,6 +1,6 @@
 """A broker SIGKILLed on a replicated cluster: nothing acknowledged is lost, and OKs keep coming.
 
-"Nothing is acknowledged that is not durable" (DESIGN.md) means an OK survives a broker crash.
+"Nothing is acknowledged that is not durable" (docs/architecture.md) means an OK survives a broker crash.
 On one broker that cannot be shown, since killing it stops everything; on three brokers with
 replication factor 3 and ``min.insync.replicas`` 2 it can: acks=all then answers only once two
 brokers hold the data, so losing any one loses nothing, and the two left in sync are enough for
