@@ -33,6 +33,7 @@ unit: install
 test: install
 	bash stack/up
 	$(MAKE) --no-print-directory lint
+	bash deploy/tools/up
 	$(BIN)/pytest
 
 bench: install
