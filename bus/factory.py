@@ -20,8 +20,17 @@ MEMORY_BUS_BUDGET = 16 * 1024 * 1024
 Stage = Callable[[Config, Bus], Bus]
 """Wraps the bus below it; returns it unchanged when the configuration leaves the stage off."""
 
-STAGES: Sequence[Stage] = ()
-"""Applied in order over the base bus (none yet)."""
+
+
+def spool(cfg: Config, inner: Bus) -> Bus:
+    """``SpoolBus(inner)``: a write-ahead log on local disk (``spool.mode`` on_failure or always)."""
+    from bus.spool.bus import stage
+
+    return stage(cfg, inner)
+
+
+STAGES: Sequence[Stage] = (spool,)
+"""Applied in order over the base bus."""
 
 
 def make_bus(cfg: Config, base: Bus | None = None, stages: Sequence[Stage] = STAGES) -> Bus:

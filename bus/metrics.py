@@ -1,6 +1,6 @@
 """The bus's self-metrics (Prometheus), defined once: the Kafka producer's (``gateway_kafka_*``,
-served by the gateway) and the Kafka consumer's (``pipeline_consumer_lag``, commit errors,
-served by the pipelines)."""
+served by the gateway), the disk spool's (``gateway_spool_*``, served by the gateway) and the Kafka
+consumer's (``pipeline_consumer_lag``, commit errors, served by the pipelines)."""
 
 from __future__ import annotations
 
@@ -35,4 +35,67 @@ CONSUMER_LAG = Gauge(
 COMMIT_ERRORS = Counter(
     "pipeline_commit_errors_total", "Offset commits that failed and were deferred to the next one.",
     ["error"],
+)
+
+# spool (bus/spool): the disk log in front of the bus; gauges summed over the workers
+SPOOL_BYTES = Gauge(
+    "gateway_spool_bytes", "Bytes of unacknowledged records in the spool (on disk and being written).",
+    multiprocess_mode="livesum",
+)
+SPOOL_RECORDS = Gauge(
+    "gateway_spool_records", "Batches in the spool not yet acknowledged by the bus below it.",
+    multiprocess_mode="livesum",
+)
+SPOOL_OLDEST_AGE = Gauge(
+    "gateway_spool_oldest_age_seconds", "Age of the oldest unacknowledged record in the spool (0: empty).",
+    multiprocess_mode="livemax",
+)
+SPOOL_APPENDED = Counter(
+    "gateway_spool_appended_records_total", "Batches written to the spool (client answered after it).",
+    ["signal"],
+)
+SPOOL_APPENDED_ITEMS = Counter(
+    "gateway_spool_appended_items_total", "Items in the batches written to the spool.", ["signal"],
+)
+SPOOL_APPENDED_BYTES = Counter(
+    "gateway_spool_appended_bytes_total", "Framed bytes written to the spool.",
+)
+SPOOL_REPLAYED = Counter(
+    "gateway_spool_replayed_records_total", "Spooled batches the bus below acknowledged (then released).",
+    ["signal"],
+)
+SPOOL_REPLAYED_ITEMS = Counter(
+    "gateway_spool_replayed_items_total", "Items in the spooled batches the bus below acknowledged.",
+    ["signal"],
+)
+SPOOL_REPLAYED_BYTES = Counter(
+    "gateway_spool_replayed_bytes_total", "Payload bytes of spooled batches the bus below acknowledged.",
+)
+SPOOL_REPLAY_ERRORS = Counter(
+    "gateway_spool_replay_errors_total", "Attempts to hand a spooled batch to the bus below that failed "
+    "(retried with backoff; nothing is dropped).",
+)
+SPOOL_RECOVERED = Counter(
+    "gateway_spool_recovered_records_total", "Records found at start-up (a previous run's, or a dead "
+    "worker's adopted directory): each is resent once, so this bounds the duplicates a crash can cause.",
+)
+SPOOL_CORRUPT = Counter(
+    "gateway_spool_corrupt_records_total", "Records that failed their checksum, quarantined and skipped.",
+)
+SPOOL_TORN_BYTES = Counter(
+    "gateway_spool_torn_bytes_total", "Bytes of torn tails (a write cut by a crash, never acknowledged) cut "
+    "at start-up.",
+)
+SPOOL_REFUSED = Counter(
+    "gateway_spool_refused_batches_total", "Batches the spool refused (client got 503 / UNAVAILABLE with a "
+    "retry hint), by reason: full, disk_floor, max_age, write_error.",
+    ["reason"],
+)
+SPOOL_FSYNC_SECONDS = Histogram(
+    "gateway_spool_fsync_seconds", "Duration of each group commit's fdatasync.",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+SPOOL_GROUP_RECORDS = Histogram(
+    "gateway_spool_group_records", "Records written by one group commit (one fsync for all of them).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "run": ("gateway.command", "run the gateway: receivers, batcher, bus (embedded: memory bus + file sink)"),
     "pipelines": ("pipelines.command", "consume the Kafka topics into one sink (consumer group per sink)"),
     "bench": ("bench.command", "load-test the gateway and the OpenTelemetry Collector side by side"),
+    "spool": ("bus.spool.command", "inspect or replay a disk spool (e.g. one a dead node left behind)"),
 }
 
 

@@ -132,6 +132,37 @@ class KafkaConfig:
 
 
 @dataclass
+class SpoolConfig:
+    """A write-ahead log on local disk in front of the bus (``bus/spool``)."""
+
+    # off: no spool (a bus outage is a retryable 503). on_failure: publish straight to the bus
+    # while it takes data; spool a batch whose publish fails, and every batch while a backlog
+    # exists (so order within a (signal, tenant) holds). always: every batch goes through the log.
+    mode: Literal["off", "on_failure", "always"] = "off"
+    # Each worker process owns one worker-<n> directory below it (flock'ed); directories of
+    # workers that are gone are adopted and replayed.
+    dir: str = "./spool"
+    # Unacknowledged bytes beyond which batches are refused (503 / UNAVAILABLE + retry hint).
+    max_bytes: int = 1024 * 1024 * 1024
+    # Free disk space on the spool's filesystem below which the spool counts as full.
+    min_free_bytes: int = 256 * 1024 * 1024
+    # The oldest unacknowledged record older than this makes the spool count as full; 0: no limit.
+    max_age_s: float = 0.0
+    # fsync each group commit: an OK then survives power loss, not only a process crash.
+    fsync: bool = True
+    segment_bytes: int = 16 * 1024 * 1024
+    # Replay of records older than 1 s (a backlog) is paced to this; 0: unpaced.
+    replay_max_bytes_per_s: int = 64 * 1024 * 1024
+    # Batches handed to the bus below at once while draining (one at a time per (signal, tenant)).
+    replay_concurrency: int = 16
+    # Retry hint sent to clients while the spool is full.
+    full_retry_after_ms: int = 5_000
+    # On SIGTERM, wait up to this for the backlog to reach a reachable bus before stopping (what is
+    # left stays on disk and is replayed by the next start).
+    stop_drain_ms: int = 5_000
+
+
+@dataclass
 class BusConfig:
     kind: Literal["memory", "kafka"] = "memory"
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
@@ -227,6 +258,7 @@ class Config:
     # durable: answer after the bus holds the data; accepted: answer on enqueue.
     ack: Literal["durable", "accepted"] = "durable"
     bus: BusConfig = field(default_factory=BusConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
     pipelines: PipelinesConfig = field(default_factory=PipelinesConfig)
     # In embedded mode (memory bus) the gateway process also runs the file sink pipeline.
     embedded_pipeline: bool = True
@@ -341,6 +373,14 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"bus.kafka.min_insync_replicas: {k.min_insync_replicas} must be between 0 (the "
                           f"broker's default) and bus.kafka.replication_factor ({k.replication_factor}): "
                           "with more, Kafka refuses every write")
+    sp = cfg.spool
+    if sp.max_bytes <= 0 or sp.segment_bytes <= 0 or sp.min_free_bytes < 0 or sp.max_age_s < 0:
+        raise ConfigError("spool.max_bytes and spool.segment_bytes must be > 0, spool.min_free_bytes and "
+                          "spool.max_age_s >= 0")
+    if sp.replay_concurrency < 1 or sp.replay_max_bytes_per_s < 0:
+        raise ConfigError("spool.replay_concurrency must be >= 1 and spool.replay_max_bytes_per_s >= 0")
+    if sp.mode != "off" and not sp.dir:
+        raise ConfigError("spool.dir: needed when spool.mode is not off")
     if cfg.pipelines.max_unexpected_retries < 0:
         raise ConfigError("pipelines.max_unexpected_retries: must be >= 0")
     if cfg.bus.kind == "memory" and not cfg.embedded_pipeline:
