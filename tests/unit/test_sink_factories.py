@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.runner import SINKS, make_sink
+from pipelines.runner import make_sink
+from pipelines.sinks import SINKS
 from pipelines.sinks.file import FileSink
 from settings.config import Config
 
