@@ -3,6 +3,7 @@
 ``/healthz`` answers while the event loop runs (a liveness probe that restarts a wedged process).
 ``/readyz`` answers 200 only when the receivers listen and the bus says it can take data, so a
 load balancer stops sending to a gateway whose Kafka is gone instead of collecting 503s.
+``admin.tls.*`` puts it behind TLS (and mTLS), as ``server.tls.*`` does the OTLP ports.
 With ``--workers N`` the port is shared: a scrape of ``/metrics`` covers all workers (see
 gateway.metrics) and ``/readyz`` answers for all of them (see gateway.readiness).
 """
@@ -13,16 +14,18 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import metrics
 from gateway.readiness import Readiness
-from gateway.receivers import httpserver
+from gateway.receivers import httpserver, tls
 from gateway.receivers.httpserver import Request, Response
+from settings.config import TlsServerConfig
 
 
 class Admin:
     """The admin endpoints; ``start()`` listens on ``host:port``, ``stop()`` closes."""
 
     def __init__(self, readiness: Readiness, *, host: str = "0.0.0.0", port: int = 8888,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, tls: TlsServerConfig | None = None) -> None:
         self._readiness = readiness
+        self._tls = tls
         self._host = host
         self._port = port
         self._reuse_port = reuse_port
@@ -52,7 +55,8 @@ class Admin:
 
     async def start(self) -> None:
         self._server = await httpserver.serve(self, self._host, self._port, max_body=64 * 1024,
-                                              too_large=self._too_large, reuse_port=self._reuse_port)
+                                              too_large=self._too_large, reuse_port=self._reuse_port,
+                                              tls=tls.maybe_http_tls(self._tls, "admin.tls"))
 
     async def stop(self) -> None:
         server, self._server = self._server, None

@@ -113,8 +113,10 @@ class Ingest:
         return None
 
     async def ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,
-                     correlation_id: str | None = None, *, encoding: Encoding = PROTOBUF) -> Outcome:
-        """Handle one Export request, decompressed, in ``encoding``. ``headers`` keys are lower case."""
+                     correlation_id: str | None = None, *, encoding: Encoding = PROTOBUF,
+                     client_names: tuple[str, ...] = ()) -> Outcome:
+        """Handle one Export request, decompressed, in ``encoding``. ``headers`` keys are lower case;
+        ``client_names``: the verified client certificate's CN and SANs (mTLS), else empty."""
         cid = correlation_id or self.correlation_id(headers)
         refused = self.admit(signal, transport, cid)
         if refused is not None:
@@ -124,16 +126,16 @@ class Ingest:
         gauge.inc()
         started = time.perf_counter()
         try:
-            return await self._ingest(signal, transport, headers, payload, cid, encoding)
+            return await self._ingest(signal, transport, headers, payload, cid, encoding, client_names)
         finally:
             self.inflight -= 1
             gauge.dec()
             metrics.request_seconds.labels(signal.value, transport).observe(time.perf_counter() - started)
 
     async def _ingest(self, signal: Signal, transport: str, headers: Mapping[str, str], payload: bytes,
-                      cid: str, encoding: Encoding) -> Outcome:
+                      cid: str, encoding: Encoding, client_names: tuple[str, ...]) -> Outcome:
         try:
-            tenant = self._auth.tenant_for(headers)
+            tenant = self._auth.tenant_for(headers, client_names)
         except AuthError as exc:
             return self.refuse(signal, transport, "unauthenticated", str(exc) or "unauthenticated", cid)
         attrs = ((ATTR_TENANT, tenant), (ATTR_CORRELATION, cid))

@@ -106,7 +106,7 @@ class Worker(lifecycle.Composite):
         # Admin answers until everything else has stopped (its stop is registered first), but it
         # listens only once the receivers do: whoever gets an answer from it finds them up.
         admin = Admin(self.shared or self.readiness, host=cfg.admin.host, port=cfg.admin.port,
-                      reuse_port=reuse_port)
+                      reuse_port=reuse_port, tls=cfg.admin.tls)
         stack.push_async_callback(admin.stop)
         await lifecycle.enter(stack, self.bus)
         if self._embedded is not None:
@@ -158,7 +158,7 @@ class Receivers:
         return self._http.port if self._http is not None else 0
 
     async def start(self) -> None:
-        from gateway.receivers import httpserver, otlp_grpc
+        from gateway.receivers import httpserver, otlp_grpc, tls
         from gateway.receivers.otlp_http import OtlpHttp
 
         cfg = self._cfg
@@ -168,7 +168,8 @@ class Receivers:
             self._http = await httpserver.serve(otlp_http, cfg.host, cfg.http_port,
                                                 max_body=cfg.max_request_bytes,
                                                 too_large=otlp_http.too_large, reuse_port=self._reuse_port,
-                                                timeouts=otlp_http.timeouts)
+                                                timeouts=otlp_http.timeouts,
+                                                tls=tls.maybe_http_tls(cfg.tls, "server.tls"))
         except BaseException:
             await self.stop()  # the HTTP port is taken: do not leave gRPC listening
             raise

@@ -1,4 +1,4 @@
-"""Who is calling (API key or trusted header -> tenant) and how much they may send.
+"""Who is calling (client certificate, API key or trusted header -> tenant) and how much they may send.
 
 Tenant ids end up in Kafka headers, Elasticsearch index names and Prometheus labels, so they
 are checked here, once, against a conservative alphabet. Keys are compared in constant time
@@ -12,7 +12,7 @@ import hmac
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from otlp.signals import DEFAULT_TENANT, TENANT_HEADER
@@ -41,6 +41,10 @@ class Authenticator:
     - both: a valid key is still required; X-Scope-OrgID may then name the key's own tenant or
       one of ``delegated_tenants[<key's tenant>]`` (``"*"``: any), else the request is refused.
       A header alone never selects a tenant when keys are in force.
+    - before all of these, ``client_cert_tenants``: a verified client certificate (mTLS) whose
+      subject CN or a SAN is mapped names the tenant, whatever the headers or key say (the
+      receivers pass only names of certificates the configured client CA verified; nothing a
+      client sends in headers or attributes can add one). The first mapped name wins, CN first.
 
     Tenant ids are 1..64 characters of ``[A-Za-z0-9_.-]``, configured or presented; sinks map
     distinct ids to distinct store names.
@@ -59,9 +63,20 @@ class Authenticator:
                                      "of [A-Za-z0-9_.-] (or \"*\")")
         self._delegated = {owner: frozenset(tenants) for owner, tenants in cfg.delegated_tenants.items()}
         self._keys = [(key.encode(), tenant) for key, tenant in cfg.api_keys.items() if key]
+        for name, tenant in cfg.client_cert_tenants.items():
+            if not valid_tenant(tenant):
+                raise ValueError(f"auth.client_cert_tenants.{name}: tenant {tenant!r} is not 1..64 chars "
+                                 "of [A-Za-z0-9_.-]")
+        self._cert_tenants = dict(cfg.client_cert_tenants)
 
-    def tenant_for(self, headers: Mapping[str, str]) -> str:
-        """The tenant for a request with these (lower-cased) headers; raise AuthError if none."""
+    def tenant_for(self, headers: Mapping[str, str], client_names: Sequence[str] = ()) -> str:
+        """The tenant for a request with these (lower-cased) headers and verified client
+        certificate names; raise AuthError if none."""
+        if self._cert_tenants:
+            for name in client_names:
+                tenant = self._cert_tenants.get(name)
+                if tenant is not None:
+                    return tenant
         claimed = headers.get(TENANT_HEADER) if self._trust_header else None
         if claimed is not None and not valid_tenant(claimed):
             raise AuthError(f"{TENANT_HEADER} must be 1..64 characters of [A-Za-z0-9_.-]")

@@ -29,6 +29,26 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class TlsServerConfig:
+    """TLS on a listening port, named as the Collector's ``configtls`` server settings.
+
+    Off while ``cert_file`` is empty. With ``client_ca_file`` (mTLS) a client must present a
+    certificate that CA signed, else its handshake is refused. A certificate and key replaced on
+    disk are served to new connections after at most ``reload_interval_s`` (0: never re-read).
+    """
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    reload_interval_s: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass
 class ServerConfig:
     host: str = "0.0.0.0"
     grpc_port: int = 4317
@@ -52,12 +72,15 @@ class ServerConfig:
     read_header_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     idle_timeout_s: float = 60.0
+    # TLS (and mTLS) on both OTLP ports.
+    tls: TlsServerConfig = field(default_factory=TlsServerConfig)
 
 
 @dataclass
 class AdminConfig:
     host: str = "0.0.0.0"
     port: int = 8888
+    tls: TlsServerConfig = field(default_factory=TlsServerConfig)
 
 
 @dataclass
@@ -72,6 +95,11 @@ class AuthConfig:
     # Tenant of a key -> the other tenants its key may name in X-Scope-OrgID ("*": any), e.g. a
     # shared agent that forwards for several teams.
     delegated_tenants: dict[str, list[str]] = field(default_factory=dict)
+    # mTLS: a name of the client certificate (its subject CN, or any of its DNS, IP, e-mail or
+    # URI SANs) -> tenant id. A mapped certificate decides the tenant, whatever X-Scope-OrgID or
+    # the API key say; an unmapped one leaves the decision to the rules above. Needs
+    # server.tls.client_ca_file: only certificates that CA signed are read.
+    client_cert_tenants: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -387,5 +415,21 @@ def _check(cfg: Config) -> None:
         raise ConfigError("bus.kind memory needs embedded_pipeline: true: nothing else reads the in-process "
                           "log, so it would fill and every request would be refused; use bus.kind kafka "
                           "to run the pipelines separately")
-    if cfg.auth.enabled and not cfg.auth.api_keys and not cfg.auth.trust_tenant_header:
-        raise ConfigError("auth.enabled: needs auth.api_keys or auth.trust_tenant_header")
+    if cfg.auth.enabled and not (cfg.auth.api_keys or cfg.auth.trust_tenant_header
+                                 or cfg.auth.client_cert_tenants):
+        raise ConfigError("auth.enabled: needs auth.api_keys, auth.trust_tenant_header or "
+                          "auth.client_cert_tenants")
+    _check_tls(cfg)
+
+
+def _check_tls(cfg: Config) -> None:
+    for where, tls in (("server.tls", cfg.server.tls), ("admin.tls", cfg.admin.tls)):
+        if bool(tls.cert_file) != bool(tls.key_file):
+            raise ConfigError(f"{where}: cert_file and key_file go together")
+        if tls.client_ca_file and not tls.cert_file:
+            raise ConfigError(f"{where}.client_ca_file: needs {where}.cert_file and key_file (mTLS is TLS)")
+        if tls.reload_interval_s < 0:
+            raise ConfigError(f"{where}.reload_interval_s: must be >= 0 (0: never re-read)")
+    if cfg.auth.client_cert_tenants and not cfg.server.tls.client_ca_file:
+        raise ConfigError("auth.client_cert_tenants: needs server.tls.client_ca_file, so that only "
+                          "certificates signed by that CA name a tenant")

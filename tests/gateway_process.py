@@ -20,6 +20,7 @@ failure rather than a timeout.
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,10 @@ class GatewayProcess:
     """A started ``telemetry-gateway run`` subprocess and where to reach it."""
 
     def __init__(self, env: Mapping[str, str] | None = None, *, workers: int = 1,
-                 workdir: Path | None = None, extra_args: list[str] | None = None) -> None:
+                 workdir: Path | None = None, extra_args: list[str] | None = None,
+                 admin_ssl: ssl.SSLContext | None = None) -> None:
+        # admin_ssl: the gateway's admin port speaks TLS (admin.tls.*); this context reaches it.
+        self.admin_ssl = admin_ssl
         self._own_tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
             self._own_tmp = tempfile.TemporaryDirectory(prefix="tg-gw-")
@@ -74,7 +78,7 @@ class GatewayProcess:
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return f"{'https' if self.admin_ssl else 'http'}://127.0.0.1:{self.admin_port}"
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, within: float = 30.0) -> GatewayProcess:
@@ -121,7 +125,7 @@ class GatewayProcess:
     # -- admin --------------------------------------------------------------------------------
     def _get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(self.admin_url + path, timeout=2.0) as resp:
+            with urllib.request.urlopen(self.admin_url + path, timeout=2.0, context=self.admin_ssl) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
@@ -171,9 +175,10 @@ class GatewayProcess:
 @contextmanager
 def running_gateway(env: Mapping[str, str] | None = None, *, workers: int = 1,
                     extra_args: list[str] | None = None, within: float = 30.0,
-                    expect_clean_exit: bool = True) -> Iterator[GatewayProcess]:
+                    expect_clean_exit: bool = True,
+                    admin_ssl: ssl.SSLContext | None = None) -> Iterator[GatewayProcess]:
     """Start a gateway, yield it, then SIGTERM it and (by default) assert it exited 0."""
-    gw = GatewayProcess(env, workers=workers, extra_args=extra_args)
+    gw = GatewayProcess(env, workers=workers, extra_args=extra_args, admin_ssl=admin_ssl)
     try:
         gw.start(within=within)
         yield gw

@@ -44,6 +44,7 @@ from typing import cast
 import httptools
 
 from gateway import correlation, metrics
+from gateway.receivers.tls import HttpTls, http_client_names
 from otlp.signals import CORRELATION_HEADER
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class Request:
     path: str
     headers: dict[str, str]  # lower-case names
     body: bytes
+    # Over mTLS: the verified client certificate's subject CN and SANs (tls.http_client_names).
+    client_names: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -115,8 +118,9 @@ class HttpServer:
 
     def __init__(self, handler: Handler, *, max_body: int, too_large: TooLargeHook,
                  idle_timeout_s: float = 60.0, timeouts: Timeouts | None = None,
-                 transport_label: str = "http") -> None:
+                 transport_label: str = "http", tls: HttpTls | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.max_body = max_body
         self.too_large = too_large
         self.timeouts = timeouts or Timeouts(idle_s=idle_timeout_s)
@@ -129,7 +133,10 @@ class HttpServer:
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: HttpProtocol(self), host, port,
-                                                reuse_port=reuse_port or None, backlog=1024)
+                                                reuse_port=reuse_port or None, backlog=1024,
+                                                ssl=self.tls.context if self.tls is not None else None)
+        if self.tls is not None:
+            self.tls.start()
         self._sweeper = loop.call_later(self.timeouts.sweep_interval(), self._sweep)
 
     @property
@@ -153,6 +160,8 @@ class HttpServer:
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting; answer requests in flight (up to ``grace_s``); close every connection."""
         self.closing = True
+        if self.tls is not None:
+            self.tls.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._server is not None:
@@ -174,7 +183,8 @@ class HttpProtocol(asyncio.Protocol):
     """One connection of ``server``: parse, hand complete requests to its handler, answer."""
 
     __slots__ = ("_begun", "_body", "_body_len", "_closed_by_us", "_drain_left", "_head_done",
-                 "_head_len", "_headers", "_last_active", "_parser", "_peer", "_peer_eof", "_refused",
+                 "_head_len", "_headers", "_last_active", "_names", "_parser", "_peer", "_peer_eof",
+                 "_refused",
                  "_replay", "_server", "_task", "_transport", "_upgrade", "_url")
 
     def __init__(self, server: HttpServer) -> None:
@@ -195,6 +205,7 @@ class HttpProtocol(asyncio.Protocol):
         self._closed_by_us = False
         self._peer_eof = False
         self._peer = ""
+        self._names: tuple[str, ...] = ()  # the client certificate's names (mTLS)
         self._upgrade = False  # the request asked for a protocol upgrade (ignored)
         self._replay = False  # ... and llhttp stopped before its body: parse it again without
 
@@ -204,6 +215,8 @@ class HttpProtocol(asyncio.Protocol):
         self._last_active = asyncio.get_running_loop().time()
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+        if self._server.tls is not None:  # called once the handshake is done
+            self._names = http_client_names(transport.get_extra_info("peercert"))
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -317,7 +330,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._refused or self._transport is None:
             return
         req = Request(self._parser.get_method().decode("latin-1"), self._path(), self._headers,
-                      b"".join(self._body))
+                      b"".join(self._body), self._names)
         self._body = []
         keep_alive = self._parser.should_keep_alive()
         self._transport.pause_reading()
@@ -407,7 +420,7 @@ class HttpProtocol(asyncio.Protocol):
 
 async def serve(handler: Handler, host: str, port: int, *, max_body: int, too_large: TooLargeHook,
                 reuse_port: bool = False, idle_timeout_s: float = 60.0,
-                timeouts: Timeouts | None = None) -> HttpServer:
+                timeouts: Timeouts | None = None, tls: HttpTls | None = None) -> HttpServer:
     """Listen and answer with ``handler``; the caller ends it with ``shutdown``.
 
     Deadlines: ``timeouts``, else the handler's ``timeouts`` attribute if it has one (the OTLP
@@ -416,6 +429,6 @@ async def serve(handler: Handler, host: str, port: int, *, max_body: int, too_la
     if timeouts is None:
         own = getattr(handler, "timeouts", None)
         timeouts = own if isinstance(own, Timeouts) else Timeouts(idle_s=idle_timeout_s)
-    server = HttpServer(handler, max_body=max_body, too_large=too_large, timeouts=timeouts)
+    server = HttpServer(handler, max_body=max_body, too_large=too_large, timeouts=timeouts, tls=tls)
     await server.start(host, port, reuse_port=reuse_port)
     return server

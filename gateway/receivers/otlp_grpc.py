@@ -50,7 +50,7 @@ import grpc
 
 from gateway import metrics
 from gateway.ingest import Ingest, Outcome
-from gateway.receivers import compression
+from gateway.receivers import compression, tls
 from gateway.receivers.encodings import export_response
 from gateway.receivers.status import GRPC_CODE, rpc_status
 from otlp.signals import CORRELATION_HEADER, Signal
@@ -71,6 +71,7 @@ Export = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[ob
 
 def _export(ingest: Ingest, signal: Signal, cfg: ServerConfig) -> Export:
     limits = compression.Limits(cfg.max_decompressed_bytes, cfg.max_decompression_ratio)
+    mtls = bool(cfg.tls.client_ca_file)
 
     async def export(_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> object:
         headers = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
@@ -100,7 +101,8 @@ def _export(ingest: Ingest, signal: Signal, cfg: ServerConfig) -> Export:
                     outcome = ingest.refuse(signal, TRANSPORT, "malformed", request, cid)
                 else:
                     gone.stage = "answer"
-                    outcome = await _decode_and_ingest(ingest, signal, limits, headers, request, cid)
+                    names = tls.grpc_client_names(context.auth_context()) if mtls else ()
+                    outcome = await _decode_and_ingest(ingest, signal, limits, headers, request, cid, names)
         except asyncio.CancelledError:
             if gone.stage == _GRPC_REFUSED:
                 ingest.refuse(signal, TRANSPORT, "too_large",
@@ -158,7 +160,8 @@ async def _one_message(context: grpc.aio.ServicerContext) -> bytes | str | None:
 
 
 async def _decode_and_ingest(ingest: Ingest, signal: Signal, limits: compression.Limits,
-                             headers: dict[str, str], request: bytes, cid: str) -> Outcome:
+                             headers: dict[str, str], request: bytes, cid: str,
+                             client_names: tuple[str, ...]) -> Outcome:
     decoder = compression.for_grpc_message(request)
     if decoder is not None:
         try:
@@ -169,7 +172,7 @@ async def _decode_and_ingest(ingest: Ingest, signal: Signal, limits: compression
             if decoder is not compression.DEFLATE:
                 return ingest.refuse(signal, TRANSPORT, "malformed", str(exc), cid)
             # Not deflate after all: a request starting with field 15 (see the module docstring).
-    return await ingest.ingest(signal, TRANSPORT, headers, request, cid)
+    return await ingest.ingest(signal, TRANSPORT, headers, request, cid, client_names=client_names)
 
 
 def handlers(ingest: Ingest, cfg: ServerConfig) -> list[grpc.GenericRpcHandler]:
@@ -201,8 +204,12 @@ async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> tuple
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
+    address = f"{cfg.host}:{cfg.grpc_port}"
     try:
-        bound = server.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+        if cfg.tls.enabled:
+            bound = server.add_secure_port(address, tls.grpc_credentials(cfg.tls, "server.tls"))
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc's way of saying the address is in use
         raise OSError(f"cannot listen for OTLP/gRPC on {cfg.host}:{cfg.grpc_port}: {exc}") from None
     if bound == 0:

@@ -65,7 +65,8 @@ class OtlpHttp:
             return self._refuse(signal, "too_large", str(exc), cid, encoding)
         except compression.BadEncoding as exc:
             return self._refuse(signal, "malformed", str(exc), cid, encoding)
-        outcome = await self._ingest.ingest(signal, TRANSPORT, req.headers, body, cid, encoding=encoding)
+        outcome = await self._ingest.ingest(signal, TRANSPORT, req.headers, body, cid, encoding=encoding,
+                                            client_names=req.client_names)
         if outcome.refused is not None:
             return _render_refusal(outcome, encoding)
         return Response(200, encoding.response(signal, outcome.rejected_items, outcome.message),

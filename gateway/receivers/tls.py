@@ -1,0 +1,205 @@
+"""Server TLS for the OTLP receivers and the admin port (``server.tls.*``, ``admin.tls.*``).
+
+One certificate source (``CertSource``) feeds both shapes the servers take:
+
+- OTLP/gRPC: ``grpc_credentials`` gives grpc ``dynamic_ssl_server_credentials``, whose fetcher
+  grpc calls at the start of every handshake; it re-reads the files at most every
+  ``reload_interval_s`` and hands grpc the new pair when they changed.
+- OTLP/HTTP and admin: ``HttpTls`` holds the ``ssl.SSLContext`` given to ``create_server``; a
+  timer on the event loop re-reads the files every ``reload_interval_s`` and loads a changed pair
+  into that context, which new connections then use (handshakes run on the same loop, so none
+  sees a half-loaded pair).
+
+A new pair is only taken after it loads as a matching certificate and key; while a replacement
+is half written the old pair stays in service and the reload is retried at the next interval.
+
+With ``client_ca_file`` (mTLS) a client must present a certificate that CA signed; one without,
+an expired one, or one from another CA is refused in the handshake. The names of a verified
+client certificate (subject CN, then its SANs) are what ``auth.client_cert_tenants`` maps to a
+tenant: ``grpc_client_names`` and ``http_client_names`` read them from each transport.
+
+Minimum version: "1.2" or "1.3" for HTTP and admin. grpc-python has no setting for it: its
+TLS floor is 1.2 whatever is configured, and a "1.3" there is logged at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import ssl
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from settings.config import TlsServerConfig
+
+if TYPE_CHECKING:  # grpc is imported in the worker, after any fork
+    import grpc
+
+log = logging.getLogger(__name__)
+
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class CertSource:
+    """The configured certificate and key files, and whether they changed since last read."""
+
+    def __init__(self, cfg: TlsServerConfig, what: str) -> None:
+        self.cfg = cfg
+        self.what = what  # "server.tls", "admin.tls": named in every log line
+        self._stamp = self._stat()
+        self.cert_pem, self.key_pem = self._read_checked()
+        self.client_ca_pem = Path(cfg.client_ca_file).read_bytes() if cfg.client_ca_file else None
+
+    def _stat(self) -> tuple[tuple[int, int, int], ...]:
+        out = []
+        for path in (self.cfg.cert_file, self.cfg.key_file):
+            st = os.stat(path)
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(out)
+
+    def _read_checked(self) -> tuple[bytes, bytes]:
+        """Both files' bytes, once they load as a matching pair (else ``ssl.SSLError``/``OSError``)."""
+        cert, key = Path(self.cfg.cert_file).read_bytes(), Path(self.cfg.key_file).read_bytes()
+        with _PairFiles(cert, key) as (cert_path, key_path):
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
+        return cert, key
+
+    def refresh(self) -> bool:
+        """Re-read the pair if the files changed; True when a new, valid pair was taken."""
+        try:
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return False
+            cert, key = self._read_checked()
+        except (OSError, ssl.SSLError) as exc:
+            # Mid-replacement (one file new, the other old) or a bad file: keep serving the old.
+            log.warning("%s: the certificate or key file changed but does not load (%s); still serving "
+                        "the previous one, retrying", self.what, type(exc).__name__)
+            return False
+        self._stamp = stamp
+        if (cert, key) == (self.cert_pem, self.key_pem):
+            return False
+        self.cert_pem, self.key_pem = cert, key
+        log.info("%s: serving the new certificate from %s to new connections", self.what, self.cfg.cert_file)
+        return True
+
+
+class _PairFiles:
+    """The pair written to a private temporary directory, for ``SSLContext.load_cert_chain``
+    (which takes paths): what is loaded is exactly the bytes that were checked."""
+
+    def __init__(self, cert: bytes, key: bytes) -> None:
+        self._cert, self._key = cert, key
+        self._dir = ""
+
+    def __enter__(self) -> tuple[str, str]:
+        self._dir = tempfile.mkdtemp(prefix="tg-tls-")  # mode 0700
+        cert_path, key_path = os.path.join(self._dir, "cert.pem"), os.path.join(self._dir, "key.pem")
+        for path, data in ((cert_path, self._cert), (key_path, self._key)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        return cert_path, key_path
+
+    def __exit__(self, *_exc: object) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+# -- OTLP/gRPC ---------------------------------------------------------------------------------
+def grpc_credentials(cfg: TlsServerConfig, what: str = "server.tls") -> grpc.ServerCredentials:
+    """Server credentials for ``add_secure_port``, re-reading changed files (see the docstring)."""
+    import grpc
+
+    source = CertSource(cfg, what)
+    if cfg.min_version != "1.2":
+        log.warning("%s.min_version %s: not enforced on OTLP/gRPC (grpc-python has no setting; its floor "
+                    "is TLS 1.2); enforced on OTLP/HTTP and admin", what, cfg.min_version)
+
+    def configuration() -> Any:
+        return grpc.ssl_server_certificate_configuration([(source.key_pem, source.cert_pem)],
+                                                         root_certificates=source.client_ca_pem)
+
+    interval = cfg.reload_interval_s
+    next_check = time.monotonic() + interval
+
+    def fetch() -> Any:
+        # Called by grpc at the start of each handshake; None keeps the current configuration.
+        nonlocal next_check
+        now = time.monotonic()
+        if interval <= 0 or now < next_check:
+            return None
+        next_check = now + interval
+        return configuration() if source.refresh() else None
+
+    return grpc.dynamic_ssl_server_credentials(configuration(), fetch,
+                                               require_client_authentication=source.client_ca_pem is not None)
+
+
+def grpc_client_names(auth_context: Mapping[str, Any]) -> tuple[str, ...]:
+    """The verified client certificate's CN and SANs from a call's ``auth_context()``."""
+    out: list[str] = []
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth_context.get(key, ()) or ():
+            out.append(value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))
+    return tuple(out)
+
+
+# -- OTLP/HTTP and admin -----------------------------------------------------------------------
+class HttpTls:
+    """The ``ssl.SSLContext`` of an HTTP listener, kept current with the files on disk."""
+
+    def __init__(self, cfg: TlsServerConfig, what: str) -> None:
+        self._source = CertSource(cfg, what)
+        self._interval = cfg.reload_interval_s
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = _VERSIONS[cfg.min_version]
+        ctx.set_alpn_protocols(["http/1.1"])
+        self._load(ctx)
+        if cfg.client_ca_file:
+            ctx.load_verify_locations(cafile=cfg.client_ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        self.context = ctx
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _load(self, ctx: ssl.SSLContext) -> None:
+        with _PairFiles(self._source.cert_pem, self._source.key_pem) as (cert_path, key_path):
+            ctx.load_cert_chain(cert_path, key_path)
+
+    def start(self) -> None:
+        """Begin re-reading the files every ``reload_interval_s`` (a no-op when it is 0)."""
+        if self._interval > 0:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._reload)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _reload(self) -> None:
+        try:
+            if self._source.refresh():
+                self._load(self.context)
+        except (OSError, ssl.SSLError) as exc:  # checked already: only a full disk or the like
+            log.warning("%s: cannot load the new certificate: %s", self._source.what, type(exc).__name__)
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._reload)
+
+
+def http_client_names(peercert: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """CN and SANs of the verified client certificate, from ``get_extra_info("peercert")``."""
+    if not peercert:
+        return ()
+    out: list[str] = []
+    for rdn in peercert.get("subject", ()):
+        out.extend(str(value) for name, value in rdn if name == "commonName")
+    out.extend(str(value) for _kind, value in peercert.get("subjectAltName", ()))
+    return tuple(out)
+
+
+def maybe_http_tls(cfg: TlsServerConfig | None, what: str) -> HttpTls | None:
+    """The listener's TLS, or None when ``cfg`` is absent or has no certificate (plaintext)."""
+    return HttpTls(cfg, what) if cfg is not None and cfg.enabled else None

@@ -1,0 +1,68 @@
+"""server.tls / admin.tls / auth.client_cert_tenants: what the config accepts, and the tenant a
+client certificate's names select."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.receivers.tls import grpc_client_names, http_client_names
+from gateway.tenancy import Authenticator, AuthError
+from settings.config import AuthConfig, ConfigError, load
+
+
+def test_tls_is_off_by_default() -> None:
+    cfg = load(env={})
+    assert not cfg.server.tls.enabled and not cfg.admin.tls.enabled
+    assert cfg.server.tls.min_version == "1.2"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"TG_SERVER__TLS__CERT_FILE": "c.pem"}, "cert_file and key_file go together"),
+    ({"TG_ADMIN__TLS__KEY_FILE": "k.pem"}, "cert_file and key_file go together"),
+    ({"TG_SERVER__TLS__CLIENT_CA_FILE": "ca.pem"}, "needs server.tls.cert_file"),
+    ({"TG_SERVER__TLS__MIN_VERSION": "1.1"}, "is not one of"),
+    ({"TG_SERVER__TLS__CERT_FILE": "c", "TG_SERVER__TLS__KEY_FILE": "k",
+      "TG_SERVER__TLS__RELOAD_INTERVAL_S": "-1"}, "reload_interval_s"),
+    ({"TG_AUTH__CLIENT_CERT_TENANTS": "{b.example: b}"}, "needs server.tls.client_ca_file"),
+])
+def test_bad_tls_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(env=env)
+
+
+def test_client_cert_tenants_alone_satisfy_auth_enabled() -> None:
+    cfg = load(env={"TG_AUTH__ENABLED": "true", "TG_AUTH__CLIENT_CERT_TENANTS": "{b.example: b}",
+                    "TG_SERVER__TLS__CERT_FILE": "c", "TG_SERVER__TLS__KEY_FILE": "k",
+                    "TG_SERVER__TLS__CLIENT_CA_FILE": "ca"})
+    assert cfg.auth.client_cert_tenants == {"b.example": "b"}
+
+
+def test_mapped_certificate_beats_header_and_key() -> None:
+    auth = Authenticator(AuthConfig(enabled=True, api_keys={"k-a": "a"}, trust_tenant_header=True,
+                                    client_cert_tenants={"b.example": "b", "spiffe://x/c": "c"}))
+    assert auth.tenant_for({"x-scope-orgid": "a"}, ("b.example",)) == "b"
+    assert auth.tenant_for({"authorization": "Bearer k-a"}, ("other", "spiffe://x/c")) == "c"
+    # A malformed claimed header does not matter when the certificate decides.
+    assert auth.tenant_for({"x-scope-orgid": "bad tenant!"}, ("b.example",)) == "b"
+    # Unmapped certificate: the key rules apply as before.
+    assert auth.tenant_for({"authorization": "Bearer k-a"}, ("nobody",)) == "a"
+    with pytest.raises(AuthError):
+        auth.tenant_for({"x-scope-orgid": "b"}, ("nobody",))
+    # Names only come from a verified certificate, never from headers.
+    with pytest.raises(AuthError):
+        auth.tenant_for({"x-scope-orgid": "b", "b.example": "b"})
+
+
+def test_bad_mapped_tenant_is_refused() -> None:
+    with pytest.raises(ValueError, match="client_cert_tenants"):
+        Authenticator(AuthConfig(client_cert_tenants={"x": "no spaces"}))
+
+
+def test_names_of_a_client_certificate() -> None:
+    peercert = {"subject": ((("organizationName", "o"),), (("commonName", "b.example"),)),
+                "subjectAltName": (("DNS", "b.example"), ("URI", "spiffe://x/b"))}
+    assert http_client_names(peercert) == ("b.example", "b.example", "spiffe://x/b")
+    assert http_client_names(None) == ()
+    ctx = {"x509_common_name": [b"b.example"], "x509_subject_alternative_name": [b"alt.example"]}
+    assert grpc_client_names(ctx) == ("b.example", "alt.example")
+    assert grpc_client_names({}) == ()
