@@ -49,6 +49,52 @@ class TlsServerConfig:
 
 
 @dataclass
+class GrpcKeepaliveServerParameters:
+    """grpc server keepalive (the Collector's ``keepalive.server_parameters``), in seconds.
+
+    ``max_connection_age_s`` (+/- 10% jitter, then ``max_connection_age_grace_s`` for calls in
+    flight) ends every connection after that long with a GOAWAY; the client reconnects, and
+    behind an L4 balancer or SO_REUSEPORT may land on another replica, so long-lived clients
+    spread over new replicas. 0 turns a setting off (``time_s``/``timeout_s``: grpc's default).
+    """
+
+    max_connection_idle_s: float = 0.0
+    max_connection_age_s: float = 120.0
+    max_connection_age_grace_s: float = 30.0
+    time_s: float = 60.0  # ping a connection idle this long ...
+    timeout_s: float = 20.0  # ... and close it if the ping is not answered within this
+
+
+@dataclass
+class GrpcKeepaliveEnforcementPolicy:
+    """What clients' keepalive pings may do (the Collector's ``keepalive.enforcement_policy``)."""
+
+    min_time_s: float = 10.0  # pings closer than this are strikes (too many: GOAWAY)
+    permit_without_stream: bool = True  # pings on a connection with no call open are allowed
+
+
+@dataclass
+class GrpcKeepalive:
+    server_parameters: GrpcKeepaliveServerParameters = field(default_factory=GrpcKeepaliveServerParameters)
+    enforcement_policy: GrpcKeepaliveEnforcementPolicy = field(default_factory=GrpcKeepaliveEnforcementPolicy)
+
+
+@dataclass
+class GrpcServerConfig:
+    keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)
+
+
+@dataclass
+class HttpServerConfig:
+    """OTLP/HTTP keep-alive connections: once a connection is ``max_connection_age_s`` old or has
+    carried ``max_requests_per_connection`` requests, the next answer carries ``Connection: close``
+    and the client reconnects (possibly to another replica). 0 turns either off."""
+
+    max_connection_age_s: float = 120.0
+    max_requests_per_connection: int = 0
+
+
+@dataclass
 class ServerConfig:
     host: str = "0.0.0.0"
     grpc_port: int = 4317
@@ -74,6 +120,9 @@ class ServerConfig:
     idle_timeout_s: float = 60.0
     # TLS (and mTLS) on both OTLP ports.
     tls: TlsServerConfig = field(default_factory=TlsServerConfig)
+    # Connection lifetimes, so long-lived clients rebalance over replicas.
+    grpc: GrpcServerConfig = field(default_factory=GrpcServerConfig)
+    http: HttpServerConfig = field(default_factory=HttpServerConfig)
 
 
 @dataclass
@@ -420,6 +469,20 @@ def _check(cfg: Config) -> None:
         raise ConfigError("auth.enabled: needs auth.api_keys, auth.trust_tenant_header or "
                           "auth.client_cert_tenants")
     _check_tls(cfg)
+    _check_connections(cfg.server)
+
+
+def _check_connections(s: ServerConfig) -> None:
+    sp, ep = s.grpc.keepalive.server_parameters, s.grpc.keepalive.enforcement_policy
+    for name in ("max_connection_idle_s", "max_connection_age_s", "max_connection_age_grace_s", "time_s",
+                 "timeout_s"):
+        if getattr(sp, name) < 0:
+            raise ConfigError(f"server.grpc.keepalive.server_parameters.{name}: must be >= 0 (0: off)")
+    if ep.min_time_s < 0:
+        raise ConfigError("server.grpc.keepalive.enforcement_policy.min_time_s: must be >= 0")
+    if s.http.max_connection_age_s < 0 or s.http.max_requests_per_connection < 0:
+        raise ConfigError("server.http.max_connection_age_s and max_requests_per_connection: must be >= 0 "
+                          "(0: off)")
 
 
 def _check_tls(cfg: Config) -> None:

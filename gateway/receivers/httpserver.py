@@ -89,6 +89,10 @@ class Timeouts:
     read_header_s: float = 10.0  # first byte of a request -> end of its head
     read_s: float = 60.0  # first byte of a request -> end of its body
     idle_s: float = 60.0  # no request open (after an answer, or since connect)
+    # Rebalancing: a connection this old (0: no limit) or that carried this many requests (0: no
+    # limit) gets ``Connection: close`` on its next answer.
+    max_age_s: float = 0.0
+    max_requests: int = 0
 
     def sweep_interval(self) -> float:
         """How often deadlines are checked: a quarter of the shortest, within 20 ms .. 1 s."""
@@ -182,10 +186,9 @@ class HttpServer:
 class HttpProtocol(asyncio.Protocol):
     """One connection of ``server``: parse, hand complete requests to its handler, answer."""
 
-    __slots__ = ("_begun", "_body", "_body_len", "_closed_by_us", "_drain_left", "_head_done",
+    __slots__ = ("_begun", "_body", "_body_len", "_born", "_closed_by_us", "_drain_left", "_head_done",
                  "_head_len", "_headers", "_last_active", "_names", "_parser", "_peer", "_peer_eof",
-                 "_refused",
-                 "_replay", "_server", "_task", "_transport", "_upgrade", "_url")
+                 "_refused", "_replay", "_requests", "_server", "_task", "_transport", "_upgrade", "_url")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -206,13 +209,15 @@ class HttpProtocol(asyncio.Protocol):
         self._peer_eof = False
         self._peer = ""
         self._names: tuple[str, ...] = ()  # the client certificate's names (mTLS)
+        self._born = 0.0
+        self._requests = 0  # answered on this connection
         self._upgrade = False  # the request asked for a protocol upgrade (ignored)
         self._replay = False  # ... and llhttp stopped before its body: parse it again without
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        self._last_active = asyncio.get_running_loop().time()
+        self._last_active = self._born = asyncio.get_running_loop().time()
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
         if self._server.tls is not None:  # called once the handshake is done
@@ -393,6 +398,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._peer_eof:
             self.close()
 
+    def _aged(self) -> bool:
+        """Whether this connection has served its time (``Timeouts.max_age_s`` / ``max_requests``)."""
+        t = self._server.timeouts
+        self._requests += 1
+        if t.max_requests and self._requests >= t.max_requests:
+            return True
+        return bool(t.max_age_s) and asyncio.get_running_loop().time() - self._born >= t.max_age_s
+
     def _drain(self, n: int) -> None:
         self._drain_left -= n
         if self._drain_left < 0:
@@ -409,7 +422,7 @@ class HttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing() or self._refused:
             return  # gone, or an error already answered (a pipelined request after it is dropped)
-        keep_alive = keep_alive and not self._server.closing and not self._peer_eof
+        keep_alive = keep_alive and not self._server.closing and not self._peer_eof and not self._aged()
         transport.write(render(with_correlation_id(resp, req.headers), keep_alive, req.method == "HEAD"))
         self._last_active = asyncio.get_running_loop().time()
         if not keep_alive:

@@ -188,6 +188,21 @@ def handlers(ingest: Ingest, cfg: ServerConfig) -> list[grpc.GenericRpcHandler]:
     return out
 
 
+def keepalive_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    """grpc channel arguments for ``server.grpc.keepalive`` (0 leaves grpc's own default)."""
+    sp, ep = cfg.grpc.keepalive.server_parameters, cfg.grpc.keepalive.enforcement_policy
+    out = [(arg, round(seconds * 1000)) for arg, seconds in (
+        ("grpc.max_connection_idle_ms", sp.max_connection_idle_s),
+        ("grpc.max_connection_age_ms", sp.max_connection_age_s),
+        ("grpc.max_connection_age_grace_ms", sp.max_connection_age_grace_s),
+        ("grpc.keepalive_time_ms", sp.time_s),
+        ("grpc.keepalive_timeout_ms", sp.timeout_s),
+    ) if seconds > 0]
+    out.append(("grpc.http2.min_ping_interval_without_data_ms", round(ep.min_time_s * 1000)))
+    out.append(("grpc.keepalive_permit_without_calls", 1 if ep.permit_without_stream else 0))
+    return out
+
+
 async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on ``cfg.host:cfg.grpc_port``; return it and the port it bound.
 
@@ -202,6 +217,7 @@ async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> tuple
             ("grpc.per_message_decompression", 0),
             ("grpc.compression_enabled_algorithms_bitset", _ENABLED_COMPRESSION),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            *keepalive_options(cfg),
         ],
     )
     address = f"{cfg.host}:{cfg.grpc_port}"

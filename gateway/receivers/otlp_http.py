@@ -30,7 +30,8 @@ class OtlpHttp:
         self._ingest = ingest
         self._limits = compression.Limits(cfg.max_decompressed_bytes, cfg.max_decompression_ratio)
         self._max_body = cfg.max_request_bytes
-        self.timeouts = Timeouts(cfg.read_header_timeout_s, cfg.read_timeout_s, cfg.idle_timeout_s)
+        self.timeouts = Timeouts(cfg.read_header_timeout_s, cfg.read_timeout_s, cfg.idle_timeout_s,
+                                 cfg.http.max_connection_age_s, cfg.http.max_requests_per_connection)
 
     async def __call__(self, req: Request) -> Response:
         signal = _PATHS.get(req.path)

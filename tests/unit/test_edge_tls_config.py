@@ -66,3 +66,21 @@ def test_names_of_a_client_certificate() -> None:
     ctx = {"x509_common_name": [b"b.example"], "x509_subject_alternative_name": [b"alt.example"]}
     assert grpc_client_names(ctx) == ("b.example", "alt.example")
     assert grpc_client_names({}) == ()
+
+
+def test_connection_limits_default_to_rebalancing_within_minutes() -> None:
+    from gateway.receivers.otlp_grpc import keepalive_options
+
+    cfg = load(env={})
+    sp = cfg.server.grpc.keepalive.server_parameters
+    assert 0 < sp.max_connection_age_s <= 300 and 0 < cfg.server.http.max_connection_age_s <= 300
+    options = dict(keepalive_options(cfg.server))
+    assert options["grpc.max_connection_age_ms"] == 120_000
+    assert options["grpc.max_connection_age_grace_ms"] == 30_000
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] == 10_000
+    assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert "grpc.max_connection_idle_ms" not in options  # 0: off, grpc's default
+    off = load(env={"TG_SERVER__GRPC__KEEPALIVE__SERVER_PARAMETERS__MAX_CONNECTION_AGE_S": "0"})
+    assert "grpc.max_connection_age_ms" not in dict(keepalive_options(off.server))
+    with pytest.raises(ConfigError, match="max_requests_per_connection"):
+        load(env={"TG_SERVER__HTTP__MAX_REQUESTS_PER_CONNECTION": "-1"})
