@@ -31,7 +31,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bus.contract import Batch, Bus, BusUnavailable
@@ -63,8 +64,18 @@ _GAUGE_PERIOD_S = 1.0
 _DISK_CHECK_S = 1.0
 # A record appended longer ago than this is backlog: its replay is paced (replay_max_bytes_per_s).
 _BACKLOG_AGE_MS = 1000
+# Records of one (signal, tenant) replayed together in one publish, up to this many payload bytes.
+_MERGE_BYTES = 1024 * 1024
 
 Key = tuple[Signal, str]
+
+
+@dataclass
+class _Lane:
+    """The records of one (signal, tenant) read and not yet in the bus below, in order."""
+
+    queue: deque[tuple[SpoolLog, fmt.Record]] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
 
 
 class _Pacer:
@@ -100,10 +111,10 @@ class SpoolBus:
         self._own: SpoolLog | None = None
         self._adopted: list[SpoolLog] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._lanes: dict[Key, asyncio.Future[None]] = {}
+        self._lanes: dict[Key, _Lane] = {}
         self._window = asyncio.Semaphore(cfg.replay_concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
-        self._direct: dict[Key, set[asyncio.Future[None]]] = {}
+        self._direct: dict[Key, list[asyncio.Future[None]]] = {}
         self._pacer = _Pacer(cfg.replay_max_bytes_per_s)
         self._full_retry_s = cfg.full_retry_after_ms / 1000
         self._free = 1 << 62
@@ -202,15 +213,15 @@ class SpoolBus:
             return
         key = (batch.signal, batch.tenant)
         settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        direct = self._direct.setdefault(key, set())
-        direct.add(settled)
+        direct = self._direct.setdefault(key, [])
+        direct.append(settled)
         try:
             await self._inner.publish(batch)
         except BusUnavailable as exc:
             log.debug("spool: the bus refused a batch (%s); spooling it", exc)
             await self._spool(batch, settled)
         finally:
-            direct.discard(settled)
+            direct.remove(settled)
             if not settled.done():
                 settled.set_result(None)
             if not direct:
@@ -220,8 +231,9 @@ class SpoolBus:
         own = self._own
         if own is None or self._replay_only or self._stopping:
             raise BusUnavailable("spool: not taking data (stopping)", self._full_retry_s)
-        # A batch of the same (signal, tenant) still being tried straight goes first.
-        ahead = [f for f in self._direct.get((batch.signal, batch.tenant), ()) if f is not settled]
+        # A batch of the same (signal, tenant) tried straight before this one goes first.
+        direct = self._direct.get((batch.signal, batch.tenant), [])
+        ahead = direct[:direct.index(settled)] if settled in direct else list(direct)
         if ahead:
             await asyncio.gather(*ahead)
         full = self._full(len(batch.payload))
@@ -288,43 +300,57 @@ class SpoolBus:
                 if int(time.time() * 1000) - rec.appended_ms > _BACKLOG_AGE_MS:
                     await self._pacer.take(len(rec.batch.payload))
                 key = (rec.batch.signal, rec.batch.tenant)
-                previous = self._lanes.get(key)
-                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._lanes[key] = done
-                task = asyncio.get_running_loop().create_task(self._forward(spool, rec, previous, done, key))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+                lane = self._lanes.get(key)
+                if lane is None:
+                    lane = self._lanes[key] = _Lane()
+                lane.queue.append((spool, rec))
+                if lane.task is None or lane.task.done():
+                    lane.task = asyncio.get_running_loop().create_task(self._run_lane(key, lane))
+                    self._inflight.add(lane.task)
+                    lane.task.add_done_callback(self._inflight.discard)
 
-    async def _forward(self, spool: SpoolLog, rec: fmt.Record, previous: Awaitable[None] | None,
-                       done: asyncio.Future[None], key: Key) -> None:
-        """Publish one record after the one before it in its lane; retry until the bus takes it."""
-        try:
-            if previous is not None:
-                await previous
-            backoff = Backoff(0.2, 5.0, jitter=0.2)
-            while True:
-                try:
-                    await self._inner.publish(rec.batch)
-                    break
-                except Exception as exc:  # BusUnavailable, or a bug below: never drop, retry
-                    SPOOL_REPLAY_ERRORS.inc()
-                    delay = backoff.next_delay()
-                    if backoff.failures == 1 or backoff.failures % 20 == 0:
-                        log.warning("spool: replay waits for the bus (%s); retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-            spool.ack(rec)
-            batch = rec.batch
-            SPOOL_REPLAYED.labels(batch.signal.value).inc()
+    async def _run_lane(self, key: Key, lane: _Lane) -> None:
+        """Publish a (signal, tenant)'s records in order, each publish carrying every record
+        queued behind the one before it (up to ``_MERGE_BYTES``): concatenated OTLP requests are
+        one valid request, so a backlog of small batches replays in few round trips."""
+        while lane.queue:
+            taken = [lane.queue.popleft()]
+            size = len(taken[0][1].batch.payload)
+            while lane.queue and size + len(lane.queue[0][1].batch.payload) <= _MERGE_BYTES:
+                size += len(lane.queue[0][1].batch.payload)
+                taken.append(lane.queue.popleft())
+            batches = [rec.batch for _, rec in taken]
+            batch = batches[0] if len(batches) == 1 else Batch(
+                key[0], key[1], b"".join(b.payload for b in batches), sum(b.items for b in batches),
+                [c for b in batches for c in b.correlation_ids])
+            try:
+                await self._publish_until_taken(batch)
+            finally:
+                for _ in taken:
+                    self._window.release()
+            for spool, rec in taken:
+                spool.ack(rec)
+            SPOOL_REPLAYED.labels(batch.signal.value).inc(len(taken))
             SPOOL_REPLAYED_ITEMS.labels(batch.signal.value).inc(batch.items)
             SPOOL_REPLAYED_BYTES.inc(len(batch.payload))
-        finally:
-            self._window.release()
-            if not done.done():
-                done.set_result(None)
-            if self._lanes.get(key) is done:
-                del self._lanes[key]
-            if not self._backlog():
-                self.drained.set()
+        if self._lanes.get(key) is lane and not lane.queue:
+            del self._lanes[key]
+        if not self._backlog():
+            self.drained.set()
+
+    async def _publish_until_taken(self, batch: Batch) -> None:
+        """Publish to the bus below, retrying with backoff until it takes the batch (never dropped)."""
+        backoff = Backoff(0.2, 5.0, jitter=0.2)
+        while True:
+            try:
+                await self._inner.publish(batch)
+                return
+            except Exception as exc:  # BusUnavailable, or a bug below: never drop, retry
+                SPOOL_REPLAY_ERRORS.inc()
+                delay = backoff.next_delay()
+                if backoff.failures == 1 or backoff.failures % 20 == 0:
+                    log.warning("spool: replay waits for the bus (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
 
     def _settle_adopted(self) -> None:
         """An adopted directory wholly acknowledged: remove its files and let go of it."""

@@ -22,6 +22,7 @@ from bus.contract import Batch
 from bus.metrics import (
     SPOOL_CORRUPT,
     SPOOL_FSYNC_SECONDS,
+    SPOOL_GROUP_RECORDS,
     SPOOL_TORN_BYTES,
 )
 from bus.spool import log as fmt
@@ -197,6 +198,7 @@ class SpoolLog:
             self._segments.append(active)
         if self._fsync:
             SPOOL_FSYNC_SECONDS.observe(took)
+        SPOOL_GROUP_RECORDS.observe(len(group))
         info = active.info
         if not info.oldest_ms:
             info.oldest_ms = group[0][2]

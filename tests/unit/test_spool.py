@@ -57,8 +57,21 @@ def cfg(tmp_path: Path, **kw: object) -> SpoolConfig:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-def order(taken: list[Batch]) -> list[bytes]:
-    return [b.payload for b in taken]
+def order(taken: list[Batch], signal: Signal | None = None) -> bytes:
+    """What the bus below took, in order (replay merges a key's consecutive batches into one)."""
+    return b"".join(b.payload for b in taken if signal is None or b.signal is signal)
+
+
+def joined(ns: range | list[int], signal: Signal = Signal.TRACES) -> bytes:
+    return b"".join(batch(i, signal).payload for i in ns)
+
+
+def took(inner: FakeBus) -> int:
+    return sum(b.items for b in inner.taken)
+
+
+def items(ns: range | list[int]) -> int:
+    return sum(batch(i).items for i in ns)
 
 
 # -- format -----------------------------------------------------------------------------------
@@ -139,7 +152,7 @@ async def test_on_failure_goes_straight_while_the_bus_is_up(tmp_path: Path) -> N
     await bus.start()
     for i in range(5):
         await bus.publish(batch(i))
-    assert order(inner.taken) == [batch(i).payload for i in range(5)]
+    assert order(inner.taken) == joined(range(5))
     assert bus.logs[-1].records == 0 and not fmt.segments(bus.logs[-1].dir)
     await bus.stop()
 
@@ -157,12 +170,9 @@ async def test_on_failure_spools_an_outage_and_replays_in_order(tmp_path: Path) 
     assert ready and "absorbing" in why and "40 record(s)" in why, why
     assert len(inner.taken) == 1
     inner.down = False
-    await await_for(lambda: _async(len(inner.taken) == 41), within=20, what="replay")
-    for sig in (Signal.TRACES, Signal.LOGS):
-        got = [b.payload for b in inner.taken if b.signal is sig]
-        want = [batch(i).payload for i in range(41) if (i == 0 and sig is Signal.TRACES)
-                or (i and (i % 2 == 1) == (sig is Signal.TRACES))]
-        assert got == want, sig
+    await await_for(lambda: _async(took(inner) == items(range(41))), within=20, what="replay")
+    assert order(inner.taken, Signal.TRACES) == joined([0, *range(1, 41, 2)])
+    assert order(inner.taken, Signal.LOGS) == joined(range(2, 41, 2), Signal.LOGS)
     await await_for(lambda: _async(not bus._backlog()), within=5, what="backlog gone")
     # New batches go straight again once the backlog is gone.
     await bus.publish(batch(99))
@@ -179,8 +189,8 @@ async def test_always_spools_everything_and_deletes_acknowledged_segments(tmp_pa
     bus = SpoolBus(cfg(tmp_path, mode="always", segment_bytes=2000), inner)
     await bus.start()
     await asyncio.gather(*(bus.publish(batch(i)) for i in range(60)))
-    await await_for(lambda: _async(len(inner.taken) == 60), within=20, what="drain")
-    assert order(inner.taken) == [batch(i).payload for i in range(60)]
+    await await_for(lambda: _async(took(inner) == items(range(60))), within=20, what="drain")
+    assert order(inner.taken) == joined(range(60))
     await await_for(lambda: _async(len(fmt.segments(bus.logs[-1].dir)) <= 1), within=5,
                     what="segments deleted")
     await bus.stop()
@@ -205,9 +215,9 @@ async def test_full_refuses_with_a_retry_hint_and_resumes_as_it_drains(tmp_path:
     assert info.value.retry_after_s == 3.0 and "full" in str(info.value)
     assert bus.readiness()[0] is False
     inner.down = False
-    await await_for(lambda: _async(len(inner.taken) == 10), within=20, what="drain")
+    await await_for(lambda: _async(took(inner) == items(range(10))), within=20, what="drain")
     await bus.publish(batch(10))
-    assert [b.payload for b in inner.taken] == [batch(i).payload for i in range(11)]
+    assert order(inner.taken) == joined(range(11))
     await bus.stop()
 
 
@@ -224,8 +234,8 @@ async def test_restart_replays_what_was_spooled_and_not_what_was_acknowledged(tm
     inner2 = FakeBus()
     bus2 = SpoolBus(c, inner2)
     await bus2.start()
-    await await_for(lambda: _async(len(inner2.taken) == 20), within=20, what="replay after restart")
-    assert order(inner2.taken) == [batch(i).payload for i in range(20)]
+    await await_for(lambda: _async(took(inner2) == items(range(20))), within=20, what="replay after restart")
+    assert order(inner2.taken) == joined(range(20))
     await bus2.stop()
     inner3 = FakeBus()
     bus3 = SpoolBus(c, inner3)
@@ -241,7 +251,7 @@ async def test_a_directory_left_by_another_worker_is_adopted_and_replayed(tmp_pa
     inner = FakeBus()
     bus = SpoolBus(cfg(tmp_path), inner)
     await bus.start()
-    await await_for(lambda: _async(len(inner.taken) == 5), within=20, what="adopted replay")
+    await await_for(lambda: _async(took(inner) == items(range(1, 6))), within=20, what="adopted replay")
     assert all(b.tenant == "old" for b in inner.taken)
     await await_for(lambda: _async(not fmt.segments(gone)), within=5, what="adopted files removed")
     await bus.stop()
@@ -262,9 +272,8 @@ async def test_a_slow_bus_that_fails_spools_behind_its_own_earlier_batch(tmp_pat
     await asyncio.gather(first, second)
     inner.delay = 0.0
     inner.down = False
-    await await_for(lambda: _async(len(inner.taken) == 3), within=20, what="replay")
-    traces = [b.payload for b in inner.taken if b.signal is Signal.TRACES]
-    assert traces == [batch(1).payload, batch(2).payload]
+    await await_for(lambda: _async(took(inner) == items([1, 2, 50])), within=20, what="replay")
+    assert order(inner.taken, Signal.TRACES) == joined([1, 2])
     await bus.stop()
 
 
@@ -286,3 +295,22 @@ def test_cli_inspect_reports_without_changing_anything(tmp_path: Path,
     assert main(["spool", "inspect", "--dir", str(tmp_path / "spool")]) == 0
     assert "logs/acme: 2 batch(es)" in capsys.readouterr().out
     assert path.read_bytes() == before
+
+
+async def test_many_publishes_of_one_key_failing_together_all_spool_in_order(tmp_path: Path) -> None:
+    """Concurrent publishes of one key that all time out below each wait only for the earlier ones."""
+    inner = FakeBus()
+    bus = SpoolBus(cfg(tmp_path), inner)
+    await bus.start()
+    inner.delay = 0.05
+    inner.down = True
+    tasks = []
+    for i in range(8):
+        tasks.append(asyncio.ensure_future(bus.publish(batch(i))))
+        await asyncio.sleep(0.001)
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    inner.delay = 0.0
+    inner.down = False
+    await await_for(lambda: _async(took(inner) == items(range(8))), within=20, what="replay")
+    assert order(inner.taken) == joined(range(8))
+    await bus.stop()
