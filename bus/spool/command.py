@@ -1,4 +1,5 @@
-"""``telemetry-gateway spool inspect|replay --dir DIR``: see and drain a spool left by a dead node.
+"""``telemetry-gateway spool inspect|replay|fsync-test --dir DIR``: see and drain a spool left by a dead
+node, and measure what a group commit costs on a disk.
 
 ``DIR`` is a spool base directory (``spool.dir``, holding ``worker-<n>`` directories) or one
 worker's directory. ``inspect`` changes nothing: per directory it lists the segments, what is
@@ -6,7 +7,9 @@ left to replay by (signal, tenant), the oldest record, and the corrupt records a
 start-up would deal with. ``replay`` locks the directories (refusing one a running gateway
 holds), repairs them as a start-up would, and feeds every record to the bus of ``--config``
 (Kafka) in order, deleting segments as Kafka acknowledges them; it exits 0 once all is replayed,
-1 if ``--timeout`` passed first (what is left stays on disk).
+1 if ``--timeout`` passed first (what is left stays on disk). ``fsync-test`` appends batches
+through the spool's own group commit in a scratch directory and prints the fsync latency
+distribution, batches per fsync and throughput.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay.add_argument("--config", metavar="FILE", help="YAML configuration (TG_* env vars override it)")
     replay.add_argument("--timeout", type=float, default=0.0,
                         help="give up after this many seconds (0: never)")
+    probe = sub.add_parser("fsync-test", help="group commits on this disk: fsync latency and throughput")
+    probe.add_argument("--dir", required=True, type=Path, help="a directory on the spool's filesystem")
+    probe.add_argument("--seconds", type=float, default=10.0)
+    probe.add_argument("--batch-bytes", type=int, default=256 * 1024, help="payload bytes per batch")
+    probe.add_argument("--concurrency", type=int, default=8, help="batches appended at once")
 
 
 def spool_dirs(path: Path) -> list[Path]:
@@ -121,12 +129,56 @@ async def _replay(dirs: list[Path], config_path: str | None, within_s: float) ->
         await bus.stop()
 
 
+async def _fsync_test(directory: Path, seconds: float, batch_bytes: int, concurrency: int) -> dict[str, Any]:
+    """Append batches from ``concurrency`` writers for ``seconds`` through the spool's own group
+    commit in a scratch directory under ``directory``; the fsync latency distribution and rates."""
+    import tempfile
+
+    from bus.contract import Batch
+    from bus.spool.store import SpoolLog
+    from otlp.signals import Signal
+
+    with tempfile.TemporaryDirectory(prefix="spool-fsync-test-", dir=directory) as scratch:
+        spool = SpoolLog(Path(scratch), writable=True)
+        assert spool.lock()
+        await spool.open()
+        timings: list[float] = []
+        spool.on_fsync = timings.append
+        batch = Batch(Signal.TRACES, "fsync-test", b"\x0a" * batch_bytes, 1, [])
+        appended = 0
+        deadline = time.monotonic() + seconds
+
+        async def writer() -> None:
+            nonlocal appended
+            while time.monotonic() < deadline:
+                await spool.append(batch)
+                appended += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(writer() for _ in range(concurrency)))
+        took = time.monotonic() - started
+        await spool.close()
+    timings.sort()
+
+    def q(p: float) -> float:
+        return round(timings[min(len(timings) - 1, int(p * len(timings)))] * 1000, 3) if timings else 0.0
+
+    return {"fsyncs": len(timings), "batches": appended, "batches_per_s": round(appended / took),
+            "mb_per_s": round(appended * batch_bytes / took / 1e6, 1),
+            "batches_per_fsync": round(appended / max(1, len(timings)), 1),
+            "fsync_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": q(1.0)}}
+
+
 def main(ns: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     dirs = spool_dirs(ns.dir)
     if not ns.dir.is_dir():
         print(f"telemetry-gateway spool: {ns.dir} is not a directory", file=sys.stderr)
         return 2
+    if ns.spool_command == "fsync-test":
+        report = asyncio.run(_fsync_test(ns.dir, ns.seconds, ns.batch_bytes, ns.concurrency))
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+        return 0
     if ns.spool_command == "inspect":
         reports = [inspect_dir(d) for d in dirs]
         if ns.json:

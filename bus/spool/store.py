@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class SpoolLog:
         self.readable = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._committing = False
+        self.on_fsync: Callable[[float], None] | None = None  # also told each fsync's seconds
         self.recovered = 0
         self.bytes = 0  # framed bytes of unacknowledged records on disk (whole segments)
         self.records = 0  # unacknowledged records
@@ -198,6 +200,8 @@ class SpoolLog:
             self._segments.append(active)
         if self._fsync:
             SPOOL_FSYNC_SECONDS.observe(took)
+            if self.on_fsync is not None:
+                self.on_fsync(took)
         SPOOL_GROUP_RECORDS.observe(len(group))
         info = active.info
         if not info.oldest_ms:
