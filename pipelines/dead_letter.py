@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from bus.kafka import client
 from bus.kafka.client import durable_producer
 from bus.kafka.topics import ensure_topics
 from pipelines.sinks.base import Rejection, TransientSinkError
@@ -63,7 +64,7 @@ class KafkaDeadLetter:
         producer = durable_producer(self._cfg, f"{self._cfg.client_id}-dlq-{self._sink}",
                                     max_request_size=self._cfg.max_message_bytes + 64 * 1024)
         try:
-            await producer.start()
+            await client.start(producer, self._cfg)
         except BaseException:
             await producer.stop()  # the runner retries start(); leave no half-started client
             raise

@@ -206,6 +206,20 @@ class KafkaConfig:
     # Retry hint to clients refused while Kafka is unavailable. SDK exporters retry ~6 times
     # honouring it, so 5 s lets them ride out a ~30 s outage (a broker restart) without loss.
     unavailable_retry_after_ms: int = 5_000
+    # Security, for every client of the brokers (the gateway's producer, the pipelines' consumers
+    # and dead-letter producers, topic admin), in the Kafka client's own terms.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    # The password is never in this file: it is read from a file (a mounted Secret) or from the
+    # environment variable named here (not a TG_ one). Logs and /readyz name these settings, never it.
+    sasl_password_file: str = ""
+    sasl_password_env: str = ""
+    # TLS (SSL, SASL_SSL): the CA that signed the brokers' certificates (empty: the system's), and
+    # a client certificate and key for brokers that require one.
+    ssl_ca_file: str = ""
+    ssl_cert_file: str = ""
+    ssl_key_file: str = ""
 
 
 @dataclass
@@ -450,6 +464,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"bus.kafka.min_insync_replicas: {k.min_insync_replicas} must be between 0 (the "
                           f"broker's default) and bus.kafka.replication_factor ({k.replication_factor}): "
                           "with more, Kafka refuses every write")
+    _check_kafka_security(k)
     sp = cfg.spool
     if sp.max_bytes <= 0 or sp.segment_bytes <= 0 or sp.min_free_bytes < 0 or sp.max_age_s < 0:
         raise ConfigError("spool.max_bytes and spool.segment_bytes must be > 0, spool.min_free_bytes and "
@@ -470,6 +485,23 @@ def _check(cfg: Config) -> None:
                           "auth.client_cert_tenants")
     _check_tls(cfg)
     _check_connections(cfg.server)
+
+
+def _check_kafka_security(k: KafkaConfig) -> None:
+    if k.security_protocol.startswith("SASL"):
+        if not k.sasl_username:
+            raise ConfigError(f"bus.kafka.sasl_username: needed with security_protocol {k.security_protocol}")
+        if bool(k.sasl_password_file) == bool(k.sasl_password_env):
+            raise ConfigError("bus.kafka: set one of sasl_password_file (a file holding the password) or "
+                              "sasl_password_env (the name of an environment variable holding it)")
+    if k.sasl_password_env.startswith(ENV_PREFIX):
+        raise ConfigError(f"bus.kafka.sasl_password_env: {k.sasl_password_env} starts with {ENV_PREFIX}, "
+                          "which is read as configuration; name another variable")
+    if bool(k.ssl_cert_file) != bool(k.ssl_key_file):
+        raise ConfigError("bus.kafka: ssl_cert_file and ssl_key_file go together")
+    if (k.ssl_ca_file or k.ssl_cert_file) and k.security_protocol not in ("SSL", "SASL_SSL"):
+        raise ConfigError(f"bus.kafka.ssl_*: need security_protocol SSL or SASL_SSL, not "
+                          f"{k.security_protocol}")
 
 
 def _check_connections(s: ServerConfig) -> None:

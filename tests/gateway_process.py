@@ -81,8 +81,9 @@ class GatewayProcess:
         return f"{'https' if self.admin_ssl else 'http'}://127.0.0.1:{self.admin_port}"
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self, within: float = 30.0) -> GatewayProcess:
-        """Spawn and wait until ``/readyz`` answers 200 (or the process dies: then fail with its log)."""
+    def start(self, within: float = 30.0, *, until_ready: bool = True) -> GatewayProcess:
+        """Spawn and wait until ``/readyz`` answers 200 (or the process dies: then fail with its log);
+        with ``until_ready=False``, only until it answers at all (a gateway expected to start unready)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = spawn(self.args, self.log_path, env=self.env, cwd=REPO_ROOT)
 
@@ -90,7 +91,8 @@ class GatewayProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 rc = self.proc.returncode
                 raise AssertionError(f"gateway exited with {rc} during start:\n{self.log()}")
-            return self.readyz()[0] == 200
+            status = self.readyz()[0]
+            return status == 200 if until_ready else status in (200, 503)
 
         try:
             wait_for(ready, within=within, what=f"gateway /readyz on {self.admin_url}")

@@ -23,6 +23,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from bus.contract import BusRecord
+from bus.kafka import client
 from bus.kafka.producer import reconnect_backoff
 from bus.metrics import COMMIT_ERRORS, CONSUMER_LAG
 from otlp.signals import Signal
@@ -62,22 +63,25 @@ class KafkaSource:
         """Join the group; keep trying while Kafka is not there (a worker may start before it)."""
         self._backoff.reset()
         while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._cfg.bootstrap_servers,
-                client_id=f"{self._cfg.client_id}-{self.group_id}",
-                group_id=self.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=self._max_records,
-                request_timeout_ms=self._cfg.request_timeout_ms,
-            )
+            consumer: AIOKafkaConsumer | None = None
             try:
-                await consumer.start()
+                consumer = AIOKafkaConsumer(
+                    bootstrap_servers=self._cfg.bootstrap_servers,
+                    client_id=f"{self._cfg.client_id}-{self.group_id}",
+                    group_id=self.group_id,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    max_poll_records=self._max_records,
+                    request_timeout_ms=self._cfg.request_timeout_ms,
+                    **client.security(self._cfg),
+                )
+                await client.start(consumer, self._cfg)
             except (KafkaError, OSError) as exc:
                 delay = self._backoff.next_delay()
                 log.warning("kafka: cannot connect to %s (%s); retrying in %.1fs",
                             self._cfg.bootstrap_servers, exc, delay)
-                await consumer.stop()
+                if consumer is not None:
+                    await consumer.stop()
                 await self._backoff.sleep(delay=delay)
                 continue
             consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from bus.contract import Batch, BusUnavailable
+from bus.kafka import client
 from bus.kafka.client import close_producer, describe, durable_producer
 from bus.kafka.topics import ensure_topics
 from bus.metrics import BATCH_BYTES, PRODUCE_ERRORS, PRODUCE_SECONDS, PRODUCED_BYTES
@@ -108,9 +109,10 @@ class KafkaBus:
         """Connect, hold the producer until a publish reports it broken, reconnect; forever."""
         self._backoff.reset()
         while not self._stopping:
-            producer = self._new_producer()
+            producer: AIOKafkaProducer | None = None
             try:
-                await asyncio.wait_for(producer.start(), self._cfg.request_timeout_ms / 1000)
+                producer = self._new_producer()  # reads the SASL password: may fail, and is retried
+                await asyncio.wait_for(client.start(producer, self._cfg), self._cfg.request_timeout_ms / 1000)
                 # Once per process: a reconnect after a broker failure needs only a producer. And
                 # CreateTopics waits up to request_timeout_ms for the broker that metadata names
                 # as controller, which until the cluster fences a crashed broker may be that one:
@@ -120,13 +122,15 @@ class KafkaBus:
                     await ensure_topics(self._cfg, [s.topic(self._prefix) for s in Signal])
                     self._topics_created = True
             except asyncio.CancelledError:
-                await close_producer(producer, 1.0)  # stop() while connecting: leave no client behind
+                if producer is not None:
+                    await close_producer(producer, 1.0)  # stop() while connecting: leave no client behind
                 raise
             except (KafkaError, OSError, TimeoutError) as exc:
                 self._reason = f"kafka: cannot connect to {self._cfg.bootstrap_servers}: {describe(exc)}"
                 delay = self._backoff.next_delay()
                 log.warning("%s; retrying in %.1fs", self._reason, delay)
-                await close_producer(producer, 1.0)
+                if producer is not None:
+                    await close_producer(producer, 1.0)
                 await self._backoff.sleep(delay=delay)
                 continue
             log.info("kafka: connected to %s (acks=all, idempotent, compression=%s)",

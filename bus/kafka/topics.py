@@ -8,6 +8,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code as kafka_error_for_code
 
+from bus.kafka import client
 from settings.config import KafkaConfig
 
 _TOPIC_EXISTS = 36
@@ -29,9 +30,9 @@ def new_topics(cfg: KafkaConfig, names: Sequence[str]) -> list[NewTopic]:
 async def ensure_topics(cfg: KafkaConfig, names: Sequence[str]) -> None:
     """Create the topics that do not exist yet; an existing topic keeps its settings."""
     admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id + "-admin",
-                                request_timeout_ms=cfg.request_timeout_ms)
-    await admin.start()
+                                request_timeout_ms=cfg.request_timeout_ms, **client.security(cfg))
     try:
+        await client.start(admin, cfg)
         resp: Any = await admin.create_topics(new_topics(cfg, names))
         for entry in resp.topic_errors:
             topic, code = entry[0], entry[1]

@@ -10,7 +10,8 @@ import base64
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import maven, probes
@@ -52,27 +53,78 @@ def write_log4j(path: Path) -> Path:
     return path
 
 
-def node_properties(node: int, host: str, ports: Sequence[tuple[int, int]], data: Path) -> str:
+@dataclass(frozen=True)
+class SecureListeners:
+    """The secured variant: two listeners beside the open PLAINTEXT one (which stays, for the
+    brokers among themselves and for every client that needs no security).
+
+    - SASL_SSL on ``sasl_ssl_port``: TLS with ``keystore`` (PEM: a PKCS#8 key, then the
+      certificate chain), then SASL PLAIN (``plain_users``) or SCRAM-SHA-256/512
+      (``scram_users``, stored in the cluster metadata when the storage is formatted);
+    - SSL on ``ssl_port``: TLS requiring a client certificate signed by ``truststore`` (PEM CAs).
+    """
+
+    sasl_ssl_port: int
+    ssl_port: int
+    keystore: Path
+    truststore: Path
+    plain_users: Mapping[str, str] = field(default_factory=dict)
+    scram_users: Mapping[str, str] = field(default_factory=dict)
+
+    def listeners(self, host: str) -> list[str]:
+        return [f"SASL_SSL://{host}:{self.sasl_ssl_port}", f"SSL://{host}:{self.ssl_port}"]
+
+    def properties(self) -> list[str]:
+        plain = " ".join(f'user_{name}="{password}"' for name, password in self.plain_users.items())
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return [
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.keystore}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.truststore}",
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+            "listener.name.ssl.ssl.client.auth=required",
+        ]
+
+    def format_args(self) -> list[str]:
+        """``kafka-storage format`` arguments that store the SCRAM users (both mechanisms)."""
+        out = []
+        for name, password in self.scram_users.items():
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                out += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
+        return out
+
+
+def node_properties(node: int, host: str, ports: Sequence[tuple[int, int]], data: Path,
+                    secure: SecureListeners | None = None) -> str:
     """``server.properties`` of node ``node`` (1-based) of a cluster whose nodes listen on ``ports``.
 
     ``ports`` holds (broker port, controller port) of every node. Every node is broker and
     controller. Replication follows the node count: every topic on every node, and a majority of
     the replicas in sync before ``acks=all`` answers, so a cluster of three keeps taking writes
-    with one node down and loses nothing it acknowledged.
+    with one node down and loses nothing it acknowledged. ``secure`` (one node) adds the
+    secured listeners beside the open one.
     """
     n = len(ports)
     isr = n // 2 + 1
     voters = ",".join(f"{i}@{host}:{ctl}" for i, (_, ctl) in enumerate(ports, start=1))
     port, controller = ports[node - 1]
+    extra = secure.listeners(host) if secure is not None else []
+    protocols = ",SASL_SSL:SASL_SSL,SSL:SSL" if secure is not None else ""
     return "\n".join([
         "process.roles=broker,controller",
         f"node.id={node}",
         f"controller.quorum.voters={voters}",
-        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
-        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        f"listeners={','.join([f'PLAINTEXT://{host}:{port}', *extra, f'CONTROLLER://{host}:{controller}'])}",
+        f"advertised.listeners={','.join([f'PLAINTEXT://{host}:{port}', *extra])}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
+        *(secure.properties() if secure is not None else []),
         f"log.dirs={data}",
         "num.partitions=3",
         f"default.replication.factor={n}",
@@ -89,12 +141,14 @@ def node_properties(node: int, host: str, ports: Sequence[tuple[int, int]], data
     ])
 
 
-def format_argv(home: Path, log4j: Path, cluster_id: str, props: Path) -> list[str]:
-    """The command that initialises a node's storage (once, before its first start)."""
+def format_argv(home: Path, log4j: Path, cluster_id: str, props: Path,
+                extra: Sequence[str] = ()) -> list[str]:
+    """The command that initialises a node's storage (once, before its first start); ``extra``:
+    more ``format`` arguments (``SecureListeners.format_args``)."""
     return [java(), f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{home / 'libs'}/*",
             # ``--cluster-id=ID`` in one word: an id may start with "-" (base64url), which argparse
             # would take for an option when it is a separate word.
-            "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)]
+            "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), *extra]
 
 
 def node_argv(home: Path, log4j: Path, props: Path, heap: tuple[str, str]) -> list[str]:

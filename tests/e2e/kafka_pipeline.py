@@ -97,11 +97,14 @@ class PipelineProcess:
     def log_path(self) -> Path:
         return self.workdir / f"pipelines-{self.starts}.log"
 
-    def start(self) -> PipelineProcess:
+    def start(self, *, joined: bool = True) -> PipelineProcess:
+        """Spawn; wait until it joined its consumer group unless ``joined`` is False."""
         self.starts += 1
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = spawn([sys.executable, "-m", "gateway.cli", "pipelines", "--sink", self.sink],
                           self.log_path, env=self.env, cwd=REPO_ROOT)
+        if not joined:
+            return self
         wait_for(lambda: self._alive() and "consumer group" in self.log_path.read_text(errors="replace"),
                  within=60, what=f"pipelines worker to join its consumer group (log {self.log_path})")
         return self
@@ -191,6 +194,10 @@ class Clients:
         self._timeout = timeout_s
         self.sent = Sent()
         self._n = 0
+
+    def aim_at(self, gw: GatewayProcess) -> None:
+        """Send to another gateway (a restarted one) from now on; ids keep counting, ``sent`` grows."""
+        self._gw = gw
 
     def _cid(self) -> str:
         return str(uuid.uuid4())

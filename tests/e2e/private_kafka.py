@@ -93,7 +93,11 @@ class PrivateKafka:
     and another test run on a 2-core machine.
     """
 
-    def __init__(self, brokers: int = 1, heap: tuple[str, str] = ("256m", "384m")) -> None:
+    def __init__(self, brokers: int = 1, heap: tuple[str, str] = ("256m", "384m"),
+                 secure: kafka.SecureListeners | None = None) -> None:
+        """``secure``: the stack's secured variant (one node): SASL_SSL and SSL listeners beside
+        the open one (``stackctl.kafka.SecureListeners``)."""
+        assert secure is None or brokers == 1, "the secured variant is one node"
         self.home = stackenv.STACK_CACHE / "kafka" / _kafka_version()
         if not (self.home / "libs").is_dir():
             pytest.fail(f"Kafka is not installed at {self.home}; run `bash stack/up kafka`", pytrace=False)
@@ -110,9 +114,10 @@ class PrivateKafka:
             formats = []
             for node in self.nodes:
                 node.dir.mkdir()
-                node.props.write_text(kafka.node_properties(node.id, HOST, addrs, node.dir / "data"))
+                node.props.write_text(kafka.node_properties(node.id, HOST, addrs, node.dir / "data", secure))
                 # The nodes' storage is formatted in parallel: each format is a JVM start.
-                argv = kafka.format_argv(self.home, self._log4j, cluster_id, node.props)
+                argv = kafka.format_argv(self.home, self._log4j, cluster_id, node.props,
+                                         secure.format_args() if secure is not None else ())
                 formats.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         except RuntimeError as exc:  # no java
             pytest.fail(f"{exc}; install a JDK 17 (Debian: `apt-get install openjdk-17-jre-headless`)",
