@@ -121,6 +121,8 @@ class SpoolBus:
         self._free_at = 0.0
         self._reason = "spool: not started"
         self._stopping = False
+        self._refused_at = -1e9
+        self._refused_why = ""
         self.drained = asyncio.Event()
 
     @property
@@ -198,6 +200,8 @@ class SpoolBus:
         if ready:
             return True, f"{reason}; {state}"
         full = self._full(1)
+        if full is None and time.monotonic() - self._refused_at < max(1.0, self._full_retry_s):
+            full = self._refused_why  # it refused a batch just now: no room for one more
         if full is not None:
             return False, f"spool {full}: {state}; {reason}"
         # The bus below is down but the spool absorbs it: the gateway is doing its job.
@@ -238,7 +242,8 @@ class SpoolBus:
             await asyncio.gather(*ahead)
         full = self._full(len(batch.payload))
         if full is not None:
-            SPOOL_REFUSED.labels(full.split(" ", 1)[0]).inc()
+            self._refused_at, self._refused_why = time.monotonic(), full
+            SPOOL_REFUSED.labels(full.split(":", 1)[0]).inc()
             raise BusUnavailable(f"spool full: {full}", self._full_retry_s)
         fut = own.append(batch)
         if settled is not None and not settled.done():
