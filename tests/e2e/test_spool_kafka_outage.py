@@ -231,6 +231,20 @@ def drain_and_measure(gw: GatewayProcess, broker_back_at: float) -> dict[str, fl
             "replayed_bytes_total": gw.metric("gateway_spool_replayed_bytes_total")}
 
 
+def load_then_stop_kafka(gw: GatewayProcess, sdk: SdkStream,
+                         broker: PrivateKafka) -> tuple[BenchStream, float]:
+    """Start the gateway and both loads, let them run BEFORE_S, stop Kafka; (bench, when Kafka stopped)."""
+    gw.start()
+    bench = BenchStream(gw, BEFORE_S + OUTAGE_S + 40).start()
+    sdk.start()
+    wait_for(lambda: len(sdk.clients.sent.spans) >= 20 * BEFORE_S, within=60,
+             what="SDK exports acknowledged before the outage")
+    broker.stop()
+    down_at = time.monotonic()
+    wait_for(lambda: spool_records(gw) > 0, within=30, what="the spool taking the outage")
+    return bench, down_at
+
+
 def test_kafka_down_two_minutes_every_client_gets_ok_and_nothing_is_lost() -> None:
     broker = PrivateKafka().start()
     prefix = unique_prefix("spool")
@@ -238,14 +252,7 @@ def test_kafka_down_two_minutes_every_client_gets_ok_and_nothing_is_lost() -> No
         gw = GatewayProcess(spool_env(broker.bootstrap, prefix, sdir))
         sdk = SdkStream(gw)
         try:
-            gw.start()
-            bench = BenchStream(gw, BEFORE_S + OUTAGE_S + 40).start()
-            sdk.start()
-            wait_for(lambda: len(sdk.clients.sent.spans) >= 20 * BEFORE_S, within=60,
-                     what="SDK exports acknowledged before the outage")
-            broker.stop()
-            down_at = time.monotonic()
-            wait_for(lambda: spool_records(gw) > 0, within=30, what="the spool taking the outage")
+            bench, down_at = load_then_stop_kafka(gw, sdk, broker)
             status, why = gw.readyz()
             assert status == 200 and "absorbing" in why, (status, why)
             time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))  # the deliberate outage
@@ -279,14 +286,7 @@ def test_gateway_sigkilled_mid_outage_and_restarted_with_other_workers_loses_not
         gw = GatewayProcess(spool_env(broker.bootstrap, prefix, sdir), workers=2)
         sdk = SdkStream(gw)
         try:
-            gw.start()
-            bench = BenchStream(gw, BEFORE_S + OUTAGE_S + 40).start()
-            sdk.start()
-            wait_for(lambda: len(sdk.clients.sent.spans) >= 20 * BEFORE_S, within=60,
-                     what="SDK exports acknowledged before the outage")
-            broker.stop()
-            down_at = time.monotonic()
-            wait_for(lambda: spool_records(gw) > 0, within=30, what="the spool taking the outage")
+            bench, down_at = load_then_stop_kafka(gw, sdk, broker)
             time.sleep(max(0.0, OUTAGE_S / 2 - (time.monotonic() - down_at)))  # half the outage
             gw.kill()  # SIGKILL, supervisor and workers: no flush, no ledger, nothing
             dirs = sorted(p.name for p in sdir.iterdir())
