@@ -169,6 +169,7 @@ class Receivers:
                                                 max_body=cfg.max_request_bytes,
                                                 too_large=otlp_http.too_large, reuse_port=self._reuse_port,
                                                 timeouts=otlp_http.timeouts,
+                                                max_buffered=cfg.max_buffered_request_bytes,
                                                 tls=tls.maybe_http_tls(cfg.tls, "server.tls"))
         except BaseException:
             await self.stop()  # the HTTP port is taken: do not leave gRPC listening

@@ -107,6 +107,10 @@ class ServerConfig:
     # Items (spans, log records, metric data points) in one Export request, good or bad; more is
     # refused whole with 413 / RESOURCE_EXHAUSTED without retry info. An SDK batch is 512.
     max_items_per_request: int = 100_000
+    # OTLP/HTTP request bodies held at once over all connections of a worker (being received or
+    # handled); past it a new body is refused with 503 + Retry-After, so many slow senders of
+    # large bodies cannot grow memory without bound.
+    max_buffered_request_bytes: int = 128 * 1024 * 1024
     # Inflated bytes per compressed byte (any Content-Encoding, both transports) beyond which a
     # request is refused with 413 / RESOURCE_EXHAUSTED; applied only past 1 MiB inflated. OTLP
     # protobuf compresses 5-20x, JSON up to ~50x; a gzip or zstd bomb 1000x and more. 0 turns it off.
@@ -417,6 +421,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping")
         _, vt = typing.get_args(tp)
         return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (et,) = typing.get_args(tp)
+        return [_coerce(et, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (types.UnionType, typing.Union):
         raise ConfigError(f"{where}: unsupported type")
     if tp is bool:

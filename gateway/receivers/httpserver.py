@@ -80,6 +80,7 @@ MAX_HEAD_BYTES = 64 * 1024
 DRAIN_BYTES = 16 * 1024 * 1024
 DRAIN_S = 5.0
 _CID_HEADER = CORRELATION_HEADER.lower()
+_SIGNAL_NAMES = frozenset(("traces", "logs", "metrics"))  # the ``signal`` label, from /v1/<signal>
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +123,16 @@ class HttpServer:
 
     def __init__(self, handler: Handler, *, max_body: int, too_large: TooLargeHook,
                  idle_timeout_s: float = 60.0, timeouts: Timeouts | None = None,
-                 transport_label: str = "http", tls: HttpTls | None = None) -> None:
+                 transport_label: str = "http", tls: HttpTls | None = None,
+                 max_buffered: int | None = None) -> None:
         self.handler = handler
         self.tls = tls
         self.max_body = max_body
+        # Bytes of request bodies this server holds, being received or being handled, over all
+        # connections. Each body is bounded by max_body, but many slow senders together are not:
+        # past ``max_buffered`` a new body is refused with 503 and a retry hint.
+        self.buffered = 0
+        self.max_buffered = max_buffered if max_buffered is not None else 16 * max_body
         self.too_large = too_large
         self.timeouts = timeouts or Timeouts(idle_s=idle_timeout_s)
         self.transport_label = transport_label  # the ``transport`` label of the metrics it counts
@@ -227,6 +234,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._server.connections.discard(self)
+        self._release_body()
         if self._closed_by_us or self._refused:
             return
         if self._begun is not None:
@@ -264,6 +272,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._feed(rest)
         except httptools.HttpParserError as exc:
             if not self._refused:
+                metrics.refused_requests.labels("unknown", self._server.transport_label, "malformed").inc()
                 self._respond_and_close(Response(400, f"bad HTTP request: {exc}\n".encode()))
 
     # -- for HttpServer -----------------------------------------------------------------------
@@ -293,8 +302,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._head_len = 0
-        self._body = []
-        self._body_len = 0
+        self._release_body()
         self._begun = self._last_active  # set by data_received just before feeding the parser
         self._head_done = False
         self._upgrade = False
@@ -313,6 +321,9 @@ class HttpProtocol(asyncio.Protocol):
         declared = self._headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._server.max_body:
             self._refuse_too_large()
+        elif (declared is not None and declared.isdigit()
+              and self._server.buffered + int(declared) > self._server.max_buffered):
+            self._refuse_busy()
         elif self._headers.get("expect", "").lower() == "100-continue" and self._transport is not None:
             # curl asks before sending bodies over 1 KiB and would otherwise wait a second.
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -321,8 +332,12 @@ class HttpProtocol(asyncio.Protocol):
         if self._refused:
             return
         self._body_len += len(body)
+        self._server.buffered += len(body)
         if self._body_len > self._server.max_body:
             self._refuse_too_large()
+            return
+        if self._server.buffered > self._server.max_buffered:
+            self._refuse_busy()
             return
         self._body.append(body)
 
@@ -337,16 +352,18 @@ class HttpProtocol(asyncio.Protocol):
         req = Request(self._parser.get_method().decode("latin-1"), self._path(), self._headers,
                       b"".join(self._body), self._names)
         self._body = []
+        held, self._body_len = self._body_len, 0  # still held by the handler: released after it
         keep_alive = self._parser.should_keep_alive()
         self._transport.pause_reading()
         # A pipelined request parsed from the same read waits for the one before it.
         prev = self.in_flight()
-        self._task = asyncio.get_running_loop().create_task(self._handle(req, keep_alive, prev))
+        self._task = asyncio.get_running_loop().create_task(self._handle(req, keep_alive, prev, held))
 
     # -- internals ----------------------------------------------------------------------------
     def _count_head(self, n: int) -> None:
         self._head_len += n
         if self._head_len > MAX_HEAD_BYTES and not self._refused:
+            metrics.refused_requests.labels("unknown", self._server.transport_label, "too_large").inc()
             self._respond_and_close(Response(431, b"request head too large\n"))
 
     def _head_without_upgrade(self) -> bytes:
@@ -369,6 +386,20 @@ class HttpProtocol(asyncio.Protocol):
     def _refuse_too_large(self) -> None:
         self._respond_and_close(self._server.too_large(self._path(), self._headers))
 
+    def _refuse_busy(self) -> None:
+        signal = self._path().rpartition("/")[2]
+        metrics.refused_requests.labels(signal if signal in _SIGNAL_NAMES else "unknown",
+                                        self._server.transport_label, "overloaded").inc()
+        log.warning("refusing %s: %d bytes of request bodies held, limit %d (503)", self._peer,
+                    self._server.buffered, self._server.max_buffered)
+        self._respond_and_close(Response(503, b"too many request bodies being received; retry later\n",
+                                         headers=[("Retry-After", "1")]))
+
+    def _release_body(self) -> None:
+        self._server.buffered -= self._body_len
+        self._body = []
+        self._body_len = 0
+
     def _timed_out(self, stage: str, limit_s: float) -> None:
         metrics.incomplete_requests.labels(self._server.transport_label, stage, "timeout").inc()
         log.warning("closing %s: request %s not received within %.1f s (408)", self._peer, stage, limit_s)
@@ -383,7 +414,7 @@ class HttpProtocol(asyncio.Protocol):
     def _respond_and_close(self, resp: Response) -> None:
         """Answer an error before the request is fully read, half-close, drain, then close."""
         self._refused = True
-        self._body = []
+        self._release_body()
         transport = self._transport
         if transport is None:
             return
@@ -411,12 +442,15 @@ class HttpProtocol(asyncio.Protocol):
         if self._drain_left < 0:
             self.close()
 
-    async def _handle(self, req: Request, keep_alive: bool, prev: asyncio.Task[None] | None) -> None:
+    async def _handle(self, req: Request, keep_alive: bool, prev: asyncio.Task[None] | None,
+                      held: int = 0) -> None:
         try:
             resp = await self._server.handler(req)
         except Exception:
             log.exception("unhandled error answering %s %s", req.method, req.path)
             resp = Response(500, b"internal error\n")
+        finally:
+            self._server.buffered -= held
         if prev is not None:
             await asyncio.wait((prev,))
         transport = self._transport
@@ -433,7 +467,8 @@ class HttpProtocol(asyncio.Protocol):
 
 async def serve(handler: Handler, host: str, port: int, *, max_body: int, too_large: TooLargeHook,
                 reuse_port: bool = False, idle_timeout_s: float = 60.0,
-                timeouts: Timeouts | None = None, tls: HttpTls | None = None) -> HttpServer:
+                timeouts: Timeouts | None = None, tls: HttpTls | None = None,
+                max_buffered: int | None = None) -> HttpServer:
     """Listen and answer with ``handler``; the caller ends it with ``shutdown``.
 
     Deadlines: ``timeouts``, else the handler's ``timeouts`` attribute if it has one (the OTLP
@@ -442,6 +477,7 @@ async def serve(handler: Handler, host: str, port: int, *, max_body: int, too_la
     if timeouts is None:
         own = getattr(handler, "timeouts", None)
         timeouts = own if isinstance(own, Timeouts) else Timeouts(idle_s=idle_timeout_s)
-    server = HttpServer(handler, max_body=max_body, too_large=too_large, timeouts=timeouts, tls=tls)
+    server = HttpServer(handler, max_body=max_body, too_large=too_large, timeouts=timeouts, tls=tls,
+                        max_buffered=max_buffered)
     await server.start(host, port, reuse_port=reuse_port)
     return server

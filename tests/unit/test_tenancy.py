@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +195,19 @@ def test_tenant_table_is_capped_by_evicting_the_least_recently_used() -> None:
     rl2.admit("a", 1, 0)
     rl2.admit("d", 1, 0)
     assert list(rl2._buckets) == ["c", "a", "d"]  # b, the least recently used, went
+
+
+def test_delegated_tenants_load_from_the_config_file_and_the_environment(tmp_path: Path) -> None:
+    from settings import config
+
+    path = tmp_path / "gw.yaml"
+    path.write_text("auth:\n  enabled: true\n  trust_tenant_header: true\n"
+                    "  api_keys: {k-platform: platform}\n  delegated_tenants: {platform: [team-a, team-b]}\n")
+    cfg = config.load(path, env={})
+    assert cfg.auth.delegated_tenants == {"platform": ["team-a", "team-b"]}
+    auth = Authenticator(cfg.auth)
+    assert auth.tenant_for({"x-api-key": "k-platform", "x-scope-orgid": "team-b"}) == "team-b"
+    env = config.load(path, env={"TG_AUTH__DELEGATED_TENANTS__PLATFORM": '["*"]'})
+    assert env.auth.delegated_tenants == {"platform": ["*"]}
+    with pytest.raises(config.ConfigError, match=r"delegated_tenants\.platform"):
+        config.load(path, env={"TG_AUTH__DELEGATED_TENANTS__PLATFORM": "team-a"})
