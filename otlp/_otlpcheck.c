@@ -29,7 +29,8 @@
 
 enum {
     K_NONE = 0, K_MSG = 1, K_STRING = 2, K_BYTES = 3, K_INT64 = 4, K_INT32 = 5, K_UINT32 = 6,
-    K_SINT32 = 7, K_SINT64 = 8, K_BOOL = 9, K_FIXED64 = 10, K_FIXED32 = 11, K_UINT64 = 12
+    K_SINT32 = 7, K_SINT64 = 8, K_BOOL = 9, K_FIXED64 = 10, K_FIXED32 = 11, K_UINT64 = 12,
+    K_ID = 13 /* bytes of exactly subs[field] bytes, or empty: trace and span ids (pdata refuses others) */
 };
 #define REPEATED 0x100
 #define ITEM 0x200 /* a span, log record or data point: counted, up to a limit */
@@ -37,7 +38,7 @@ enum {
 enum {
     E_OK = 0, E_TRUNCATED = 1, E_VARINT_TOO_LONG = 2, E_VARINT_OVERFLOW = 3, E_WIRE_TYPE = 4,
     E_GROUP = 5, E_FIELD_NUMBER = 6, E_UTF8 = 7, E_DEPTH = 8, E_RANGE = 9, E_PACKED = 10,
-    E_TOO_MANY = 11
+    E_TOO_MANY = 11, E_ID_LENGTH = 12
 };
 
 typedef struct {
@@ -223,6 +224,10 @@ static int check_msg(const uint8_t *p, const uint8_t *end, int32_t mi, int depth
             switch (kind) {
             case K_NONE:
             case K_BYTES:
+                break;
+            case K_ID:
+                if (len != 0 && len != (uint64_t)m->subs[field])
+                    return fail(err, E_ID_LENGTH, mi, field, at);
                 break;
             case K_STRING:
                 if (!valid_utf8(vs, ve))

@@ -41,7 +41,9 @@ _NESTING = frozenset(("opentelemetry.proto.common.v1.ArrayValue",
                       "opentelemetry.proto.common.v1.KeyValueList"))
 
 # Kinds as _otlpcheck.c numbers them.
-_K_MSG, _K_STRING, _K_BYTES = 1, 2, 3
+_K_MSG, _K_STRING, _K_BYTES, _K_ID = 1, 2, 3, 13
+# Id fields and their one length (or empty), as pdata's TraceID/SpanID unmarshal requires.
+_ID_BYTES = {"trace_id": 16, "span_id": 8, "parent_span_id": 8}
 _REPEATED = 0x100
 _ITEM = 0x200
 # The fields whose every occurrence is one item (span, log record, data point), counted in C.
@@ -69,6 +71,7 @@ _WHY = {
     8: f"AnyValue arrays/kvlists nested more than {MAX_NESTED_VALUES} deep",
     9: "value out of range for its type",
     10: "packed field length does not fit its elements",
+    12: "an id of the wrong length (trace ids are 16 bytes, span ids 8, or empty)",
 }
 
 
@@ -101,6 +104,10 @@ def _tables() -> tuple[bytes, dict[Signal, int], dict[Signal, int], list[Any]]:
                 kinds[f.number] = _K_MSG | (_ITEM if f.full_name in _ITEM_FIELDS else 0)
                 subs[f.number] = index[f.message_type.full_name]
             else:
+                if f.type == FD.TYPE_BYTES and f.name in _ID_BYTES and not f.is_repeated:
+                    kinds[f.number] = _K_ID
+                    subs[f.number] = _ID_BYTES[f.name]
+                    continue
                 kinds[f.number] = _KINDS[f.type] | (_REPEATED if f.is_repeated else 0)
         ints += [top, int(desc.full_name in _NESTING), *kinds, *subs]
     return struct.pack(f"<{len(ints)}i", *ints), roots, requests, order

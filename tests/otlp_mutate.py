@@ -10,7 +10,8 @@ Three parts, all driven by the opentelemetry-proto message descriptors:
   so most mutants stay well framed and reach the content checks;
 - ``expect``: the oracle. It says, per ResourceX, whether the edge must accept it (every field
   of a known number has its wire type, every varint is at most 10 bytes and below 2^64, 32-bit
-  fields hold 32-bit values, strings are UTF-8, AnyValue nests at most ``MAX_ANY_DEPTH``
+  fields hold 32-bit values, strings are UTF-8, trace/span ids are 16/8 bytes or empty, AnyValue
+  nests at most ``MAX_ANY_DEPTH``
   arrays/kvlists) and how many items it holds as a protobuf decoder sees them (a oneof keeps
   its last member). Unknown fields are fine when well framed; a varint written longer than
   needed (non-canonical) but within 10 bytes and 64 bits is fine, as protobuf allows.
@@ -132,6 +133,7 @@ def nested_any(depth: int, kind: str = "array", leaf: bytes | None = None) -> by
     return body
 
 
+_ID_SIZES = {"trace_id": 16, "span_id": 8, "parent_span_id": 8}
 INVALID_UTF8 = (b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf8\x88\x80\x80\x80", b"abc\x80")
 
 # --- the field tree -------------------------------------------------------------------------
@@ -291,6 +293,9 @@ def check(buf: bytes, pos: int, end: int, desc: Descriptor, depth: int = 0) -> N
                 buf[vs:ve].decode("utf-8")
             except UnicodeDecodeError:
                 raise Malformed(f"{f.name}: not UTF-8") from None
+        elif (f.type == FieldDescriptor.TYPE_BYTES and f.name in _ID_SIZES
+              and ve - vs not in (0, _ID_SIZES[f.name])):
+            raise Malformed(f"{f.name}: an id of {ve - vs} bytes")  # pdata: "invalid length for ID"
         elif f.type == FieldDescriptor.TYPE_MESSAGE:
             sub = f.message_type
             d = depth + 1 if sub.full_name in _NESTING else depth

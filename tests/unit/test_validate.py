@@ -231,3 +231,24 @@ def test_a_resource_with_a_padded_tag_or_length_is_refused_like_upb_does() -> No
             prepare(Signal.LOGS, data, ATTRS)
     five = b"\x8a\x80\x80\x80\x00" + encode_varint(len(rx)) + rx
     assert prepare(Signal.LOGS, five, ATTRS).items == 1
+
+
+@pytest.mark.parametrize(("signal", "where", "rx"), [
+    (Signal.TRACES, "Span.trace_id", lf(2, lf(2, lf(1, b"t" * 15) + lf(2, b"s" * 8)))),
+    (Signal.TRACES, "Span.span_id", lf(2, lf(2, lf(1, b"t" * 16) + lf(2, b"s" * 9)))),
+    (Signal.TRACES, "Span.parent_span_id", lf(2, lf(2, lf(1, b"t" * 16) + lf(2, b"s" * 8) + lf(4, b"abc")))),
+    (Signal.TRACES, "Link.trace_id",
+     lf(2, lf(2, lf(1, b"t" * 16) + lf(2, b"s" * 8) + lf(13, lf(1, b"t" * 17))))),
+    (Signal.LOGS, "LogRecord.span_id", lf(2, lf(2, lf(10, b"s" * 7)))),
+    (Signal.METRICS, "Exemplar.trace_id",
+     lf(2, lf(2, lf(1, b"m") + lf(5, lf(1, lf(5, lf(5, b"t" * 3))))))),
+])
+def test_ids_of_the_wrong_length_are_refused_as_pdata_does(signal: Signal, where: str, rx: bytes) -> None:
+    reason = check_resource(signal, rx)
+    assert reason is not None and reason.startswith(f"{where}: an id of the wrong length"), reason
+
+
+def test_empty_ids_are_accepted() -> None:
+    span = lf(1, b"") + lf(2, b"") + lf(4, b"")
+    assert check_resource(Signal.TRACES, lf(2, lf(2, span))) is None
+    assert check_resource(Signal.TRACES, lf(2, lf(2, lf(1, b"t" * 16) + lf(2, b"s" * 8)))) is None
