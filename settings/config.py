@@ -269,11 +269,39 @@ class FileSinkConfig:
 
 
 @dataclass
-class ElasticsearchSinkConfig:
+class TlsClientConfig:
+    """TLS to a backend, named as the Collector's ``configtls`` client settings. HTTP backends use
+    TLS for ``https://`` URLs; a gRPC backend when its endpoint is ``https://host:port`` or any
+    file here is set."""
+
+    ca_file: str = ""  # the CA that signed the backend's certificate; empty: the system's CAs
+    cert_file: str = ""  # client certificate (mTLS), with key_file
+    key_file: str = ""
+
+
+@dataclass
+class BackendCredentials:
+    """What a sink presents to its store: TLS settings and basic auth. Secrets (here and in the
+    subclasses) come from a file or an environment variable, never from this file."""
+
+    tls: TlsClientConfig = field(default_factory=TlsClientConfig)
+    username: str = ""
+    password_file: str = ""
+    password_env: str = ""
+
+
+@dataclass
+class ElasticsearchSinkConfig(BackendCredentials):
     hosts: str = "http://127.0.0.1:9200"
     bulk_max_bytes: int = 5 * 1024 * 1024
     bulk_max_docs: int = 5000
     concurrency: int = 2
+    # Or pin the node's certificate by its SHA-256 fingerprint (hex, colons optional).
+    ca_fingerprint: str = ""
+    # Instead of basic auth: an API key (the base64 "id:key" the create-API-key call returns as
+    # "encoded").
+    api_key_file: str = ""
+    api_key_env: str = ""
 
 
 @dataclass
@@ -281,6 +309,10 @@ class JaegerSinkConfig:
     """``--sink jaeger``: the OTLP/gRPC forwarding sink, traces only, to Jaeger's receiver."""
 
     endpoint: str = "127.0.0.1:14317"
+    tls: TlsClientConfig = field(default_factory=TlsClientConfig)
+    headers: dict[str, str] = field(default_factory=dict)
+    headers_from_file: dict[str, str] = field(default_factory=dict)
+    headers_from_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -290,6 +322,11 @@ class OtlpForwardConfig:
     # Comma-separated: which signals this worker consumes and forwards.
     signals: str = "traces,logs,metrics"
     headers: dict[str, str] = field(default_factory=dict)
+    # Headers whose value is a secret (an API key, an authorization): header -> a file holding the
+    # value, or header -> the name of an environment variable holding it.
+    headers_from_file: dict[str, str] = field(default_factory=dict)
+    headers_from_env: dict[str, str] = field(default_factory=dict)
+    tls: TlsClientConfig = field(default_factory=TlsClientConfig)
     # Sent with the record's tenant as value (X-Scope-OrgID for Tempo/Mimir-style stores); empty: none.
     tenant_header: str = ""
     timeout_s: float = 10.0
@@ -319,9 +356,16 @@ class OtlpHttpSinkConfig(OtlpForwardConfig):
 
 
 @dataclass
-class PrometheusSinkConfig:
+class PrometheusSinkConfig(BackendCredentials):
     url: str = "http://127.0.0.1:9090/api/v1/write"
     timeout_s: float = 10.0
+    # Instead of basic auth: a bearer token; and extra headers (plain, or secret ones from files
+    # / variables).
+    bearer_token_file: str = ""
+    bearer_token_env: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    headers_from_file: dict[str, str] = field(default_factory=dict)
+    headers_from_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

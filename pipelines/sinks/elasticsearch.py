@@ -43,6 +43,7 @@ import logging
 from collections import Counter as TallyCounter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from elastic_transport import ConnectionError as EsConnectionError
 from elastic_transport import ConnectionTimeout
@@ -53,6 +54,7 @@ from otlp.signals import Signal
 from pipelines.convert.es_docs import BulkItem, bulk_body, item_part, record_documents
 from pipelines.convert.es_templates import index_template
 from pipelines.metrics import ES_DOCUMENTS
+from pipelines.sinks import backend_auth
 from pipelines.sinks.answers import Answer, Throttle, Verdict, classify_http
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from pipelines.sinks.parts import part_rejection, refuses_whole
@@ -94,14 +96,41 @@ class ElasticsearchSink:
         self.data_streams = True
         self._sem = asyncio.Semaphore(max(cfg.concurrency, 1))
         self._throttle = Throttle()
+        self.credential = "pipelines.elasticsearch.username / api_key (none configured)"
 
     @property
     def client(self) -> AsyncElasticsearch:
         if self._client is None:
             hosts = [h.strip() for h in self.cfg.hosts.split(",") if h.strip()]
             self._client = AsyncElasticsearch(hosts, request_timeout=30, max_retries=0,
-                                              retry_on_timeout=False)
+                                              retry_on_timeout=False, **self._security(hosts))
         return self._client
+
+    def _security(self, hosts: list[str]) -> dict[str, Any]:
+        """TLS and credentials (``pipelines.elasticsearch.*``), secrets read from their files / variables."""
+        c, where = self.cfg, "pipelines.elasticsearch"
+        out: dict[str, Any] = {}
+        if any(h.startswith("https://") for h in hosts):
+            if c.ca_fingerprint:
+                out["ssl_assert_fingerprint"] = c.ca_fingerprint.replace(":", "").lower()
+                out["verify_certs"] = False  # the pinned fingerprint is the check
+            else:
+                out["ssl_context"] = backend_auth.ssl_context(c.tls, where)
+        api_key = backend_auth.read_secret(f"{where}.api_key", file=c.api_key_file, env=c.api_key_env)
+        if api_key is not None:
+            out["api_key"] = api_key
+            self.credential = "the API key from " + backend_auth.source(
+                f"{where}.api_key", file=c.api_key_file, env=c.api_key_env)
+        elif c.username:
+            password = backend_auth.read_secret(f"{where}.password", file=c.password_file, env=c.password_env)
+            out["basic_auth"] = (c.username, password or "")
+            self.credential = (f"{where}.username {c.username!r} and the password from "
+                               + backend_auth.source(f"{where}.password", file=c.password_file,
+                                                     env=c.password_env))
+        return out
+
+    def _refused(self, status: int) -> str:
+        return backend_auth.refused(f"elasticsearch {self.cfg.hosts}", status, self.credential)
 
     async def start(self) -> None:
         """Install the templates; if Elasticsearch is not up yet, the first write does it."""
@@ -124,6 +153,8 @@ class ElasticsearchSink:
         except (EsConnectionError, ConnectionTimeout) as exc:
             raise TransientSinkError(f"elasticsearch unreachable: {exc}") from exc
         except ApiError as exc:
+            if exc.meta.status in (401, 403):
+                raise TransientSinkError(self._refused(exc.meta.status)) from exc
             raise TransientSinkError(f"installing index templates failed: {exc}") from exc
         self._ready = True
         log.info("elasticsearch: templates installed (data streams: %s)", self.data_streams)
@@ -242,6 +273,8 @@ class ElasticsearchSink:
             except ApiError as exc:
                 status = exc.meta.status
                 answer = classify_http(status, exc.meta.headers, f"{status}: {exc}")
+                if status in (401, 403):
+                    raise TransientSinkError(self._refused(status)) from exc
                 if answer.verdict is Verdict.RETRY:
                     self._throttle.note(answer)
                     raise TransientSinkError(f"elasticsearch bulk {status}: {exc}",

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from otlp.signals import Signal
 from pipelines.metrics import JAEGER_REJECTED_SPANS, JAEGER_REQUESTS
+from pipelines.sinks import backend_auth
 from pipelines.sinks.otlp_forward import Sent, join_records
 from pipelines.sinks.otlp_grpc import OtlpGrpcSink
-from settings.config import Config
+from settings.config import Config, TlsClientConfig
 
 __all__ = ["JaegerSink", "join_records", "make_sink"]
 
@@ -28,9 +29,11 @@ class JaegerSink(OtlpGrpcSink):
     """The OTLP/gRPC forwarding sink, traces only, named ``jaeger``."""
 
     def __init__(self, endpoint: str, *, timeout_s: float = 10.0, concurrency: int = 4,
-                 max_request_bytes: int = 3 * 1024 * 1024) -> None:
+                 max_request_bytes: int = 3 * 1024 * 1024, tls: TlsClientConfig | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(endpoint, name="jaeger", signals=frozenset({Signal.TRACES}), timeout_s=timeout_s,
-                         concurrency=concurrency, max_request_bytes=max_request_bytes)
+                         concurrency=concurrency, max_request_bytes=max_request_bytes, tls=tls,
+                         headers=headers, setting="pipelines.jaeger")
 
     def _count(self, signal: Signal, sent: Sent) -> None:
         super()._count(signal, sent)
@@ -41,4 +44,6 @@ class JaegerSink(OtlpGrpcSink):
 
 def make_sink(cfg: Config) -> JaegerSink:
     """Entry point for ``telemetry-gateway pipelines --sink jaeger``."""
-    return JaegerSink(cfg.pipelines.jaeger.endpoint)
+    c = cfg.pipelines.jaeger
+    return JaegerSink(c.endpoint, tls=c.tls,
+                      headers=backend_auth.configured_headers("pipelines.jaeger", c))

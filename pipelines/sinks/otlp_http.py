@@ -26,9 +26,10 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from otlp.signals import Signal
+from pipelines.sinks import backend_auth
 from pipelines.sinks.answers import Answer, Verdict, classify_http
 from pipelines.sinks.otlp_forward import OtlpForwardSink, Sent, parse_signals
-from settings.config import Config, OtlpHttpSinkConfig
+from settings.config import Config, OtlpHttpSinkConfig, TlsClientConfig
 
 # Fast: the sink's CPU goes to compression more than to anything else it does.
 GZIP_LEVEL = 1
@@ -51,7 +52,8 @@ class OtlpHttpSink(OtlpForwardSink):
                  urls: dict[str, str] | None = None, signals: frozenset[Signal] = frozenset(Signal),
                  headers: dict[str, str] | None = None, tenant_header: str = "", compression: str = "gzip",
                  timeout_s: float = 10.0, concurrency: int = 4,
-                 max_request_bytes: int = 3 * 1024 * 1024, validate: bool = True) -> None:
+                 max_request_bytes: int = 3 * 1024 * 1024, validate: bool = True,
+                 tls: TlsClientConfig | None = None, setting: str = "") -> None:
         base = endpoint.rstrip("/")
         self.urls = {s: (urls or {}).get(s.value) or f"{base}{s.spec.http_path}" for s in signals}
         for s, url in self.urls.items():
@@ -65,9 +67,14 @@ class OtlpHttpSink(OtlpForwardSink):
         self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": "telemetry-gateway",
                          **({"Content-Encoding": "gzip"} if self.gzip else {}), **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
+        self.tls = tls or TlsClientConfig()
+        self.setting = setting or f"pipelines.{name}"
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        https = any(url.startswith("https://") for url in self.urls.values())
+        ssl_ctx = backend_auth.ssl_context(self.tls, self.setting) if https else None
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                              connector=aiohttp.TCPConnector(ssl=ssl_ctx or True))
 
     async def stop(self) -> None:
         if self._session is not None:
@@ -89,6 +96,9 @@ class OtlpHttpSink(OtlpForwardSink):
             return Sent(Answer(Verdict.RETRY, f"{self.urls[signal]}: {exc!r}"), "error")
         if answer.verdict is not Verdict.DONE:
             message = _error_message(raw, ctype)
+            if resp.status in (401, 403):
+                message = backend_auth.refused(self.urls[signal], resp.status,
+                                               f"{self.setting}.headers_from_file / headers_from_env")
             return Sent(Answer(answer.verdict, f"{resp.status}: {message}", answer.retry_after_s),
                         str(resp.status), message=message)
         if not raw or "protobuf" not in ctype:
@@ -102,10 +112,12 @@ class OtlpHttpSink(OtlpForwardSink):
 
 
 def sink_from_config(c: OtlpHttpSinkConfig, name: str = "otlp_http") -> OtlpHttpSink:
+    where = f"pipelines.{name}"
     return OtlpHttpSink(c.endpoint, name=name, urls=c.urls, signals=parse_signals(c.signals),
-                        headers=c.headers, tenant_header=c.tenant_header, compression=c.compression,
+                        headers=backend_auth.configured_headers(where, c),
+                        tenant_header=c.tenant_header, compression=c.compression,
                         timeout_s=c.timeout_s, concurrency=c.concurrency,
-                        max_request_bytes=c.max_request_bytes, validate=c.validate)
+                        max_request_bytes=c.max_request_bytes, validate=c.validate, tls=c.tls, setting=where)
 
 
 def make_sink(cfg: Config) -> OtlpHttpSink:

@@ -51,6 +51,7 @@ from pipelines.metrics import (
     REMOTE_WRITE_REQUESTS,
     REMOTE_WRITE_SAMPLES,
 )
+from pipelines.sinks import backend_auth
 from pipelines.sinks.answers import Throttle, Verdict, classify_http
 from pipelines.sinks.base import PermanentSinkError, TransientSinkError
 from pipelines.sinks.parts import part_rejection
@@ -102,9 +103,28 @@ class PrometheusSink:
         self.max_series = max_series
         self._session: aiohttp.ClientSession | None = None
         self._throttle = Throttle()
+        self._headers: dict[str, str] = dict(HEADERS)
+        self._credential = "pipelines.prometheus.username / bearer_token (none configured)"
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
+        c, where = self.cfg, "pipelines.prometheus"
+        extra = backend_auth.configured_headers(where, c)
+        password = backend_auth.read_secret(f"{where}.password", file=c.password_file, env=c.password_env)
+        token = backend_auth.read_secret(f"{where}.bearer_token", file=c.bearer_token_file,
+                                         env=c.bearer_token_env)
+        if c.username:
+            extra["Authorization"] = aiohttp.BasicAuth(c.username, password or "").encode()
+            self._credential = (f"pipelines.prometheus.username {c.username!r} and the password from "
+                                + backend_auth.source(f"{where}.password", file=c.password_file,
+                                                      env=c.password_env))
+        elif token is not None:
+            extra["Authorization"] = f"Bearer {token}"
+            self._credential = "the bearer token from " + backend_auth.source(
+                f"{where}.bearer_token", file=c.bearer_token_file, env=c.bearer_token_env)
+        self._headers = {**extra, **HEADERS}
+        ssl_ctx = backend_auth.ssl_context(c.tls, where) if c.url.startswith("https://") else None
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=c.timeout_s),
+                                              connector=aiohttp.TCPConnector(ssl=ssl_ctx or True))
 
     async def stop(self) -> None:
         if self._session is not None:
@@ -117,7 +137,7 @@ class PrometheusSink:
         await self._throttle.wait()
         try:
             async with self._session.post(self.cfg.url, data=encode(req),
-                                          headers={**HEADERS, TENANT_HEADER: tenant}) as resp:
+                                          headers={**self._headers, TENANT_HEADER: tenant}) as resp:
                 REMOTE_WRITE_REQUESTS.labels(str(resp.status)).inc()
                 answer = classify_http(resp.status, resp.headers)
                 if answer.verdict is Verdict.DONE:
@@ -127,6 +147,9 @@ class PrometheusSink:
         except (aiohttp.ClientError, TimeoutError) as exc:
             REMOTE_WRITE_REQUESTS.labels("error").inc()
             raise TransientSinkError(f"remote write to {self.cfg.url} failed: {exc!r}") from exc
+        if resp.status in (401, 403):
+            raise TransientSinkError(backend_auth.refused(f"remote write to {self.cfg.url}", resp.status,
+                                                          self._credential))
         if answer.verdict is Verdict.RETRY and sample_refusal(text) is None:
             self._throttle.note(answer)
             raise TransientSinkError(f"remote write {resp.status}: {text}",

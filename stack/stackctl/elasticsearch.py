@@ -54,6 +54,33 @@ def _extract(archive: Path, into: Path) -> None:
                 path.chmod(mode & 0o777)
 
 
+def secured_settings(host: str, http_port: int, transport_port: int, base: Path) -> str:
+    """``elasticsearch.yml`` of the secured variant: x-pack security on, HTTPS with the PEM files
+    ``http.crt`` / ``http.key`` / ``ca.crt`` in its config directory, file-realm users (added with
+    ``bin/elasticsearch-users``) and API keys. Single node, so the transport stays plaintext on
+    loopback. ``base`` holds its data, logs and tmp: it runs beside the stack's open node."""
+    return "\n".join([
+        "cluster.name: telemetry-gateway-secured",
+        "node.name: secured-es-1",
+        f"network.host: {host}",
+        f"http.port: {http_port}",
+        f"transport.port: {transport_port}",
+        "discovery.type: single-node",
+        f"path.data: {base / 'data'}",
+        f"path.logs: {base / 'logs'}",
+        "xpack.security.enabled: true",
+        "xpack.security.http.ssl.enabled: true",
+        "xpack.security.http.ssl.certificate: http.crt",
+        "xpack.security.http.ssl.key: http.key",
+        "xpack.security.http.ssl.certificate_authorities: [ca.crt]",
+        "xpack.security.transport.ssl.enabled: false",
+        "xpack.security.authc.api_key.enabled: true",
+        "action.destructive_requires_name: false",
+        "cluster.routing.allocation.disk.threshold_enabled: false",
+        "",
+    ])
+
+
 class Elasticsearch(Service):
     name = "elasticsearch"
 

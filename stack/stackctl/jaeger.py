@@ -16,6 +16,8 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import probes
@@ -74,6 +76,83 @@ def build_telemetrygen(s: Settings) -> None:
                s.log_dir / "install-telemetrygen.log", "compiling telemetrygen", env=env, cwd=s.cache)
 
 
+@dataclass(frozen=True)
+class JaegerPorts:
+    otlp_grpc: int
+    otlp_http: int | None  # None: no OTLP/HTTP receiver
+    query: int
+    query_grpc: int
+    health: int
+    metrics: int | None  # None: no self-metrics endpoint
+
+
+def config_text(h: str, p: JaegerPorts, grpc_tls: Mapping[str, str] | None = None) -> str:
+    """Jaeger's configuration: only what the tests need (OTLP in, memory store, query API,
+    health; no jaeger/zipkin receivers, no remote sampling, no pprof: fewer ports to keep off
+    ours). ``grpc_tls``: the OTLP/gRPC receiver's ``tls`` block (cert_file, key_file,
+    client_ca_file), for the secured variant."""
+    metrics = (f"""\
+    resource:
+      service.name: jaeger
+    metrics:
+      level: basic
+      readers:
+        - pull:
+            exporter:
+              prometheus:
+                host: {h}
+                port: {p.metrics}
+""" if p.metrics is not None else """\
+    metrics:
+      level: none
+""")
+    tls = "".join(f"          {k}: {v}\n" for k, v in (grpc_tls or {}).items())
+    grpc = f"        endpoint: {h}:{p.otlp_grpc}\n" + (f"        tls:\n{tls}" if tls else "")
+    http = f"      http:\n        endpoint: {h}:{p.otlp_http}\n" if p.otlp_http is not None else ""
+    return f"""\
+service:
+  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+{metrics}    logs:
+      level: info
+
+extensions:
+  healthcheckv2:
+    use_v2: true
+    http:
+      endpoint: {h}:{p.health}
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: {h}:{p.query}
+    grpc:
+      endpoint: {h}:{p.query_grpc}
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+
+receivers:
+  otlp:
+    protocols:
+      grpc:
+{grpc}{http}
+processors:
+  batch:
+
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"""
+
+
 class Jaeger(Service):
     name = "jaeger"
 
@@ -100,65 +179,11 @@ class Jaeger(Service):
         return f"otlp {s.host}:{grpc}/{http}, query :{query}"
 
     def prepare(self) -> None:
-        h, s = self.s.host, self.s
+        s = self.s
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        # Only what the tests need: OTLP in, memory store, query API, health. No jaeger/zipkin
-        # receivers, no remote sampling, no pprof: fewer ports to keep off ours.
-        self.config_path.write_text(f"""\
-service:
-  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    resource:
-      service.name: jaeger
-    metrics:
-      level: basic
-      readers:
-        - pull:
-            exporter:
-              prometheus:
-                host: {h}
-                port: {s.jaeger_metrics_port}
-    logs:
-      level: info
-
-extensions:
-  healthcheckv2:
-    use_v2: true
-    http:
-      endpoint: {h}:{s.jaeger_health_port}
-  jaeger_query:
-    storage:
-      traces: memstore
-    http:
-      endpoint: {h}:{s.jaeger_query_port}
-    grpc:
-      endpoint: {h}:{s.jaeger_query_grpc_port}
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 100000
-
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: {h}:{s.jaeger_otlp_grpc_port}
-      http:
-        endpoint: {h}:{s.jaeger_otlp_http_port}
-
-processors:
-  batch:
-
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-""")
+        self.config_path.write_text(config_text(
+            s.host, JaegerPorts(s.jaeger_otlp_grpc_port, s.jaeger_otlp_http_port, s.jaeger_query_port,
+                                s.jaeger_query_grpc_port, s.jaeger_health_port, s.jaeger_metrics_port)))
 
     def health(self) -> Health:
         status, body = probes.http_get(f"http://{self.s.host}:{self.s.jaeger_health_port}/status")

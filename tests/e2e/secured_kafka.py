@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from stackctl import kafka
 
 from bench.subprocs import free_ports
 from tests.e2e.private_kafka import HOST, PrivateKafka
+from tests.secured_stores import pkcs8
 from tests.tls_certs import Pair, Pki
 
 SCRAM_USER = "tg-scram"
@@ -47,10 +47,7 @@ class SecuredKafka:
 
 def _pkcs8_keystore(pair: Pair, path: Path) -> Path:
     """Kafka's PEM keystore: an unencrypted PKCS#8 key, then the certificate chain."""
-    key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    path.write_bytes(pem + pair.cert.read_bytes())
+    path.write_bytes(pkcs8(pair.key.read_bytes()) + pair.cert.read_bytes())
     return path
 
 
