@@ -149,9 +149,10 @@ class Ingest:
             else:
                 prepared = work()
         except wire.TooManyItems as exc:
-            # Counting stopped at the limit: the request held at least one item more.
+            # Counting stopped at the limit: the request held at least ``exc.items`` items (0 for
+            # an OTLP/JSON body refused on its object count, before any item was counted).
             return self.refuse(signal, transport, "too_large", f"{exc} (server.max_items_per_request)", cid,
-                               items=self._max_items + 1)
+                               items=exc.items)
         except wire.WireError as exc:
             return self.refuse(signal, transport, "malformed", str(exc), cid)
         if not prepared.items and (prepared.rejected_items or prepared.error):

@@ -126,7 +126,13 @@ def top_level_fields(buf: bytes) -> list[bytes]:
 
 
 class TooManyItems(WireError):
-    """The request holds more items than the caller allows; counting stopped at the limit."""
+    """The request holds more items than the caller allows; counting stopped at the limit.
+
+    ``items`` is how many items it is known to hold at least (0 when not counted)."""
+
+    def __init__(self, message: str, items: int = 0) -> None:
+        super().__init__(message)
+        self.items = items
 
 
 class _Counted(WireError):
@@ -344,7 +350,8 @@ def prepare(signal: Signal, payload: bytes, attrs: Sequence[tuple[str, str]], *,
             body, size, n = _prepare_rx(signal, buf, view, vs, ve, drop_keys, ours,
                                         budget - items - rejected, check)
         except TooManyItems:
-            raise TooManyItems(f"{_request_name(signal)} holds more than {max_items} items") from None
+            raise TooManyItems(f"{_request_name(signal)} holds more than {max_items} items",
+                               items=budget + 1) from None
         except _Counted as e:
             rejected += e.items
             errors.append(f"{rx_name}[{index}].{e}")
