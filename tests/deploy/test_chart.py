@@ -78,6 +78,24 @@ def test_default_config_is_one_the_gateway_loads(tmp_path: Path) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 
+def test_production_config_is_one_the_gateway_loads(tmp_path: Path) -> None:
+    """The production example's config (TLS at the edge, Kafka SASL_SSL) under the gateway's own
+    loader, with the environment its Secrets give the pod."""
+    docs = _docs(_template(tmp_path, ["-f", str(PRODUCTION)]).stdout)
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d.get("data", {}))
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    deploy = next(d for d in docs
+                  if d["kind"] == "Deployment" and d["metadata"]["name"] == "tg-telemetry-gateway")
+    env_names = {e["name"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    cfg = config_mod.load(path, env={"TG_AUTH__API_KEYS": "{some-key: acme}"})
+    k = cfg.bus.kafka
+    assert (k.security_protocol, k.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert k.sasl_password_env in env_names, "the password variable the config names is set from a Secret"
+    assert cfg.server.tls.cert_file == "/etc/telemetry-gateway/tls/tls.crt"
+    assert cfg.server.tls.reload_interval_s == 300
+
+
 def test_production_rules_and_monitors(tmp_path: Path) -> None:
     docs = _docs(_template(tmp_path, CASES["production"]).stdout)
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
