@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     run.add_argument("--mode", choices=["closed", "open"], default="closed")
     run.add_argument("--rate", type=float, default=0.0, help="open loop: offered items per second")
+    run.add_argument("--tls", choices=["off", "on", "both"], default="off",
+                     help="gateway receivers over TLS (a throwaway CA and certificate); both: a plaintext "
+                          "round, then a TLS round, for the cost of TLS side by side")
     cmp_ = sub.add_parser("compare", help="gateway (1 and 2 workers) vs the Collector, same Kafka")
     _common(cmp_)
     cmp_.add_argument("--workers", default="1,2", help="gateway worker counts to scale over (default 1,2)")
@@ -91,6 +94,23 @@ def _load_spec(ns: argparse.Namespace) -> LoadSpec:
         connections=ns.connections, timeout_s=ns.timeout, http_client=ns.http_client)
 
 
+def _tls_files(directory: Path) -> tuple[str, dict[str, str]]:
+    """A throwaway CA and server certificate for 127.0.0.1 (trustme, a dev dependency): the CA
+    file for the generator and the gateway's ``server.tls`` overrides."""
+    try:
+        import trustme
+    except ImportError:
+        raise RuntimeError("--tls needs trustme: pip install -e '.[dev]'") from None
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    ca_file, cert, key = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key))
+    return str(ca_file), {"TG_SERVER__TLS__CERT_FILE": str(cert), "TG_SERVER__TLS__KEY_FILE": str(key)}
+
+
 def _git_rev() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
@@ -121,7 +141,15 @@ def main(ns: argparse.Namespace) -> int:
                 print("bench: --mode open needs --rate (offered items per second)", file=sys.stderr)
                 return 2
             spec = replace(base, mode=ns.mode, rate=ns.rate)
-            results = run_plans(env, [RoundPlan(ns.system, ns.workers, spec)])
+            if ns.tls != "off" and ns.system != "gateway":
+                print("bench: --tls is for --system gateway", file=sys.stderr)
+                return 2
+            plans = [RoundPlan(ns.system, ns.workers, spec)] if ns.tls != "on" else []
+            if ns.tls != "off":
+                ca_file, tls_env = _tls_files(env.outdir / "tls")
+                plans.append(RoundPlan(ns.system, ns.workers, replace(spec, tls_ca_file=ca_file),
+                                       gateway_env=tls_env))
+            results = run_plans(env, plans)
         else:
             with_collector = not ns.no_collector
             if with_collector and ns.bus != "kafka":

@@ -51,6 +51,7 @@ class LoadSpec:
     http_client: str = "auto"
     headers: tuple[tuple[str, str], ...] = ()
     ring: int = 8
+    tls_ca_file: str = ""  # TLS to the target, trusting this CA; empty: plaintext
 
 
 @dataclass
@@ -107,7 +108,7 @@ class _Worker:
         self.sender = make_sender(spec.transport, grpc_target=spec.grpc_target, http_url=spec.http_url,
                                   signal=spec.signal, connections=_connections(spec),
                                   timeout_s=spec.timeout_s, http_client=spec.http_client,
-                                  headers=dict(spec.headers))
+                                  headers=dict(spec.headers), tls_ca_file=spec.tls_ca_file)
         self._n = 0
 
     def _next_payload(self) -> tuple[bytes, int]:

@@ -33,6 +33,7 @@ class RoundPlan:
     workers: int
     load: LoadSpec
     load_pct: int | None = None  # open loop, as a share of the gateway's closed-loop max
+    gateway_env: dict[str, str] = field(default_factory=dict)  # this round's own overrides (TLS)
 
 
 @dataclass
@@ -66,7 +67,7 @@ def run_round(env: Environment, plan: RoundPlan, index: int) -> RoundResult:
     system: GatewaySystem | CollectorSystem
     if plan.system == "gateway":
         system = GatewaySystem(workdir, workers=plan.workers, bus=env.bus, bootstrap=env.bootstrap,
-                               topic_prefix=prefix, env=env.gateway_env)
+                               topic_prefix=prefix, env={**env.gateway_env, **plan.gateway_env})
     else:
         system = CollectorSystem(workdir, binary=env.jaeger_bin, bootstrap=env.bootstrap, topic_prefix=prefix,
                                  base_config=env.collector_config)
@@ -76,7 +77,8 @@ def run_round(env: Environment, plan: RoundPlan, index: int) -> RoundResult:
     try:
         monitor = TreeMonitor(system.pid)
         monitor.sample()
-        load = replace(spec, grpc_target=system.grpc_target, http_url=system.http_url)
+        http_url = system.http_url.replace("http://", "https://") if spec.tls_ca_file else system.http_url
+        load = replace(spec, grpc_target=system.grpc_target, http_url=http_url)
 
         def tick(t: Tick) -> None:
             monitor.sample()
@@ -121,10 +123,11 @@ def _delivered(env: Environment, system: GatewaySystem | CollectorSystem, topics
 def _result(plan: RoundPlan, env: Environment, load: LoadSpec, totals: WorkerTotals, monitor: TreeMonitor,
             delivered: int, prefix: str) -> RoundResult:
     dur = load.duration_s
+    transport = load.transport + ("+tls" if load.tls_ca_file else "")
     return RoundResult(
-        scenario=scenario_name(signal=load.signal.value, transport=load.transport, bus=env.bus,
+        scenario=scenario_name(signal=load.signal.value, transport=transport, bus=env.bus,
                                mode=load.mode, workers=plan.workers, load_pct=plan.load_pct),
-        system=plan.system, workers=plan.workers, signal=load.signal.value, transport=load.transport,
+        system=plan.system, workers=plan.workers, signal=load.signal.value, transport=transport,
         bus=env.bus, mode=load.mode, offered_items_per_s=load.rate if load.mode == "open" else 0.0,
         duration_s=dur, items_per_s=totals.measured_items / dur, bytes_per_s=totals.measured_bytes / dur,
         latency_ms=totals.hist.summary_ms(), cpu_s=round(monitor.cpu_s, 3),

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -44,15 +46,22 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
+def client_ssl(tls_ca_file: str) -> ssl.SSLContext | None:
+    """A client context trusting ``tls_ca_file`` (the bench's TLS rounds), else None (plaintext)."""
+    return ssl.create_default_context(cafile=tls_ca_file) if tls_ca_file else None
+
+
 class GrpcSender:
     """Round-robins requests over ``connections`` channels, each its own HTTP/2 connection.
 
     Several connections matter when the target runs several worker processes behind
-    SO_REUSEPORT: the kernel spreads connections, not requests.
+    SO_REUSEPORT: the kernel spreads connections, not requests. ``tls_ca_file``: TLS, trusting it.
     """
 
     def __init__(self, target: str, signal: Signal, *, connections: int = 2, timeout_s: float = 30.0,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, tls_ca_file: str = "") -> None:
+        # Read now, before the load starts (and outside the event loop).
+        self._root_ca = Path(tls_ca_file).read_bytes() if tls_ca_file else None
         self._target = target
         self._signal = signal
         self._n = max(1, connections)
@@ -67,8 +76,10 @@ class GrpcSender:
 
         opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
                 ("grpc.use_local_subchannel_pool", 1)]
+        creds = grpc.ssl_channel_credentials(root_certificates=self._root_ca) if self._root_ca else None
         for _ in range(self._n):
-            ch = grpc.aio.insecure_channel(self._target, options=opts)
+            ch = (grpc.aio.secure_channel(self._target, creds, options=opts) if creds is not None
+                  else grpc.aio.insecure_channel(self._target, options=opts))
             self._channels.append(ch)
             self._calls.append(ch.unary_unary(GRPC_METHODS[self._signal], request_serializer=_identity,
                                               response_deserializer=_identity))
@@ -93,7 +104,8 @@ class GrpcSender:
 
 class AiohttpSender:
     def __init__(self, base_url: str, signal: Signal, *, connections: int = 64, timeout_s: float = 30.0,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, tls_ca_file: str = "") -> None:
+        self._ssl = client_ssl(tls_ca_file)
         self._url = f"{base_url.rstrip('/')}/v1/{signal.value}"
         self._signal = signal
         self._limit = connections
@@ -105,7 +117,7 @@ class AiohttpSender:
         import aiohttp
 
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._limit, force_close=False),
+            connector=aiohttp.TCPConnector(limit=self._limit, force_close=False, ssl=self._ssl or True),
             timeout=aiohttp.ClientTimeout(total=self._timeout), headers=self._headers,
             skip_auto_headers=("User-Agent",))
 
@@ -134,7 +146,8 @@ class RawHttpSender:
     """
 
     def __init__(self, base_url: str, signal: Signal, *, connections: int = 64, timeout_s: float = 30.0,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, tls_ca_file: str = "") -> None:
+        self._ssl = client_ssl(tls_ca_file)
         parts = urlsplit(base_url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 80
@@ -146,13 +159,14 @@ class RawHttpSender:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def start(self) -> None:
-        self._idle.append(await asyncio.open_connection(self._host, self._port))
+        self._idle.append(await asyncio.open_connection(self._host, self._port, ssl=self._ssl))
 
     async def send(self, data: bytes, items: int) -> tuple[int, str | None]:
         conn = self._idle.pop() if self._idle else None
         try:
             if conn is None:
-                conn = await asyncio.wait_for(asyncio.open_connection(self._host, self._port), self._timeout)
+                conn = await asyncio.wait_for(asyncio.open_connection(self._host, self._port, ssl=self._ssl),
+                                              self._timeout)
             status, body, keep = await asyncio.wait_for(self._roundtrip(conn, data), self._timeout)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             if conn is not None:
@@ -210,9 +224,10 @@ async def read_response(reader: asyncio.StreamReader, head: bytes) -> tuple[int,
 
 def make_sender(transport: str, *, grpc_target: str, http_url: str, signal: Signal, connections: int,
                 timeout_s: float, http_client: str = "auto",
-                headers: Mapping[str, str] | None = None) -> Sender:
+                headers: Mapping[str, str] | None = None, tls_ca_file: str = "") -> Sender:
     if transport == "grpc":
-        return GrpcSender(grpc_target, signal, connections=connections, timeout_s=timeout_s, headers=headers)
+        return GrpcSender(grpc_target, signal, connections=connections, timeout_s=timeout_s, headers=headers,
+                          tls_ca_file=tls_ca_file)
     if http_client == "auto":
         try:
             import aiohttp  # noqa: F401
@@ -220,4 +235,5 @@ def make_sender(transport: str, *, grpc_target: str, http_url: str, signal: Sign
         except ImportError:
             http_client = "raw"
     cls = AiohttpSender if http_client == "aiohttp" else RawHttpSender
-    return cls(http_url, signal, connections=connections, timeout_s=timeout_s, headers=headers)
+    return cls(http_url, signal, connections=connections, timeout_s=timeout_s, headers=headers,
+               tls_ca_file=tls_ca_file)

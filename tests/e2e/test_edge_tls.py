@@ -189,3 +189,28 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     yield
+
+
+@pytest.mark.parametrize(("transport", "client"), [("grpc", "auto"), ("http", "aiohttp"), ("http", "raw")])
+def test_bench_senders_speak_tls(pki: Pki, transport: str, client: str) -> None:
+    """The bench's load generator reaches a TLS gateway (``bench run --tls``)."""
+    import asyncio
+
+    from bench.transports import make_sender
+    from otlp.signals import Signal
+    from tests.sdk_otlp import spans_payload
+
+    payload, _ = spans_payload("default", traces=1, children=1)
+    with running_gateway(_tls_env("SERVER", pki.server())) as gw:
+        sender = make_sender(transport, grpc_target=gw.grpc_target,
+                             http_url=f"https://127.0.0.1:{gw.http_port}", signal=Signal.TRACES,
+                             connections=1, timeout_s=10, http_client=client, tls_ca_file=str(pki.ca_file))
+
+        async def send() -> tuple[int, str | None]:
+            await sender.start()
+            try:
+                return await sender.send(payload, 2)
+            finally:
+                await sender.close()
+
+        assert asyncio.run(send()) == (2, None)
