@@ -60,6 +60,11 @@ SPOOL_APPENDED_ITEMS = Counter(
 SPOOL_APPENDED_BYTES = Counter(
     "gateway_spool_appended_bytes_total", "Framed bytes written to the spool.",
 )
+SPOOL_AMBIGUOUS_ITEMS = Counter(
+    "gateway_spool_ambiguous_items_total", "Items spooled after a publish below failed mid-way (timed out "
+    "or broke after sending): the bus may hold them already, so their replay may duplicate them. Without "
+    "a crash this bounds the duplicates.", ["signal"],
+)
 SPOOL_REPLAYED = Counter(
     "gateway_spool_replayed_records_total", "Spooled batches the bus below acknowledged (then released).",
     ["signal"],

@@ -18,11 +18,13 @@ Full (``max_bytes``, free disk under ``min_free_bytes``, or the oldest record ol
 ``max_age_s``): a batch that would be spooled is refused with ``BusUnavailable`` (503 /
 UNAVAILABLE with ``full_retry_after_ms`` as the hint), never dropped after its OK.
 
-Duplicates: a record handed below but not yet acknowledged when the process dies, and records
-acknowledged since the last ledger write (at most ``_LEDGER_PERIOD_S`` of them), are sent
-again after the restart; ``gateway_spool_recovered_records_total`` counts what a start found,
-the upper bound of such duplicates. The idempotent producer removes the duplicates of a retry
-within one producer session, not across a restart.
+Duplicates: a batch whose straight publish failed part-way (timed out, or the connection broke
+after sending) may be in the bus already, and is spooled and replayed all the same:
+``gateway_spool_ambiguous_items_total`` counts those items, the bound on duplicates without a
+crash. After a crash, a record handed below but not yet acknowledged, and records acknowledged
+since the last ledger write (at most ``_LEDGER_PERIOD_S`` of them), are sent again;
+``gateway_spool_recovered_records_total`` counts what a start found, the bound there. The
+idempotent producer removes duplicates only within one producer session.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from bus.contract import Batch, Bus, BusUnavailable
 from bus.metrics import (
+    SPOOL_AMBIGUOUS_ITEMS,
     SPOOL_APPENDED,
     SPOOL_APPENDED_BYTES,
     SPOOL_APPENDED_ITEMS,
@@ -224,6 +227,9 @@ class SpoolBus:
         except BusUnavailable as exc:
             log.debug("spool: the bus refused a batch (%s); spooling it", exc)
             await self._spool(batch, settled)
+            if exc.__cause__ is not None:
+                # It failed while being sent (not refused up front): the bus may hold it already.
+                SPOOL_AMBIGUOUS_ITEMS.labels(batch.signal.value).inc(batch.items)
         finally:
             direct.remove(settled)
             if not settled.done():

@@ -314,3 +314,31 @@ async def test_many_publishes_of_one_key_failing_together_all_spool_in_order(tmp
     await await_for(lambda: _async(took(inner) == items(range(8))), within=20, what="replay")
     assert order(inner.taken) == joined(range(8))
     await bus.stop()
+
+
+async def test_a_publish_failing_part_way_counts_as_a_possible_duplicate(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    def ambiguous() -> float:
+        return REGISTRY.get_sample_value("gateway_spool_ambiguous_items_total", {"signal": "traces"}) or 0.0
+
+    class TimesOut(FakeBus):
+        async def publish(self, batch: Batch) -> None:
+            try:
+                raise TimeoutError("no acknowledgement")
+            except TimeoutError as exc:
+                raise BusUnavailable("publish timed out") from exc
+
+    before = ambiguous()
+    refusing = FakeBus()
+    refusing.down = True  # refused up front: certainly not in the bus
+    bus = SpoolBus(cfg(tmp_path / "a", stop_drain_ms=0), refusing)
+    await bus.start()
+    await bus.publish(batch(1))
+    await bus.stop()
+    assert ambiguous() == before
+    bus = SpoolBus(cfg(tmp_path / "b", stop_drain_ms=0), TimesOut())
+    await bus.start()
+    await bus.publish(batch(2))
+    await bus.stop()
+    assert ambiguous() == before + batch(2).items
