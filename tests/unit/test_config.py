@@ -69,3 +69,13 @@ def test_replicated_topics_are_configurable() -> None:
     cfg = load(env={"TG_BUS__KAFKA__REPLICATION_FACTOR": "3", "TG_BUS__KAFKA__MIN_INSYNC_REPLICAS": "2"})
     assert (cfg.bus.kafka.replication_factor, cfg.bus.kafka.min_insync_replicas) == (3, 2)
     assert load(env={}).bus.kafka.min_insync_replicas == 0, "unset: the broker's default applies"
+
+
+def test_a_bare_off_in_yaml_is_the_word_off(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``off`` as false; where "off" is one of a key's words, it means that word."""
+    path = tmp_path / "gw.yaml"
+    path.write_text("spool:\n  mode: off\n")
+    assert load(path, env={}).spool.mode == "off"
+    assert load(None, env={"TG_SPOOL__MODE": "off"}).spool.mode == "off"
+    with pytest.raises(ConfigError, match="spool.mode"):
+        load(None, env={"TG_SPOOL__MODE": "true"})
