@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -52,6 +53,7 @@ class KafkaSource:
         self._acked: dict[TopicPartition, int] = {}
         self._position: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
+        self._lag_refreshed = 0.0  # monotonic time of the last end-offset request while paused
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -182,6 +184,28 @@ class KafkaSource:
         for tp, msgs in batches.items():
             if msgs:
                 consumer.seek(tp, msgs[0].offset)
+        await self._refresh_lag(consumer)
+
+    async def _refresh_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """The lag while paused: a paused consumer fetches nothing, so the high watermarks it
+        knows stop moving and the gauge would hold still through a store outage. Ask the
+        brokers for the end offsets instead, at most once a second."""
+        now = time.monotonic()
+        if now - self._lag_refreshed < LAG_REFRESH_S:
+            return
+        self._lag_refreshed = now
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return
+        try:
+            ends = await consumer.end_offsets(assigned)
+        except KafkaError as exc:
+            log.debug("kafka: end offsets for the lag not available: %s", exc)
+            return
+        for tp, end in ends.items():
+            pos = self._position.get(tp)
+            if pos is not None:
+                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - pos))
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         consumer = self._consumer
@@ -191,6 +215,9 @@ class KafkaSource:
             self._position.pop(tp, None)
             with contextlib.suppress(KeyError):
                 CONSUMER_LAG.remove(tp.topic, str(tp.partition))
+
+
+LAG_REFRESH_S = 1.0
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
