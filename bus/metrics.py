@@ -42,6 +42,11 @@ SPOOL_BYTES = Gauge(
     "gateway_spool_bytes", "Bytes of unacknowledged records in the spool (on disk and being written).",
     multiprocess_mode="livesum",
 )
+SPOOL_MAX_BYTES = Gauge(
+    "gateway_spool_max_bytes", "spool.max_bytes of each worker taking new data, summed: what "
+    "gateway_spool_bytes may reach before batches are refused as full.",
+    multiprocess_mode="livesum",
+)
 SPOOL_RECORDS = Gauge(
     "gateway_spool_records", "Batches in the spool not yet acknowledged by the bus below it.",
     multiprocess_mode="livesum",

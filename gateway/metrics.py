@@ -71,6 +71,18 @@ request_seconds = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+ready = Gauge(
+    "gateway_ready", "1: this worker is ready (its own part of /readyz: receivers listening, the bus "
+    "taking data or the spool absorbing an outage), 0: not.", ["worker"],
+    multiprocess_mode="livemax",
+)
+tls_certificate_expiry = Gauge(
+    "gateway_tls_certificate_expiry_timestamp_seconds", "notAfter of the certificate served, as a Unix "
+    "time, set when it is loaded or reloaded; listener: server (OTLP/gRPC and OTLP/HTTP, server.tls) or "
+    "admin (admin.tls). The soonest of the workers' with --workers N.", ["listener"],
+    multiprocess_mode="livemin",
+)
+
 
 def registry() -> CollectorRegistry:
     """The registry to expose: all workers' files in multiprocess mode, else this process."""

@@ -9,6 +9,9 @@ and each said it is ready; otherwise 503 with the reasons, worker by worker.
 
 A report older than a few periods counts as not ready: a worker that cannot write one cannot
 serve requests either.
+
+Each worker's own state is also the gauge ``gateway_ready{worker}`` (1 ready, 0 not): set with
+every report, or, for a gateway of one process (no shared directory), read at each scrape.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import orjson
 
+from gateway import metrics
 from runtime import lifecycle
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,11 @@ Readiness = Callable[[], tuple[bool, str]]
 
 PERIOD_S = 1.0
 STALE_AFTER_PERIODS = 3
+
+
+def expose(own: Readiness, index: int = 0) -> None:
+    """A gateway of one process: ``gateway_ready`` reads ``own`` at each scrape."""
+    metrics.ready.labels(worker=str(index)).set_function(lambda: 1.0 if own()[0] else 0.0)
 
 
 class SharedReadiness:
@@ -52,6 +61,7 @@ class SharedReadiness:
     def publish(self) -> None:
         """Write this worker's state; the rename makes a reader see a whole report or the last one."""
         ready, reason = self._own()
+        metrics.ready.labels(worker=str(self._index)).set(1 if ready else 0)
         tmp = self._dir / f".worker-{self._index}.tmp"
         tmp.write_bytes(orjson.dumps({"ready": ready, "reason": reason, "at": self._clock()}))
         os.replace(tmp, self._path(self._index))

@@ -67,7 +67,7 @@ class Worker(lifecycle.Composite):
         from bus.factory import make_bus
         from gateway.batcher import Batcher
         from gateway.ingest import Ingest, observe_flush
-        from gateway.readiness import SharedReadiness
+        from gateway.readiness import SharedReadiness, expose
         from gateway.tenancy import Authenticator, RateLimiter
 
         self.cfg = cfg
@@ -89,6 +89,8 @@ class Worker(lifecycle.Composite):
         # With several workers /readyz answers for all of them (gateway.readiness).
         self.shared = (SharedReadiness(ready_dir, index, cfg.server.workers, self.readiness)
                        if ready_dir is not None else None)
+        if self.shared is None:
+            expose(self.readiness, index)
 
     def readiness(self) -> tuple[bool, str]:
         if not self._listening:

@@ -44,6 +44,7 @@ from bus.metrics import (
     SPOOL_APPENDED_BYTES,
     SPOOL_APPENDED_ITEMS,
     SPOOL_BYTES,
+    SPOOL_MAX_BYTES,
     SPOOL_OLDEST_AGE,
     SPOOL_RECORDS,
     SPOOL_RECOVERED,
@@ -164,6 +165,7 @@ class SpoolBus:
         self._tasks = [loop.create_task(self._drain(), name="spool-drain"),
                        loop.create_task(self._housekeeping(), name="spool-ledger")]
         self._update_gauges()
+        SPOOL_MAX_BYTES.set(self._cfg.max_bytes if own is not None else 0)
         if own is not None:
             log.info("spool: %s, mode %s, max %d bytes, fsync %s", own.dir, self._cfg.mode,
                      self._cfg.max_bytes, "on" if self._cfg.fsync else "off")

@@ -18,6 +18,9 @@ an expired one, or one from another CA is refused in the handshake. The names of
 client certificate (subject CN, then its SANs) are what ``auth.client_cert_tenants`` maps to a
 tenant: ``grpc_client_names`` and ``http_client_names`` read them from each transport.
 
+The served certificate's notAfter is the gauge ``gateway_tls_certificate_expiry_timestamp_seconds``
+(label ``listener``: server or admin), set when a pair is loaded and when a reload takes a new one.
+
 Minimum version: "1.2" or "1.3" for HTTP and admin. grpc-python has no setting for it: its
 TLS floor is 1.2 whatever is configured, and a "1.3" there is logged at start.
 """
@@ -25,6 +28,7 @@ TLS floor is 1.2 whatever is configured, and a "1.3" there is logged at start.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import shutil
@@ -35,6 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway import metrics
 from settings.config import TlsServerConfig
 
 if TYPE_CHECKING:  # grpc is imported in the worker, after any fork
@@ -54,6 +59,16 @@ class CertSource:
         self._stamp = self._stat()
         self.cert_pem, self.key_pem = self._read_checked()
         self.client_ca_pem = Path(cfg.client_ca_file).read_bytes() if cfg.client_ca_file else None
+        self._observe_expiry()
+
+    def _observe_expiry(self) -> None:
+        """``gateway_tls_certificate_expiry_timestamp_seconds`` for the pair now served."""
+        try:
+            expiry = certificate_not_after(self.cert_pem)
+        except (ValueError, IndexError) as exc:  # loaded by OpenSSL already: not expected
+            log.warning("%s: cannot read the certificate's notAfter (%s)", self.what, exc)
+            return
+        metrics.tls_certificate_expiry.labels(listener=self.what.removesuffix(".tls")).set(expiry)
 
     def _stat(self) -> tuple[tuple[int, int, int], ...]:
         out = []
@@ -85,8 +100,52 @@ class CertSource:
         if (cert, key) == (self.cert_pem, self.key_pem):
             return False
         self.cert_pem, self.key_pem = cert, key
+        self._observe_expiry()
         log.info("%s: serving the new certificate from %s to new connections", self.what, self.cfg.cert_file)
         return True
+
+
+def _der_element(der: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start, end) of the value of the DER element at ``pos``."""
+    tag, length = der[pos], der[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(der[pos:pos + n], "big")
+        pos += n
+    if pos + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def certificate_not_after(cert_pem: bytes) -> float:
+    """notAfter of the first certificate of a PEM chain (the leaf), as a Unix time.
+
+    Read from the DER (RFC 5280: Certificate, tbsCertificate, [version], serialNumber, signature,
+    issuer, validity), since the standard library decodes only a peer's certificate.
+    """
+    text = cert_pem.decode("ascii")
+    begin = text.index(ssl.PEM_HEADER)
+    end = text.index(ssl.PEM_FOOTER, begin) + len(ssl.PEM_FOOTER)
+    der = ssl.PEM_cert_to_DER_cert(text[begin:end])
+    _, tbs, _ = _der_element(der, 0)
+    _, pos, _ = _der_element(der, tbs)
+    tag, _, end_version = _der_element(der, pos)
+    if tag == 0xA0:  # [0] version
+        pos = end_version
+    for _field in ("serialNumber", "signature", "issuer"):
+        pos = _der_element(der, pos)[2]
+    _, validity, _ = _der_element(der, pos)
+    not_before_end = _der_element(der, validity)[2]
+    tag, start, stop = _der_element(der, not_before_end)
+    value = der[start:stop].decode("ascii")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: 50-99 are 19xx
+        year = int(value[:2])
+        value = f"{year + (1900 if year >= 50 else 2000)}{value[2:]}"
+    elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
+        raise ValueError(f"notAfter has DER tag {tag:#x}")
+    when = datetime.datetime.strptime(value, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.UTC)
+    return when.timestamp()
 
 
 class _PairFiles:

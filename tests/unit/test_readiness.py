@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.readiness import STALE_AFTER_PERIODS, SharedReadiness
+from prometheus_client import REGISTRY
+
+from gateway.readiness import STALE_AFTER_PERIODS, SharedReadiness, expose
 
 
 class Clock:
@@ -85,3 +87,26 @@ def test_a_stopped_worker_leaves_no_report_behind(tmp_path: Path) -> None:
     w1.publish()
     w1.close()
     assert w0() == (False, "worker 1: not started")
+
+
+def _gauge(worker: int) -> float | None:
+    return REGISTRY.get_sample_value("gateway_ready", {"worker": str(worker)})
+
+
+def test_each_report_sets_the_workers_ready_gauge(tmp_path: Path) -> None:
+    clock = Clock()
+    (own0, _own1), (w0, w1) = _pair(tmp_path, clock)
+    w0.publish()
+    w1.publish()
+    assert (_gauge(0), _gauge(1)) == (1.0, 1.0)
+    own0.state = (False, "bus unavailable")
+    w0.publish()
+    assert (_gauge(0), _gauge(1)) == (0.0, 1.0)
+
+
+def test_one_process_gauge_reads_its_state_at_each_scrape() -> None:
+    own = Worker()
+    expose(own, index=7)
+    assert _gauge(7) == 1.0
+    own.state = (False, "receivers not listening")
+    assert _gauge(7) == 0.0
