@@ -107,10 +107,53 @@ GATEWAY_PANELS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                      "{{signal}}"),)),
         PanelSpec("Flush time p99", "Time to publish one batch to the bus.",
                   (q(quantile(0.99, "gateway_flush_seconds", "signal"), "{{signal}}"),), "s"),
-        PanelSpec("Workers up", "1: Prometheus scrapes the process (gateways and pipelines workers). "
-                  "Readiness of each pod: /readyz, the Kubernetes Ready condition.",
-                  (q('up{job=~"telemetry-gateway|telemetry-gateway-pipelines"}', "{{job}} {{instance}}"),),
+        PanelSpec("Workers ready", "Gateway workers ready per instance (gateway_ready: each worker's "
+                  "own part of /readyz; an instance is ready when all its workers are), and 1 per "
+                  "pipelines worker Prometheus scrapes.",
+                  (q(f"sum by (instance) (gateway_ready{{{GATEWAY}}})", "{{instance}} ready workers"),
+                   q(f"up{{{PIPELINES}}}", "pipelines {{instance}} up")),
                   kind="stat"),
+        PanelSpec("TLS certificate expires in", "Time left until the notAfter of the certificate each "
+                  "listener serves (server: OTLP gRPC and HTTP; admin), the soonest over the instances. "
+                  "Alerts at 14 days (ticket) and 2 days (page).",
+                  (q(f"min by (listener) (gateway_tls_certificate_expiry_timestamp_seconds{{{GATEWAY}}})"
+                     " - time()", "{{listener}}"),), "s", kind="stat"),
+    )),
+    ("Spool", (
+        PanelSpec("Spool bytes vs max", "Unacknowledged bytes in the disk spool against spool.max_bytes "
+                  "(summed over the workers of each instance). At the max, batches are refused as full.",
+                  (q(f"sum by (instance) (gateway_spool_bytes{{{GATEWAY}}})", "{{instance}} used"),
+                   q(f"sum by (instance) (gateway_spool_max_bytes{{{GATEWAY}}})", "{{instance}} max")),
+                  "bytes"),
+        PanelSpec("Spool records", "Batches in the spool not yet acknowledged by Kafka.",
+                  (q(f"sum by (instance) (gateway_spool_records{{{GATEWAY}}})", "{{instance}}"),)),
+        PanelSpec("Spool oldest record age", "Age of the oldest unacknowledged record: how long Kafka "
+                  "has not taken the backlog (0: empty).",
+                  (q(f"max by (instance) (gateway_spool_oldest_age_seconds{{{GATEWAY}}})", "{{instance}}"),),
+                  "s"),
+        PanelSpec("Spool items/s appended vs replayed", "Items written to the spool, and items of "
+                  "spooled batches Kafka acknowledged. Appended above replayed: the backlog grows.",
+                  (q(zero_if_none(rate("gateway_spool_appended_items_total", "signal")),
+                     "appended {{signal}}"),
+                   q(zero_if_none(rate("gateway_spool_replayed_items_total", "signal")),
+                     "replayed {{signal}}"))),
+        PanelSpec("Spool refused batches/s by reason", "Batches the spool refused (clients got 503 / "
+                  "UNAVAILABLE): full (spool.max_bytes), disk_floor (spool.min_free_bytes), max_age "
+                  "(spool.max_age_s), write_error.",
+                  (q(zero_if_none(rate("gateway_spool_refused_batches_total", "reason")), "{{reason}}"),)),
+        PanelSpec("Spool fsync p50 / p99", "Duration of each group commit's fdatasync: the disk's share "
+                  "of the answer time while spooling.",
+                  (q(quantile(0.5, "gateway_spool_fsync_seconds", "job"), "p50"),
+                   q(quantile(0.99, "gateway_spool_fsync_seconds", "job"), "p99")), "s"),
+        PanelSpec("Spool corrupt records and torn bytes", "Records that failed their checksum "
+                  "(quarantined, not replayed: lost) and torn tails cut at start-up (never acknowledged), "
+                  "per interval. Replay errors/s: Kafka refusing the backlog (retried).",
+                  (q(zero_if_none(f"sum(increase(gateway_spool_corrupt_records_total{{{GATEWAY}}}[{RATE}]))"),
+                     "corrupt records"),
+                   q(zero_if_none(f"sum(increase(gateway_spool_torn_bytes_total{{{GATEWAY}}}[{RATE}]))"),
+                     "torn bytes"),
+                   q(zero_if_none(f"sum(rate(gateway_spool_replay_errors_total{{{GATEWAY}}}[{RATE}]))"),
+                     "replay errors/s"))),
     )),
     ("Kafka", (
         PanelSpec("Kafka produce latency p50 / p99", "From publish to Kafka's acknowledgement of "

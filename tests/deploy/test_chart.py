@@ -63,6 +63,7 @@ def test_default_config_is_one_the_gateway_loads(tmp_path: Path) -> None:
     path.write_text(cm["data"]["config.yaml"])
     cfg = config_mod.load(path, env={})
     assert cfg.bus.kind == "kafka"
+    assert cfg.spool.mode == "off", "no spool unless spool.enabled"
     deploy = next(d for d in docs
                   if d["kind"] == "Deployment" and d["metadata"]["name"] == "tg-telemetry-gateway")
     pod = deploy["spec"]["template"]["spec"]
@@ -94,6 +95,11 @@ def test_production_config_is_one_the_gateway_loads(tmp_path: Path) -> None:
     assert k.sasl_password_env in env_names, "the password variable the config names is set from a Secret"
     assert cfg.server.tls.cert_file == "/etc/telemetry-gateway/tls/tls.crt"
     assert cfg.server.tls.reload_interval_s == 300
+    volume = next(v for v in deploy["spec"]["template"]["spec"]["volumes"] if v["name"] == "spool")
+    assert "ephemeral" in volume, "a spool volume of its own per pod"
+    mount = next(m for m in deploy["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+                 if m["name"] == "spool")
+    assert (cfg.spool.mode, cfg.spool.dir) == ("on_failure", mount["mountPath"])
 
 
 def test_production_rules_and_monitors(tmp_path: Path) -> None:

@@ -1,15 +1,20 @@
 """Grafana dashboards: the committed JSON is what deploy/grafana/dashboards.py generates, and every
 panel's query, evaluated by a real Prometheus (private, free port, scrape_interval 1s) scraping a
 live gateway and pipelines worker that took real traffic (some of it refused), succeeds and is
-not empty. Every metric a query names must be one the processes expose (so a renamed metric fails
-here even in panels that read 0 when nothing went wrong).
+not empty. The gateway runs with the disk spool in front of Kafka (spool.mode always, so batches
+are appended, fsynced and replayed; a small spool.max_bytes so one large request is refused as
+full) and TLS on its admin port (certificates from trustme, scraped over https), so the spool and
+certificate-expiry panels have data. Every metric a query names must be one the processes expose
+(so a renamed metric fails here even in panels that read 0 when nothing went wrong).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +35,7 @@ from tests.deploy.tools import run, tool
 from tests.e2e.kafka_pipeline import Clients, PipelineProcess, kafka_env, unique_prefix
 from tests.gateway_process import REPO_ROOT, GatewayProcess, free_port
 from tests.stackenv import KAFKA_BOOTSTRAP, require
+from tests.tls_certs import Pki
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +45,7 @@ DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 # Grafana's macros and this dashboard's variables, as a user with every tenant selected sees them.
 MACROS = {"$__rate_interval": "15s", "$__interval": "5s", "$tenant": ".*", "${datasource}": "prometheus"}
 METRIC = re.compile(r"\b((?:gateway|pipeline)_[a-z0-9_]+)")
+SPOOL_MAX_BYTES = 256 * 1024  # above every batch of the ordinary traffic, below the large one
 
 
 def _panels() -> list[tuple[str, str, str]]:
@@ -71,12 +78,18 @@ def test_generated_json_is_current() -> None:
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, targets: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, targets: dict[str, str], https: dict[str, Path] | None = None) -> None:
+        """``https``: jobs scraped over TLS, with the CA file that signed their certificate."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                  "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
-                                     for job, target in targets.items()]}
+        jobs: list[dict[str, Any]] = []
+        for job, target in targets.items():
+            scrape: dict[str, Any] = {"job_name": job, "static_configs": [{"targets": [target]}]}
+            if https and job in https:
+                scrape |= {"scheme": "https", "tls_config": {"ca_file": str(https[job]),
+                                                             "server_name": "localhost"}}
+            jobs.append(scrape)
+        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": jobs}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = workdir / "prometheus.log"
         with self.log.open("wb") as log:
@@ -110,16 +123,24 @@ class Prometheus:
 def live() -> Iterator[tuple[Prometheus, GatewayProcess, PipelineProcess]]:
     require("kafka")
     prefix = unique_prefix("dash")
+    workdir = Path(tempfile.mkdtemp(prefix="tg-dash-"))
+    pki = Pki(workdir)
+    server = pki.server()
+    # "always", not "on_failure": with Kafka healthy only "always" appends, fsyncs and replays.
     env = kafka_env(KAFKA_BOOTSTRAP, prefix, TG_AUTH__TRUST_TENANT_HEADER="true",
-                    TG_LIMITS__TENANTS="{slow: {items_per_second: 1, items_burst: 1}}")
-    gw = GatewayProcess(env)
+                    TG_LIMITS__TENANTS="{slow: {items_per_second: 1, items_burst: 1}}",
+                    TG_SPOOL__MODE="always", TG_SPOOL__DIR=str(workdir / "spool"),
+                    TG_SPOOL__MAX_BYTES=str(SPOOL_MAX_BYTES), TG_SPOOL__MIN_FREE_BYTES="0",
+                    TG_ADMIN__TLS__CERT_FILE=str(server.cert), TG_ADMIN__TLS__KEY_FILE=str(server.key))
+    gw = GatewayProcess(env, workdir=workdir / "gateway", admin_ssl=pki.client_context())
     pipe = PipelineProcess(kafka_env(KAFKA_BOOTSTRAP, prefix))
     prom: Prometheus | None = None
     try:
         gw.start()
         pipe.start()
-        prom = Prometheus(gw.workdir, {"telemetry-gateway": f"127.0.0.1:{gw.admin_port}",
-                                       "telemetry-gateway-pipelines": f"127.0.0.1:{pipe.admin_port}"})
+        prom = Prometheus(workdir, {"telemetry-gateway": f"127.0.0.1:{gw.admin_port}",
+                                    "telemetry-gateway-pipelines": f"127.0.0.1:{pipe.admin_port}"},
+                          https={"telemetry-gateway": pki.ca_file})
         wait_for(prom.ready, within=30, what="private Prometheus ready")
         _traffic(gw)
         wait_for(lambda: pipe.metrics().get(("pipeline_sink_acked_records_total",
@@ -131,6 +152,7 @@ def live() -> Iterator[tuple[Prometheus, GatewayProcess, PipelineProcess]]:
             prom.stop()
         pipe.cleanup()
         gw.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _traffic(gw: GatewayProcess) -> None:
@@ -169,6 +191,17 @@ def _traffic(gw: GatewayProcess) -> None:
             assert exc.code == 429, exc.code
     assert gw.metric("gateway_refused_requests_total", reason="rate_limited") > 0
     assert gw.metric("gateway_refused_requests_total", reason="malformed") > 0
+    # One request larger than spool.max_bytes: the spool refuses its batch as full (a 503).
+    big = [{"resource": {}, "scopeSpans": [{"spans": [
+        {"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}", "name": "x" * 1000,
+         "startTimeUnixNano": "1", "endTimeUnixNano": "2"} for i in range(SPOOL_MAX_BYTES // 900)]}]}]
+    req = urllib.request.Request(gw.http_url + "/v1/traces", data=json.dumps({"resourceSpans": big}).encode(),
+                                 headers={"content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 503, refused.value.code
+    assert gw.metric("gateway_spool_refused_batches_total", reason="full") > 0
+    assert gw.metric("gateway_spool_replayed_items_total", signal="traces") > 0
 
 
 def test_every_panel_query_returns_data(live: tuple[Prometheus, GatewayProcess, PipelineProcess]) -> None:
