@@ -77,5 +77,5 @@ def test_a_bare_off_in_yaml_is_the_word_off(tmp_path: Path) -> None:
     path.write_text("spool:\n  mode: off\n")
     assert load(path, env={}).spool.mode == "off"
     assert load(None, env={"TG_SPOOL__MODE": "off"}).spool.mode == "off"
-    with pytest.raises(ConfigError, match="spool.mode"):
+    with pytest.raises(ConfigError, match=r"spool\.mode"):
         load(None, env={"TG_SPOOL__MODE": "true"})
