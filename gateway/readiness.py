@@ -37,6 +37,14 @@ PERIOD_S = 1.0
 STALE_AFTER_PERIODS = 3
 
 
+def _set_ready(index: int, value: float) -> None:
+    """Set ``gateway_ready{worker=index}`` to a value, replacing a function an ``expose`` of the
+    same worker index installed (a value set on a child that reads a function is never seen)."""
+    with contextlib.suppress(KeyError):  # once a second: cheap, and no function survives it
+        metrics.ready.remove(str(index))
+    metrics.ready.labels(worker=str(index)).set(value)
+
+
 def expose(own: Readiness, index: int = 0) -> None:
     """A gateway of one process: ``gateway_ready`` reads ``own`` at each scrape."""
     metrics.ready.labels(worker=str(index)).set_function(lambda: 1.0 if own()[0] else 0.0)
@@ -61,7 +69,7 @@ class SharedReadiness:
     def publish(self) -> None:
         """Write this worker's state; the rename makes a reader see a whole report or the last one."""
         ready, reason = self._own()
-        metrics.ready.labels(worker=str(self._index)).set(1 if ready else 0)
+        _set_ready(self._index, 1.0 if ready else 0.0)
         tmp = self._dir / f".worker-{self._index}.tmp"
         tmp.write_bytes(orjson.dumps({"ready": ready, "reason": reason, "at": self._clock()}))
         os.replace(tmp, self._path(self._index))
