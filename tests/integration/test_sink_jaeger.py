@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -16,9 +15,8 @@ from pipelines.sinks.base import PermanentSinkError
 from pipelines.sinks.jaeger import JaegerSink
 from tests import stackenv
 from tests.bad_otlp import with_invalid_utf8, with_malformed_varint
-from tests.integration.sink_checks import assert_write_is_transient
+from tests.integration.sink_checks import assert_write_is_transient, jaeger_trace
 from tests.sdk_otlp import bus_record, spans_payload
-from tests.waiting import await_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,19 +28,6 @@ async def sink() -> AsyncIterator[JaegerSink]:
     await s.start()
     yield s
     await s.stop()
-
-
-async def trace(trace_id: str, spans: int) -> dict[str, Any]:
-    """The trace from Jaeger's query API once it holds ``spans`` spans."""
-    async def check() -> dict[str, Any] | None:
-        async with aiohttp.ClientSession() as http, \
-                http.get(f"{stackenv.JAEGER_QUERY_URL}/api/traces/{trace_id}") as resp:
-            if resp.status != 200:
-                return None
-            body = await resp.json()
-        data = body.get("data") or []
-        return data[0] if data and len(data[0]["spans"]) >= spans else None
-    return await await_for(check, within=20, interval=0.2, what=f"trace {trace_id} with {spans} spans")
 
 
 def process_tags(tr: dict[str, Any]) -> list[dict[str, str]]:
@@ -59,7 +44,7 @@ async def test_multi_span_trace_is_returned_whole_with_the_tenant(sink: JaegerSi
     await sink.write([bus_record(Signal.TRACES, a, tenant, offset=1),
                       bus_record(Signal.TRACES, b, tenant, offset=2)])
     for trace_id, n in [(a_ids[0], 4), (a_ids[1], 4), (b_ids[0], 2)]:
-        tr = await trace(trace_id, n)
+        tr = await jaeger_trace(trace_id, n)
         assert len(tr["spans"]) == n
         assert {s["traceID"] for s in tr["spans"]} == {trace_id}
         names = sorted(s["operationName"] for s in tr["spans"])
@@ -78,7 +63,7 @@ async def test_garbage_is_rejected_for_good(sink: JaegerSink) -> None:
     with pytest.raises(PermanentSinkError) as err:
         await sink.write([bus_record(Signal.TRACES, good, "acme", offset=1), bad])
     assert [r.record.offset for r in err.value.rejected] == [2]
-    await trace(ids[0], 2)  # the good record still went through
+    await jaeger_trace(ids[0], 2)  # the good record still went through
 
 
 async def test_unreachable_jaeger_is_transient() -> None:
@@ -91,9 +76,9 @@ async def _spans_once(trace_id: str, names: list[str]) -> None:
     """The trace holds exactly the spans ``names``, each once, also a little later."""
     def got(tr: dict[str, Any]) -> list[str]:
         return sorted(s["operationName"] for s in tr["spans"])
-    await trace(trace_id, len(names))
+    await jaeger_trace(trace_id, len(names))
     await asyncio.sleep(1)  # time for a second copy, were one sent, to show up
-    assert got(await trace(trace_id, len(names))) == sorted(names)
+    assert got(await jaeger_trace(trace_id, len(names))) == sorted(names)
 
 
 def _two_traces(tenant: str, service: str) -> tuple[bytes, str, ExportTraceServiceRequest]:

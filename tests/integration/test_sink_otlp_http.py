@@ -18,7 +18,7 @@ from pipelines.sinks.otlp_http import OtlpHttpSink, make_sink
 from settings.config import Config
 from tests import stackenv
 from tests.bad_otlp import with_malformed_varint
-from tests.integration.sink_checks import assert_write_is_transient
+from tests.integration.sink_checks import assert_write_is_transient, jaeger_trace
 from tests.sdk_otlp import bus_record, logs_payload, spans_payload
 from tests.waiting import await_for
 
@@ -50,17 +50,6 @@ async def vl_sink() -> AsyncIterator[OtlpHttpSink]:
     await s.stop()
 
 
-async def _trace(trace_id: str, spans: int) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        async with aiohttp.ClientSession() as http, \
-                http.get(f"{stackenv.JAEGER_QUERY_URL}/api/traces/{trace_id}") as resp:
-            if resp.status != 200:
-                return None
-            data = (await resp.json()).get("data") or []
-        return data[0] if data and len(data[0]["spans"]) >= spans else None
-    return await await_for(check, within=20, interval=0.2, what=f"trace {trace_id} with {spans} spans")
-
-
 async def _logs(tenant: str) -> list[dict[str, Any]]:
     """Every log of ``tenant`` in VictoriaLogs, after a flush (so what was sent is all visible)."""
     async with aiohttp.ClientSession() as http:
@@ -87,7 +76,7 @@ async def test_sdk_spans_reach_jaeger_over_otlp_http(jaeger_sink: OtlpHttpSink) 
     await jaeger_sink.write([bus_record(Signal.TRACES, a, tenant, offset=1),
                              bus_record(Signal.TRACES, b, tenant, offset=2)])
     for trace_id, n in [(a_ids[0], 3), (a_ids[1], 3), (b_ids[0], 1)]:
-        tr = await _trace(trace_id, n)
+        tr = await jaeger_trace(trace_id, n)
         assert len(tr["spans"]) == n and {s["traceID"] for s in tr["spans"]} == {trace_id}
         (proc,) = tr["processes"].values()
         tags = {t["key"]: t["value"] for t in proc["tags"]}
