@@ -1,12 +1,21 @@
-"""Group requests by (signal, tenant) into bus-sized batches, flushed on size or age.
+"""Group requests by (signal, tenant) into bus-sized batches: latency that follows load.
 
 Concatenating serialized Export requests yields a valid request (docs/architecture.md principle 1), so a
 batch is just a join of payloads; nothing is decoded here. Each ``add`` returns a future that
 settles when the batch holding that payload was published, which is how a receiver answers
 only after the bus acknowledged (``ack: durable``) or turns a bus failure into 503.
 
+Group commit (database group commit; Martin Thompson's "smart batching"): a request
+for a (signal, tenant) with nothing being published waits for no timer; its batch is flushed
+in the next loop turn, so requests that arrived in the same turn share it. While
+``max_inflight_per_key`` publishes of that key are in flight, what arrives gathers in one open
+batch that is flushed the moment one of them completes. So at low load a request waits only for
+its own publish, and under load batches grow with the bus's round trip. ``max_bytes`` and
+``max_age_s`` are caps, not the normal path: a full batch, or one that waited ``max_age_s``
+behind a slow publish, is flushed even while its key is busy.
+
 Publishes run as tasks so a slow publish does not stop the next batch from filling, but at
-most ``max_inflight`` at once: beyond that, flushed batches queue on the semaphore. In
+most ``max_inflight`` at once over all keys: beyond that, flushed batches queue on the semaphore. In
 ``ack: accepted`` mode (and for durable requests whose client went away) no request waits on
 those, so ``pending_bytes`` counts every byte from ``add`` until its publish ended and ``Ingest``
 refuses new requests while it is over ``batch.max_pending_bytes``.
@@ -24,9 +33,15 @@ from bus.contract import Batch, BusUnavailable
 from gateway import metrics
 from otlp.signals import Signal
 
-__all__ = ["Batcher"]
+__all__ = ["MAX_INFLIGHT_PER_KEY", "Batcher"]
 
 log = logging.getLogger(__name__)
+
+# Publishes of one (signal, tenant) in flight before arrivals gather for the next batch. One
+# measured best (docs/architecture.md, "Latency budget"): aiokafka keeps one produce request in
+# flight per broker anyway, so a second batch would only queue in the producer, and the batch
+# that gathers behind one in flight is larger, which is what keeps per-item cost low under load.
+MAX_INFLIGHT_PER_KEY = 1
 
 
 @dataclass(slots=True)
@@ -38,26 +53,35 @@ class _Open:
     items: int = 0
     correlation_ids: list[str] = field(default_factory=list)
     futures: list[asyncio.Future[None]] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
+    # The flush scheduled for it: next loop turn (key idle) or after max_age (key busy).
+    timer: asyncio.Handle | None = None
 
 
 class Batcher:
     """Open batches per (signal, tenant), so every bus message holds one tenant (docs/architecture.md
     principle 2). ``on_flush(batch, seconds)`` observes each successful publish and
     ``on_error(batch, exc)`` each failed one, for metrics; ``max_inflight`` bounds concurrent
-    publishes."""
+    publishes over all keys, ``max_inflight_per_key`` the publishes of one (signal, tenant)
+    beyond which arriving requests gather for the next batch instead of flushing at once.
+    ``max_bytes`` (bytes of payload) and ``max_age_s`` (seconds) cap a batch's size and wait.
+
+    Raises ``ValueError`` for a non-positive size or bound, or a negative age."""
 
     def __init__(self, publish: Callable[[Batch], Awaitable[None]], max_bytes: int, max_age_s: float,
                  on_flush: Callable[[Batch, float], None] | None = None, *, max_inflight: int = 8,
+                 max_inflight_per_key: int = MAX_INFLIGHT_PER_KEY,
                  on_error: Callable[[Batch, BaseException], None] | None = None) -> None:
-        if max_bytes <= 0 or max_age_s < 0 or max_inflight <= 0:
-            raise ValueError("max_bytes and max_inflight must be > 0, max_age_s >= 0")
+        if max_bytes <= 0 or max_age_s < 0 or max_inflight <= 0 or max_inflight_per_key <= 0:
+            raise ValueError("max_bytes, max_inflight and max_inflight_per_key must be > 0, max_age_s >= 0")
         self._publish = publish
         self._max_bytes = max_bytes
         self._max_age = max_age_s
         self._on_flush = on_flush
         self._on_error = on_error
         self._open: dict[tuple[Signal, str], _Open] = {}
+        self._per_key = max_inflight_per_key
+        # Publishes in flight (flushed, not yet finished) per key; a key at 0 is absent.
+        self._busy: dict[tuple[Signal, str], int] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_inflight)
         self._pending_bytes = 0
@@ -89,7 +113,11 @@ class Batcher:
             current = None
         if current is None:
             current = self._open[key] = _Open()
-            current.timer = loop.call_later(self._max_age, self._flush, key)
+            if self._busy.get(key, 0) < self._per_key:
+                # Next loop turn rather than now: requests that arrived together share the batch.
+                current.timer = loop.call_soon(self._flush, key)
+            else:
+                current.timer = loop.call_later(self._max_age, self._flush, key)
         current.payloads.append(payload)
         current.size += size
         current.items += items
@@ -110,20 +138,30 @@ class Batcher:
         signal, tenant = key
         batch = Batch(signal, tenant, b"".join(current.payloads), current.items, current.correlation_ids)
         futures = current.futures
+        self._busy[key] = self._busy.get(key, 0) + 1
         task = asyncio.get_running_loop().create_task(self._send(batch, futures))
         self._inflight.add(task)
-        task.add_done_callback(lambda t: self._finished(t, batch, futures))
+        task.add_done_callback(lambda t: self._finished(t, key, batch, futures))
 
-    def _finished(self, task: asyncio.Task[None], batch: Batch, futures: list[asyncio.Future[None]]) -> None:
-        """A task cancelled before it ran never entered ``_send``, which settles every future and
+    def _finished(self, task: asyncio.Task[None], key: tuple[Signal, str], batch: Batch,
+                  futures: list[asyncio.Future[None]]) -> None:
+        """Free the key's publish slot and send what gathered behind it as the next batch.
+
+        A task cancelled before it ran never entered ``_send``, which settles every future and
         releases the batch's bytes: do both here, or the bytes would count against the pending
         budget for ever and the requests would never get an answer."""
         self._inflight.discard(task)
-        if all(fut.done() for fut in futures):
-            return
-        self._pending_bytes -= len(batch.payload)
-        self._pending_items -= batch.items
-        self._fail(batch, futures, BusUnavailable("publish cancelled: the gateway is stopping"))
+        busy = self._busy[key] - 1
+        if busy:
+            self._busy[key] = busy
+        else:
+            del self._busy[key]
+        if not all(fut.done() for fut in futures):
+            self._pending_bytes -= len(batch.payload)
+            self._pending_items -= batch.items
+            self._fail(batch, futures, BusUnavailable("publish cancelled: the gateway is stopping"))
+        if key in self._open and busy < self._per_key:
+            self._flush(key)
 
     async def _send(self, batch: Batch, futures: list[asyncio.Future[None]]) -> None:
         try:

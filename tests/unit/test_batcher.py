@@ -1,4 +1,5 @@
-"""Batcher: grouping, flush on bytes and on age, concurrency, failure propagation, close."""
+"""Batcher: grouping, group commit (flush at once when idle, gather behind a publish in flight), the
+byte and age caps, concurrency, failure propagation, close."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ class Recorder:
         self.running = 0
         self.max_running = 0
 
+    def release(self) -> None:
+        """Let every held publish (and every later one) through."""
+        assert self.gate is not None
+        self.gate.set()
+
     async def __call__(self, batch: Batch) -> None:
         self.running += 1
         self.max_running = max(self.max_running, self.running)
@@ -40,32 +46,70 @@ class Recorder:
             self.running -= 1
 
 
-async def test_flush_on_bytes_groups_by_signal_and_tenant() -> None:
+async def test_groups_by_signal_and_tenant() -> None:
     rec = Recorder()
-    b = Batcher(rec, max_bytes=10, max_age_s=HOUR)
-    f1 = b.add(Signal.TRACES, "a", b"12345", 1, "c1")
-    f_other_tenant = b.add(Signal.TRACES, "b", b"xxxxx", 1, "c3")
-    f_other_signal = b.add(Signal.LOGS, "a", b"yyyyy", 2, "c4")
-    f2 = b.add(Signal.TRACES, "a", b"67890", 2, "c2")  # reaches 10 bytes: flush
-    await asyncio.wait_for(asyncio.gather(f1, f2), 5)
-    assert [(x.signal, x.tenant, x.payload, x.items, x.correlation_ids) for x in rec.batches] == [
-        (Signal.TRACES, "a", b"1234567890", 3, ["c1", "c2"])]
-    assert not f_other_tenant.done() and not f_other_signal.done()
-    assert b.pending_bytes == 10 and b.pending_items == 3
+    b = Batcher(rec, max_bytes=1 << 20, max_age_s=HOUR)
+    futs = [b.add(Signal.TRACES, "a", b"12345", 1, "c1"), b.add(Signal.TRACES, "b", b"xxxxx", 1, "c3"),
+            b.add(Signal.LOGS, "a", b"yyyyy", 2, "c4"), b.add(Signal.TRACES, "a", b"67890", 2, "c2")]
+    assert b.pending_bytes == 20 and b.pending_items == 6
+    await asyncio.wait_for(asyncio.gather(*futs), 5)
+    got = sorted((x.signal, x.tenant, x.payload, x.items, tuple(x.correlation_ids)) for x in rec.batches)
+    assert got == [
+        (Signal.LOGS, "a", b"yyyyy", 2, ("c4",)),
+        (Signal.TRACES, "a", b"1234567890", 3, ("c1", "c2")),
+        (Signal.TRACES, "b", b"xxxxx", 1, ("c3",))]
     await b.close()
-    assert {(x.signal, x.tenant) for x in rec.batches[1:]} == {(Signal.TRACES, "b"), (Signal.LOGS, "a")}
     assert b.pending_bytes == 0 and b.pending_items == 0
 
 
-async def test_payload_that_would_overflow_starts_a_new_batch() -> None:
+async def test_idle_key_flushes_at_once() -> None:
+    """Nothing in flight for the key: the request is published without waiting for the age cap."""
     rec = Recorder()
-    b = Batcher(rec, max_bytes=10, max_age_s=HOUR)
-    b.add(Signal.TRACES, "a", b"123456", 1, "c1")
-    b.add(Signal.TRACES, "a", b"abcdef", 1, "c2")  # 12 > 10: the first batch goes alone
-    await await_for(_async(lambda: len(rec.batches) == 1), within=5, what="first batch")
-    assert rec.batches[0].payload == b"123456"
+    b = Batcher(rec, max_bytes=1 << 20, max_age_s=HOUR)
+    await asyncio.wait_for(b.add(Signal.TRACES, "t", b"a", 1, "c1"), 5)
+    await asyncio.wait_for(b.add(Signal.TRACES, "t", b"b", 1, "c2"), 5)  # idle again: at once again
+    assert [x.payload for x in rec.batches] == [b"a", b"b"]
     await b.close()
-    assert [x.payload for x in rec.batches] == [b"123456", b"abcdef"]
+
+
+async def test_requests_arriving_during_an_inflight_publish_form_exactly_one_next_batch() -> None:
+    rec, b, first = await _one_in_flight(Signal.TRACES, "t", b"a", max_bytes=1 << 20, max_age_s=HOUR)
+    behind = []
+    for i, part in enumerate((b"b", b"c", b"d")):
+        behind.append(b.add(Signal.TRACES, "t", part, 1, f"n{i}"))
+        await asyncio.sleep(0)  # separate loop turns: they still wait for the one in flight
+        await asyncio.sleep(0)
+    other_key = b.add(Signal.TRACES, "u", b"z", 1, "u1")  # another tenant is not held up
+    await await_for(_async(lambda: rec.running == 2), within=5, what="the other key's publish")
+    assert not first.done() and not any(f.done() for f in behind)
+    assert b.pending_items == 5
+    rec.release()
+    await asyncio.wait_for(asyncio.gather(first, *behind, other_key), 5)
+    assert sorted(x.payload for x in rec.batches if x.tenant == "t") == [b"a", b"bcd"]
+    assert [x.items for x in rec.batches if x.tenant == "t"] == [1, 3]
+    await b.close()
+    assert b.pending_bytes == 0
+
+
+async def test_byte_cap_flushes_while_the_key_is_busy() -> None:
+    rec, b, _ = await _one_in_flight(Signal.TRACES, "a", b"x", max_bytes=10, max_age_s=HOUR)
+    b.add(Signal.TRACES, "a", b"12345", 1, "c1")
+    b.add(Signal.TRACES, "a", b"67890", 2, "c2")  # reaches 10 bytes: flushed though the key is busy
+    await await_for(_async(lambda: rec.running == 2), within=5, what="the full batch in flight")
+    rec.release()
+    await b.close()
+    assert [(x.payload, x.items, x.correlation_ids) for x in rec.batches] == [
+        (b"x", 1, ["c0"]), (b"1234567890", 3, ["c1", "c2"])]
+
+
+async def test_payload_that_would_overflow_starts_a_new_batch() -> None:
+    rec, b, _ = await _one_in_flight(Signal.TRACES, "a", b"0", max_bytes=10, max_age_s=HOUR)
+    b.add(Signal.TRACES, "a", b"123456", 1, "c1")
+    b.add(Signal.TRACES, "a", b"abcdef", 1, "c2")  # 12 > 10: the gathered batch goes alone
+    await await_for(_async(lambda: rec.running == 2), within=5, what="the first gathered batch in flight")
+    rec.release()
+    await b.close()
+    assert [x.payload for x in rec.batches] == [b"0", b"123456", b"abcdef"]
 
 
 async def test_oversized_payload_goes_in_a_batch_of_its_own() -> None:
@@ -78,13 +122,27 @@ async def test_oversized_payload_goes_in_a_batch_of_its_own() -> None:
     assert [x.payload for x in rec.batches] == [b"12", b"x" * 50]
 
 
-async def test_flush_on_age() -> None:
-    rec = Recorder()
-    b = Batcher(rec, max_bytes=1 << 20, max_age_s=0.02)
-    f1 = b.add(Signal.METRICS, "t", b"ab", 1, "c1")
-    f2 = b.add(Signal.METRICS, "t", b"cd", 1, "c2")
-    await asyncio.wait_for(asyncio.gather(f1, f2), 5)
-    assert [x.payload for x in rec.batches] == [b"abcd"]
+async def test_age_cap_flushes_while_the_key_is_busy() -> None:
+    rec, b, _ = await _one_in_flight(Signal.METRICS, "t", b"ab", max_bytes=1 << 20, max_age_s=0.05)
+    b.add(Signal.METRICS, "t", b"cd", 1, "c2")
+    b.add(Signal.METRICS, "t", b"ef", 1, "c3")
+    await await_for(_async(lambda: rec.running == 2), within=5, what="the aged batch in flight")
+    rec.release()
+    await b.close()
+    assert [x.payload for x in rec.batches] == [b"ab", b"cdef"]
+
+
+async def test_per_key_bound_allows_that_many_publishes_before_gathering() -> None:
+    rec, b, _ = await _one_in_flight(Signal.LOGS, "t", b"a", max_bytes=1 << 20, max_age_s=HOUR, per_key=2)
+    b.add(Signal.LOGS, "t", b"b", 1, "c2")
+    await await_for(_async(lambda: rec.running == 2), within=5, what="second publish in flight")
+    late = [b.add(Signal.LOGS, "t", p, 1, "c") for p in (b"c", b"d")]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert rec.running == 2 and not any(f.done() for f in late)
+    rec.release()
+    await asyncio.wait_for(asyncio.gather(*late), 5)
+    assert sorted(x.payload for x in rec.batches) == [b"a", b"b", b"cd"]
     await b.close()
 
 
@@ -105,7 +163,7 @@ async def test_slow_publish_does_not_block_filling_and_concurrency_is_bounded() 
     await await_for(_async(lambda: rec.running == 3), within=5, what="three publishes in flight")
     assert not any(f.done() for f in futs)
     assert b.pending_items == 10
-    rec.gate.set()
+    rec.release()
     await asyncio.wait_for(asyncio.gather(*futs), 5)
     assert rec.max_running == 3
     assert len(rec.batches) == 10
@@ -167,6 +225,19 @@ def test_bad_arguments() -> None:
         Batcher(Recorder(), max_bytes=0, max_age_s=1)
     with pytest.raises(ValueError):
         Batcher(Recorder(), max_bytes=1, max_age_s=-1)
+    with pytest.raises(ValueError):
+        Batcher(Recorder(), max_bytes=1, max_age_s=1, max_inflight_per_key=0)
+
+
+async def _one_in_flight(signal: Signal, tenant: str, first: bytes, max_bytes: int, max_age_s: float,
+                         per_key: int = 1) -> tuple[Recorder, Batcher, asyncio.Future[None]]:
+    """A batcher whose publishes hold until ``rec.gate`` is set, with ``first`` being published."""
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    b = Batcher(rec, max_bytes=max_bytes, max_age_s=max_age_s, max_inflight_per_key=per_key)
+    fut = b.add(signal, tenant, first, 1, "c0")
+    await await_for(_async(lambda: rec.running == 1), within=5, what="first publish in flight")
+    return rec, b, fut
 
 
 def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
