@@ -16,15 +16,17 @@ Message shapes used here (field numbers from opentelemetry-proto):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from otlp import validate
 from otlp.signals import Signal
 
-__all__ = ["Prepared", "TooManyItems", "WireError", "encode_attributes", "encode_varint", "prepare",
-           "read_varint", "split", "split_spans_by_trace_id"]
+__all__ = ["Prepared", "TooManyItems", "WireError", "encode_attributes", "encode_varint", "group_resources",
+           "group_spans", "prepare", "read_varint", "split", "split_spans_by_trace_id"]
 
+K = TypeVar("K", bound=Hashable)
 _LEN = 2  # wire type of length-delimited fields
 _METRIC_DATA_FIELDS = frozenset((5, 7, 9, 10, 11))
 
@@ -538,10 +540,26 @@ def split_spans_by_trace_id(payload: bytes) -> dict[bytes, bytes]:
     Each ResourceSpans/ScopeSpans around a span is repeated in that trace's request, so a
     consumer of one Kafka partition sees whole, valid requests.
     """
+    return group_spans(payload, _same)
+
+
+def _same(trace_id: bytes) -> bytes:
+    return trace_id
+
+
+def group_spans(payload: bytes, group_of: Callable[[bytes], K]) -> dict[K, bytes]:
+    """``group_of(trace_id)`` -> an ExportTraceServiceRequest holding only the spans of that group.
+
+    Each ResourceSpans/ScopeSpans around a span is repeated (once) in every group that has one
+    of its spans, and spans keep their order within a group, so each group's request is whole
+    and valid. A span whose insides cannot be walked has the empty trace id. Top-level fields
+    other than ``resource_spans`` (none in OTLP today) are not carried. Raises WireError when
+    the framing down to the spans is broken.
+    """
     buf = bytes(payload)
     view = memoryview(buf)
-    # trace -> resource index -> (resource header, scope index -> (scope header, [span fields]))
-    traces: dict[bytes, dict[int, tuple[bytes, dict[int, tuple[bytes, list[memoryview]]]]]] = {}
+    # group -> resource index -> (resource header, scope index -> (scope header, [span fields]))
+    groups: dict[K, dict[int, tuple[bytes, dict[int, tuple[bytes, list[memoryview]]]]]] = {}
     try:
         top = _fields(buf, 0, len(buf))
         for ri, (num, wt, _s, vs, ve) in enumerate(top):
@@ -563,9 +581,10 @@ def split_spans_by_trace_id(payload: bytes) -> dict[bytes, bytes]:
                         trace_id = buf[spvs + 2:spvs + 18]
                     else:
                         trace_id = _trace_id(buf, spvs, spve)
-                    per_rx = traces.get(trace_id)
+                    group = group_of(trace_id)
+                    per_rx = groups.get(group)
                     if per_rx is None:
-                        per_rx = traces[trace_id] = {}
+                        per_rx = groups[group] = {}
                     rx = per_rx.get(ri)
                     if rx is None:
                         rx = per_rx[ri] = (rhead, {})
@@ -575,12 +594,71 @@ def split_spans_by_trace_id(payload: bytes) -> dict[bytes, bytes]:
                     scope[1].append(view[s:spve])
     except WireError as e:
         raise WireError(f"ExportTraceServiceRequest: {e}") from None
-    out: dict[bytes, bytes] = {}
-    for trace_id, per_rx in traces.items():
+    out: dict[K, bytes] = {}
+    for group, per_rx in groups.items():
         parts = []
         for rhead, scopes in per_rx.values():
             rbody = rhead + b"".join(_len_field(2, shead + b"".join(spans))
                                      for shead, spans in scopes.values())
             parts.append(_len_field(1, rbody))
-        out[trace_id] = b"".join(parts)
+        out[group] = b"".join(parts)
     return out
+
+
+# --- group whole resources ------------------------------------------------------------------
+
+
+def group_resources(payload: bytes, keys: frozenset[bytes],
+                    group_of: Callable[[dict[bytes, bytes]], K]) -> dict[K, bytes]:
+    """``group_of(attributes)`` -> an Export request holding the whole ResourceX of that group.
+
+    ``attributes`` maps each resource attribute key in ``keys`` that the resource has to its
+    AnyValue body (the last occurrence wins, as in a decoder); the others are not read. Each
+    ResourceX is copied whole and in order, so a group's request is valid. Top-level fields other
+    than ResourceX (none in OTLP today) go with the first group. Raises WireError when the
+    framing down to the resource attributes is broken.
+    """
+    buf = bytes(payload)
+    view = memoryview(buf)
+    groups: dict[K, list[memoryview]] = {}
+    others: list[memoryview] = []
+    try:
+        for num, wt, s, vs, ve in _fields(buf, 0, len(buf)):
+            if num != 1 or wt != _LEN:
+                others.append(view[s:ve])
+                continue
+            group = group_of(_resource_attributes(buf, vs, ve, keys))
+            pieces = groups.get(group)
+            if pieces is None:
+                pieces = groups[group] = []
+            pieces.append(view[s:ve])
+    except WireError as e:
+        raise WireError(f"resource attributes: {e}") from None
+    out = {group: b"".join(pieces) for group, pieces in groups.items()}
+    if others and out:
+        first = next(iter(out))
+        out[first] = b"".join(others) + out[first]
+    return out
+
+
+def _resource_attributes(buf: bytes, pos: int, end: int, keys: frozenset[bytes]) -> dict[bytes, bytes]:
+    """Attributes named in ``keys`` of every ``resource`` of a ResourceX body: key -> AnyValue body."""
+    found: dict[bytes, bytes] = {}
+    for num, wt, _s, vs, ve in _fields(buf, pos, end):
+        if num != 1 or wt != _LEN:
+            continue
+        body = buf[vs:ve]
+        if not any(k in body for k in keys):
+            continue
+        for anum, awt, _as, avs, ave in _fields(buf, vs, ve):
+            if anum != 1 or awt != _LEN:
+                continue
+            key = value = None
+            for knum, kwt, _ks, kvs, kve in _fields(buf, avs, ave):
+                if knum == 1 and kwt == _LEN:
+                    key = buf[kvs:kve]
+                elif knum == 2 and kwt == _LEN:
+                    value = buf[kvs:kve]
+            if key in keys:
+                found[key] = value or b""
+    return found

@@ -187,7 +187,11 @@ class KafkaConfig:
     # zstd (level 3): best ratio and least CPU on OTLP batches of the codecs aiokafka offers;
     # its lz4 runs at level 9 (HC), several times slower for a worse ratio.
     compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "zstd"
-    partition_by: Literal["tenant", "trace_id"] = "tenant"
+    # spread: each tenant over every partition of a topic, keeping together what must stay whole
+    # (spans by trace id, metrics by the resource's job/instance, logs round robin per batch), so
+    # one tenant's load is shared by every pipeline worker. tenant: all of a tenant's data on one
+    # partition (keyed by tenant). trace_id: the former name of spread, kept for old configs.
+    partition_by: Literal["spread", "tenant", "trace_id"] = "spread"
     max_message_bytes: int = 1_000_000
     linger_ms: int = 5
     request_timeout_ms: int = 30_000

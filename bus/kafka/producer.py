@@ -28,7 +28,7 @@ from bus.kafka import client
 from bus.kafka.client import close_producer, describe, durable_producer
 from bus.kafka.topics import ensure_topics
 from bus.metrics import BATCH_BYTES, PRODUCE_ERRORS, PRODUCE_SECONDS, PRODUCED_BYTES
-from otlp import wire
+from otlp import partitioning, wire
 from otlp.signals import Signal
 from runtime.backoff import Backoff
 from settings.config import KafkaConfig
@@ -71,6 +71,7 @@ class KafkaBus:
         self._topics_created = False
         self._timeout_s = cfg.publish_timeout_ms / 1000
         self._retry_after_s = cfg.unavailable_retry_after_ms / 1000
+        self._turn = 0  # batches published, for the signals spread round robin
 
     @property
     def max_item_bytes(self) -> int:
@@ -179,13 +180,18 @@ class KafkaBus:
             PRODUCE_ERRORS.labels(topic, "not_connected").inc()
             raise BusUnavailable(self._reason, self._retry_after_s)
         headers = batch.headers()
-        pieces = message_pieces(batch, self._cfg.partition_by, self._cfg.max_message_bytes, headers)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):
+                partitions: list[int] = []
+                if self._cfg.partition_by != "tenant":
+                    # From the metadata the producer holds; a round trip only for a topic it has not met.
+                    partitions = list(await producer.partitions_for(topic))
+                self._turn += 1
+                pieces = message_pieces(batch, partitions, self._cfg.max_message_bytes, headers, self._turn)
                 # Enqueue in order (cancelling send() itself is safe: the record is not sent) ...
-                futures = [await producer.send(topic, value, key=key, headers=headers)
-                           for key, value in pieces]
+                futures = [await producer.send(topic, value, key=key, partition=partition, headers=headers)
+                           for partition, key, value in pieces]
             # ... then wait for every acknowledgement together, without cancelling them on timeout.
             remaining = max(0.0, self._timeout_s - (time.perf_counter() - started))
             done, pending = await asyncio.wait(futures, timeout=remaining)
@@ -206,7 +212,7 @@ class KafkaBus:
             raise BusUnavailable(f"kafka: {why}", self._retry_after_s) from exc
         PRODUCE_SECONDS.observe(time.perf_counter() - started)
         produced = PRODUCED_BYTES.labels(topic)
-        for _, value in pieces:
+        for _, _, value in pieces:
             produced.inc(len(value))
             BATCH_BYTES.observe(len(value))
 
@@ -221,22 +227,34 @@ def max_item_bytes(cfg: KafkaConfig) -> int:
     return max(1024, cfg.max_message_bytes - _ITEM_HEADROOM)
 
 
-def message_pieces(batch: Batch, partition_by: str, max_message_bytes: int,
-                   headers: Sequence[tuple[str, bytes]]) -> list[tuple[bytes, bytes]]:
-    """(key, value) messages for a batch, each within the broker's message size: split, never fail.
+Piece = tuple[int | None, bytes, bytes]
 
-    Keyed by tenant, or for spans with ``partition_by: trace_id`` one message per trace keyed by
-    its trace id, so every span of a trace lands on one partition.
+
+def message_pieces(batch: Batch, partitions: Sequence[int], max_message_bytes: int,
+                   headers: Sequence[tuple[str, bytes]], turn: int = 0) -> list[Piece]:
+    """(partition, key, value) messages for a batch, each within the broker's message size: split,
+    never fail. The key is always the tenant.
+
+    ``partitions``: the topic's partition ids (any order). Empty means keyed by tenant
+    (``partition_by: tenant``): partition None, so the client hashes the key and all of a
+    tenant's data lands on one partition. Otherwise the batch is spread over them by
+    ``otlp.partitioning.buckets`` (traces by trace id, metrics by series identity, logs by
+    ``turn``), at most one message per partition before the size split. A payload whose
+    insides cannot be walked that far (the edge checked them, so not expected) goes whole to the
+    partition of ``turn`` rather than failing the batch.
     """
     header_bytes = sum(len(k) + len(v) for k, v in headers)
-    if partition_by == "trace_id" and batch.signal is Signal.TRACES:
-        by_trace = wire.split_spans_by_trace_id(batch.payload)
-        budget = max_message_bytes - header_bytes - 16 - _RECORD_OVERHEAD
-        return [(tid, piece) for tid, payload in by_trace.items()
-                for piece in _fit(batch.signal, payload, budget)]
     key = batch.tenant.encode()
     budget = max_message_bytes - header_bytes - len(key) - _RECORD_OVERHEAD
-    return [(key, piece) for piece in _fit(batch.signal, batch.payload, budget)]
+    if not partitions:
+        return [(None, key, piece) for piece in _fit(batch.signal, batch.payload, budget)]
+    ids = sorted(partitions)
+    try:
+        spread = partitioning.buckets(batch.signal, batch.payload, len(ids), turn)
+    except wire.WireError:
+        spread = {turn % len(ids): batch.payload}
+    return [(ids[bucket], key, piece) for bucket, payload in sorted(spread.items())
+            for piece in _fit(batch.signal, payload, budget)]
 
 
 def _fit(signal: Signal, payload: bytes, budget: int) -> list[bytes]:

@@ -24,15 +24,15 @@ BATCH = Batch(Signal.TRACES, "acme", PAYLOAD, SPANS, ["cid"] * 8)
 
 
 def test_tenant_keyed_batch_under_the_limit_2048_spans(benchmark: BenchmarkFixture) -> None:
-    pieces = benchmark(message_pieces, BATCH, "tenant", 4_000_000, BATCH.headers())
+    pieces = benchmark(message_pieces, BATCH, [], 4_000_000, BATCH.headers())
     assert len(pieces) == 1
 
 
 def test_tenant_keyed_batch_split_in_pieces_2048_spans(benchmark: BenchmarkFixture) -> None:
-    pieces = benchmark(message_pieces, BATCH, "tenant", 128 * 1024, BATCH.headers())
+    pieces = benchmark(message_pieces, BATCH, [], 128 * 1024, BATCH.headers())
     assert len(pieces) > 1
 
 
-def test_trace_keyed_batch_256_traces_2048_spans(benchmark: BenchmarkFixture) -> None:
-    pieces = benchmark(message_pieces, BATCH, "trace_id", 1_000_000, BATCH.headers())
-    assert len(pieces) == 256
+def test_spread_batch_over_6_partitions_256_traces_2048_spans(benchmark: BenchmarkFixture) -> None:
+    pieces = benchmark(message_pieces, BATCH, range(6), 1_000_000, BATCH.headers())
+    assert [p for p, _, _ in pieces] == list(range(6))

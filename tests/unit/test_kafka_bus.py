@@ -15,6 +15,7 @@ from bus.contract import Batch, BusUnavailable
 from bus.kafka import producer as kafka_bus
 from bus.kafka.producer import KafkaBus, message_pieces
 from bus.kafka.topics import new_topics
+from otlp.partitioning import trace_bucket
 from otlp.signals import Signal
 from settings.config import KafkaConfig
 from tests import otlp_payloads
@@ -30,35 +31,44 @@ def batch(signal: Signal, payload: bytes, cids: int = 3) -> Batch:
 @pytest.mark.parametrize("signal", list(Signal))
 def test_small_batch_is_one_message_keyed_by_tenant(signal: Signal) -> None:
     b = batch(signal, otlp_payloads.payload(signal))
-    pieces = message_pieces(b, "tenant", 1_000_000, b.headers())
-    assert pieces == [(b"acme", b.payload)]
+    pieces = message_pieces(b, [], 1_000_000, b.headers())
+    assert pieces == [(None, b"acme", b.payload)]
 
 
 @pytest.mark.parametrize("signal", list(Signal))
-def test_big_batch_is_split_under_the_limit_keeping_every_item(signal: Signal) -> None:
+@pytest.mark.parametrize("partitions", [[], [0, 1, 2, 3, 4, 5]])
+def test_big_batch_is_split_under_the_limit_keeping_every_item(signal: Signal, partitions: list[int]) -> None:
     kwargs = {"resources": 4} if signal is not Signal.METRICS else {"resources": 8}
     b = batch(signal, otlp_payloads.payload(signal, **kwargs))
     limit = len(b.payload) // 3
-    pieces = message_pieces(b, "tenant", limit, b.headers())
+    pieces = message_pieces(b, partitions, limit, b.headers())
     assert len(pieces) >= 3
-    assert all(len(v) <= limit for _, v in pieces)
-    assert sum(otlp_payloads.item_count(signal, v) for _, v in pieces) == b.items
+    assert all(len(v) <= limit for _, _, v in pieces)
+    assert sum(otlp_payloads.item_count(signal, v) for _, _, v in pieces) == b.items
 
 
-def test_trace_partitioning_keys_each_piece_by_its_trace_id() -> None:
-    b = batch(Signal.TRACES, otlp_payloads.payload(Signal.TRACES, traces=7))
-    pieces = message_pieces(b, "trace_id", 1_000_000, b.headers())
-    assert len(pieces) == 7
-    for key, value in pieces:
+def test_spread_traces_one_message_per_partition_by_trace_id() -> None:
+    b = batch(Signal.TRACES, otlp_payloads.payload(Signal.TRACES, traces=40))
+    ids = [10, 11, 12, 13]  # partition ids need not start at 0: buckets index them in order
+    pieces = message_pieces(b, [13, 12, 11, 10], 1_000_000, b.headers())
+    assert [p for p, _, _ in pieces] == ids, "40 traces fill every partition, one message each"
+    for partition, key, value in pieces:
+        assert key == b"acme"
         req = ExportTraceServiceRequest.FromString(value)
-        ids = {s.trace_id for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans}
-        assert ids == {key}
-    assert sum(otlp_payloads.item_count(Signal.TRACES, v) for _, v in pieces) == b.items
+        tids = {s.trace_id for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans}
+        assert {ids[trace_bucket(t, 4)] for t in tids} == {partition}
+    assert sum(otlp_payloads.item_count(Signal.TRACES, v) for _, _, v in pieces) == b.items
 
 
-def test_trace_partitioning_leaves_logs_keyed_by_tenant() -> None:
+def test_spread_logs_take_turns_over_the_partitions() -> None:
     b = batch(Signal.LOGS, otlp_payloads.payload(Signal.LOGS))
-    assert message_pieces(b, "trace_id", 1_000_000, b.headers()) == [(b"acme", b.payload)]
+    assert [message_pieces(b, [0, 1, 2], 1_000_000, b.headers(), turn)[0][0] for turn in range(5)] == \
+        [0, 1, 2, 0, 1]
+
+
+def test_spread_sends_a_batch_it_cannot_walk_whole_to_one_partition() -> None:
+    b = Batch(Signal.METRICS, "acme", b"\x0a\x05\x0a\x10", 0, [])
+    assert message_pieces(b, [0, 1, 2], 1_000_000, b.headers(), 4) == [(1, b"acme", b.payload)]
 
 
 def test_topics_carry_replication_and_min_insync_replicas_when_set() -> None:
