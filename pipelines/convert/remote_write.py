@@ -1,13 +1,17 @@
 """OTLP metrics to Prometheus remote-write 1.0 ``WriteRequest``s, one per tenant.
 
-Follows the OpenTelemetry "Prometheus and OpenMetrics Compatibility" spec:
+Follows the OpenTelemetry "Prometheus and OpenMetrics Compatibility" spec (names, label names
+and unit words in ``prom_names``):
 
-- gauges -> gauges; monotonic cumulative sums -> counters (``_total``); non-monotonic sums -> gauges;
+- gauges -> gauges; monotonic cumulative sums -> counters (``_total``); non-monotonic sums -> gauges
+  (without the ``_ratio`` an OTLP gauge in unit ``1`` gets); metadata per family: TYPE, HELP and
+  UNIT as the Prometheus unit word (``seconds``, not ``s``);
 - histograms -> ``_bucket{le}`` (cumulative, and ``+Inf`` always equal to the point's count),
   ``_sum``, ``_count``;
 - exponential histograms -> native histograms (schema = scale, capped at 8 by merging buckets;
   scales below -4 are dropped), integer counts with delta-encoded buckets and a zero bucket
-  (see ``native_histogram``);
+  (see ``native_histogram``); a point without a sum is dropped and counted (``missing_sum``), as
+  the spec says, rather than written with sum 0;
 - summaries -> ``{quantile}``, ``_sum``, ``_count``;
 - ``job`` = ``service.namespace/service.name``, ``instance`` = ``service.instance.id``, and a
   ``target_info`` series carrying the other resource attributes;
@@ -52,7 +56,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
 from otlp.signals import ATTR_CORRELATION, ATTR_TENANT
 from pipelines.convert.otlp_values import as_label_value, resource_tenant
 from pipelines.convert.parts import BadPart, isolate
-from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_name
+from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_name, unit_word
 from protos import remote_pb2, types_pb2
 
 Labels = tuple[tuple[str, str], ...]
@@ -79,6 +83,7 @@ _EXEMPLAR_IDS = frozenset({"trace_id", "span_id"})
 _META_TYPE = {
     Kind.COUNTER: types_pb2.MetricMetadata.COUNTER,
     Kind.GAUGE: types_pb2.MetricMetadata.GAUGE,
+    Kind.UPDOWN: types_pb2.MetricMetadata.GAUGE,
     Kind.HISTOGRAM: types_pb2.MetricMetadata.HISTOGRAM,
     Kind.SUMMARY: types_pb2.MetricMetadata.SUMMARY,
 }
@@ -364,14 +369,18 @@ def native_histogram(dp: otlp.ExponentialHistogramDataPoint, ts_ms: int) -> type
 
 
 def _metadata(out: _TenantSeries, name: str, kind: Kind, metric: otlp.Metric) -> None:
+    """TYPE, HELP and UNIT of a family, the first seen winning. UNIT is the Prometheus unit word
+    (``seconds``, ``bytes_per_second``; empty for ``1`` and ``{annotations}``), not the UCUM unit,
+    as the spec's "Metric Metadata" says and the name's unit suffix has it."""
     if name not in out.metadata:
         out.metadata[name] = types_pb2.MetricMetadata(
-            type=_META_TYPE[kind], metric_family_name=name, help=metric.description, unit=metric.unit)
+            type=_META_TYPE[kind], metric_family_name=name, help=metric.description,
+            unit=unit_word(metric.unit))
 
 
 def _kind(data: str, metric: otlp.Metric) -> Kind:
     if data == "sum":
-        return Kind.COUNTER if metric.sum.is_monotonic else Kind.GAUGE
+        return Kind.COUNTER if metric.sum.is_monotonic else Kind.UPDOWN
     if data == "summary":
         return Kind.SUMMARY
     return Kind.GAUGE if data == "gauge" else Kind.HISTOGRAM
@@ -444,6 +453,11 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
     elif data == "exponential_histogram":
         for ep in body.data_points:
             ts = ep.time_unix_nano // 1_000_000
+            if not ep.HasField("sum") and not ep.flags & _NO_RECORDED_VALUE:
+                # The spec: a point without a sum MUST be dropped (a sum of 0 would be a lie that
+                # histogram_sum and rate(...) then average over); a stale marker needs none.
+                dropped["missing_sum"] += 1
+                continue
             h = native_histogram(ep, ts)
             if h is None:
                 dropped["unsupported_scale"] += 1

@@ -16,8 +16,8 @@ out-of-order or duplicate samples, which no retry can fix. The same holds whatev
 when the body names such a refusal: Prometheus 2.42 (the stack's) answers a sample older than
 its out-of-order window with ``500 too old sample``, which retried would block the partition
 forever. The answer does not say which samples of the request were kept, so all of the
-request's samples are counted. Conversion drops (delta temporality, unsupported scale) are
-counted under the same metric.
+request's samples are counted. Conversion drops (delta temporality, unsupported scale, an
+exponential histogram point without a sum: ``missing_sum``) are counted under the same metric.
 
 Exemplars the conversion drops are counted by reason in
 ``pipeline_remote_write_dropped_exemplars_total{reason}`` (``gauge``: the spec drops exemplars

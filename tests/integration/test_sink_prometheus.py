@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
 from prometheus_client import REGISTRY
 
@@ -253,3 +254,73 @@ async def test_unreachable_endpoint_is_transient() -> None:
     await assert_write_is_transient(
         PrometheusSink(PrometheusSinkConfig(url="http://127.0.0.1:1/api/v1/write", timeout_s=2)),
         [bus_record(Signal.METRICS, metrics_payload("acme"), "acme", offset=1)])
+
+
+def _kvs(attrs: dict[str, str]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attrs.items()]
+
+
+async def test_spec_corners_of_names_and_labels_as_prometheus_stores_them(sink: PrometheusSink) -> None:
+    """Names and labels Prometheus holds for the corners of the spec's naming rules (issue 16):
+    ``_ratio`` on a gauge in ``1`` only, label names with a leading ``_``, a non-ASCII letter, a
+    run of invalid characters, a leading digit; the scope schema URL; sanitised exemplar labels."""
+    tenant = f"it-names-{uuid.uuid4().hex[:8]}"
+    sel = f'tenant="{tenant}"'
+    now = time.time_ns() - 2_000_000_000
+    cumulative = otlp.AGGREGATION_TEMPORALITY_CUMULATIVE
+    attrs = _kvs({"_private": "p", "ügyfél": "u", "a..b": "c", "2xx": "d"})
+    util = otlp.Metric(name="corner.utilization", unit="1", gauge=otlp.Gauge(data_points=[
+        otlp.NumberDataPoint(time_unix_nano=now, as_double=0.5, attributes=attrs)]))
+    fill = otlp.Metric(name="corner.fill", unit="1", sum=otlp.Sum(
+        aggregation_temporality=cumulative, is_monotonic=False, data_points=[
+            otlp.NumberDataPoint(time_unix_nano=now, as_double=0.25)]))
+    hits = otlp.Metric(name="corner.hits", unit="1", sum=otlp.Sum(
+        aggregation_temporality=cumulative, is_monotonic=True, data_points=[otlp.NumberDataPoint(
+            time_unix_nano=now, as_int=3, exemplars=[otlp.Exemplar(
+                time_unix_nano=now, as_int=1, trace_id=bytes(range(16)), span_id=bytes(range(8)),
+                filtered_attributes=_kvs({"user.id": "u-1", "_debug": "1", "ügy": "x"}))])]))
+    req = _metrics_request(tenant, util, fill, hits)
+    sm = req.resource_metrics[0].scope_metrics[0]
+    sm.scope.name, sm.scope.version = "corner-lib", "1.0"
+    sm.scope.attributes.extend(_kvs({"_team": "core"}))
+    sm.schema_url = "https://opentelemetry.io/schemas/1.26.0"
+    since = time.time() - 60
+    await sink.write([bus_record(Signal.METRICS, req.SerializeToString(), tenant, offset=1)])
+
+    got = (await one(f"corner_utilization_ratio{{{sel}}}"))["metric"]
+    assert {k: got[k] for k in ("_private", "_gyf_l", "a_b", "key_2xx")} == \
+        {"_private": "p", "_gyf_l": "u", "a_b": "c", "key_2xx": "d"}
+    assert got["otel_scope_schema_url"] == "https://opentelemetry.io/schemas/1.26.0"
+    assert got["otel_scope_team"] == "core" and got["otel_scope_name"] == "corner-lib"
+    assert value(await one(f"corner_fill{{{sel}}}")) == 0.25  # a non-monotonic sum: no _ratio
+    assert not await query(f"corner_fill_ratio{{{sel}}}")
+    assert value(await one(f"corner_hits_total{{{sel}}}")) == 3.0
+    (ex,) = (await exemplars_of(f"corner_hits_total{{{sel}}}", since))["exemplars"]
+    assert ex["labels"] == {"trace_id": bytes(range(16)).hex(), "span_id": bytes(range(8)).hex(),
+                            "user_id": "u-1", "_debug": "1", "_gy": "x"}
+
+
+async def test_native_histogram_point_without_a_sum_is_not_stored_and_is_counted(
+        sink: PrometheusSink) -> None:
+    tenant = f"it-nosum-{uuid.uuid4().hex[:8]}"
+    sel = f'tenant="{tenant}"'
+    now = time.time_ns() - 2_000_000_000
+
+    def point(p: str) -> otlp.ExponentialHistogramDataPoint:
+        return otlp.ExponentialHistogramDataPoint(
+            time_unix_nano=now, scale=0, count=3, zero_count=1, attributes=_kvs({"p": p}),
+            positive=otlp.ExponentialHistogramDataPoint.Buckets(offset=0, bucket_counts=[2]))
+    with_sum = point("with_sum")
+    with_sum.sum = 6.0
+    m = otlp.Metric(name="nosum_native", exponential_histogram=otlp.ExponentialHistogram(
+        aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        data_points=[point("without_sum"), with_sum]))
+    name = "pipeline_remote_write_dropped_samples_total"
+    before = REGISTRY.get_sample_value(name, {"reason": "missing_sum"}) or 0.0
+    record = bus_record(Signal.METRICS, _metrics_request(tenant, m).SerializeToString(), tenant, offset=1)
+    await sink.write([record])
+    # Both points rode in one request, which Prometheus appends in one commit: once the one with
+    # a sum is visible, the other would be too had it been written.
+    assert value(await one(f'histogram_sum(nosum_native{{{sel},p="with_sum"}})')) == 6.0
+    assert [s["metric"]["p"] for s in await query(f"nosum_native{{{sel}}}")] == ["with_sum"]
+    assert REGISTRY.get_sample_value(name, {"reason": "missing_sum"}) == before + 1

@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as otlp
 
-from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_name
+from pipelines.convert.prom_names import Kind, format_bound, label_name, metric_name, unit_word
 from pipelines.convert.remote_write import (
     EXEMPLAR_LABELS_MAX,
     STALE_NAN,
@@ -105,10 +105,39 @@ def test_metric_names_follow_the_spec() -> None:
 def test_label_names_follow_the_spec() -> None:
     assert label_name("http.request.method") == "http_request_method"
     assert label_name("2xx") == "key_2xx"
-    assert label_name("_private") == "key_private"
-    assert label_name("__reserved__") == "__reserved__"
     assert label_name("a-b/c") == "a_b_c"
     assert label_name("") == "key_"
+
+
+def test_a_leading_underscore_stays_and_underscore_runs_collapse() -> None:
+    # The spec (and otlptranslator since the Collector's PermissiveLabelSanitization) keep a
+    # single leading "_"; runs of "_" become one, which also keeps "__" (reserved) out of reach.
+    keys = ("_private", "a..b", "a__b", "__reserved__", "__name__", "label!with&special$chars)")
+    assert [label_name(k) for k in keys] == \
+        ["_private", "a_b", "a_b", "_reserved_", "_name_", "label_with_special_chars_"]
+
+
+def test_non_ascii_letters_are_invalid_characters() -> None:
+    assert {k: label_name(k) for k in ("ügyfél", "city.名", "ようこそ", "x_é_y")} == \
+        {"ügyfél": "_gyf_l", "city.名": "city_", "ようこそ": "_", "x_é_y": "x_y"}
+
+
+def test_unit_words_follow_the_spec_table() -> None:
+    words = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "kBy": "kilobytes",
+             "TiBy": "tebibytes", "By/s": "bytes_per_second", "m/s": "meters_per_second",
+             "{request}": "", "{req}/s": "per_second", "1": "", "%": "percent",
+             "furlongs": "furlongs", "": ""}
+    assert {unit: unit_word(unit) for unit in words} == words
+
+
+def test_ratio_goes_on_gauges_only() -> None:
+    assert metric_name("cpu.utilization", "1", Kind.GAUGE) == "cpu_utilization_ratio"
+    assert metric_name("cpu.ratio.used", "1", Kind.GAUGE) == "cpu_used_ratio"  # moved last, once
+    assert metric_name("pool.fill", "1", Kind.UPDOWN) == "pool_fill"
+    assert metric_name("hits", "1", Kind.COUNTER) == "hits_total"
+    assert metric_name("fill", "1", Kind.HISTOGRAM) == "fill"
+    assert metric_name("fill", "1", Kind.SUMMARY) == "fill"
+    assert metric_name("rate", "1/s", Kind.GAUGE) == "rate_per_second"
 
 
 def test_bounds_print_like_prometheus() -> None:
@@ -317,7 +346,7 @@ def test_native_histogram_downscales_above_schema_8_and_drops_below_minus_4() ->
     assert list(h.positive_deltas) == [1, 3, -3]
     low = otlp.Metric(name="e", exponential_histogram=otlp.ExponentialHistogram(
         aggregation_temporality=otlp.AGGREGATION_TEMPORALITY_CUMULATIVE,
-        data_points=[otlp.ExponentialHistogramDataPoint(time_unix_nano=TS_NS, scale=-5, count=1)]))
+        data_points=[otlp.ExponentialHistogramDataPoint(time_unix_nano=TS_NS, scale=-5, count=1, sum=1.0)]))
     conv = to_write_requests([(one_metric_request(low), "")])
     assert conv.dropped["unsupported_scale"] == 1
 
@@ -580,7 +609,7 @@ def test_native_histogram_fields_follow_the_spec() -> None:
 
 def test_exponential_scales_out_of_range_never_raise() -> None:
     high = otlp.ExponentialHistogramDataPoint(
-        time_unix_nano=TS_NS, scale=100, count=3,
+        time_unix_nano=TS_NS, scale=100, count=3, sum=3.0,
         positive=otlp.ExponentialHistogramDataPoint.Buckets(offset=2**30, bucket_counts=[1, 1, 1]))
     h = native_histogram(high, TS_MS)
     # 92 scales down: every bucket merges into one, at (2**30 >> 92) + 1 = 1.
@@ -624,3 +653,103 @@ def test_native_histogram_spans_skip_empty_runs_like_the_collector() -> None:
     assert [(s.offset, s.length) for s in h.positive_spans] == [(2, 1), (3, 3)]
     assert list(h.positive_deltas) == [1, 1, -2, 3]
     assert not h.negative_spans and not h.negative_deltas
+
+
+# --- issue 16: the corners where the spec and the Collector agree, and where we keep ours ----------
+
+def exp_point(p: str, sum_: float | None = None, flags: int = 0) -> otlp.ExponentialHistogramDataPoint:
+    dp = otlp.ExponentialHistogramDataPoint(
+        time_unix_nano=TS_NS, scale=0, count=3, zero_count=1, flags=flags, attributes=kvs({"p": p}),
+        positive=otlp.ExponentialHistogramDataPoint.Buckets(offset=0, bucket_counts=[2]))
+    if sum_ is not None:
+        dp.sum = sum_
+    return dp
+
+
+def test_exponential_histogram_point_without_a_sum_is_dropped_and_counted() -> None:
+    m = otlp.Metric(name="e", exponential_histogram=otlp.ExponentialHistogram(
+        aggregation_temporality=_CUMULATIVE, data_points=[
+            exp_point("no_sum"), exp_point("sum", 4.0),
+            exp_point("zero_sum", 0.0),  # set, to 0, is a sum
+            exp_point("stale", flags=_NO_VALUE)]))  # a stale marker needs none
+    conv = to_write_requests([(one_metric_request(m), "")])
+    assert conv.dropped == {"missing_sum": 1}
+    got = {labels["p"]: ts.histograms[0] for labels, ts in by_name(conv.requests["acme"], "e")}
+    assert set(got) == {"sum", "zero_sum", "stale"}
+    assert got["sum"].sum == 4.0 and got["zero_sum"].sum == 0.0 and bits(got["stale"].sum) == STALE_BITS
+    assert conv.samples["acme"] == 3
+
+
+def metadata_of(req: remote_pb2.WriteRequest) -> dict[str, tuple[int, str, str]]:
+    return {m.metric_family_name: (m.type, m.unit, m.help) for m in req.metadata}
+
+
+def test_metadata_unit_is_the_prometheus_unit_word() -> None:
+    def number(name: str, unit: str, monotonic: bool | None) -> otlp.Metric:
+        dp = otlp.NumberDataPoint(time_unix_nano=TS_NS, as_double=1.0)
+        if monotonic is None:
+            return otlp.Metric(name=name, unit=unit, description=f"{name} help",
+                               gauge=otlp.Gauge(data_points=[dp]))
+        return otlp.Metric(name=name, unit=unit, description=f"{name} help", sum=otlp.Sum(
+            aggregation_temporality=_CUMULATIVE, is_monotonic=monotonic, data_points=[dp]))
+    hist = otlp.Metric(name="http.server.request.duration", unit="s", histogram=otlp.Histogram(
+        aggregation_temporality=_CUMULATIVE, data_points=[otlp.HistogramDataPoint(
+            time_unix_nano=TS_NS, count=1, sum=0.1, explicit_bounds=[1.0], bucket_counts=[1, 0])]))
+    metrics = [number("net.io", "By", True), number("net.rate", "By/s", None),
+               number("cpu.utilization", "1", None), number("pool.usage", "1", False),
+               number("requests", "{request}", True), number("speed", "m/s", False), hist]
+    req = scopes_request([(otlp.ScopeMetrics(scope=InstrumentationScope(name="lib")), metrics)])
+    got = metadata_of(to_write_requests([(req, "")]).requests["acme"])
+    meta = types_pb2.MetricMetadata
+    assert got == {
+        "net_io_bytes_total": (meta.COUNTER, "bytes", "net.io help"),
+        "net_rate_bytes_per_second": (meta.GAUGE, "bytes_per_second", "net.rate help"),
+        "cpu_utilization_ratio": (meta.GAUGE, "", "cpu.utilization help"),
+        "pool_usage": (meta.GAUGE, "", "pool.usage help"),  # a non-monotonic sum: no _ratio
+        "requests_total": (meta.COUNTER, "", "requests help"),
+        "speed_meters_per_second": (meta.GAUGE, "meters_per_second", "speed help"),
+        "http_server_request_duration_seconds": (meta.HISTOGRAM, "seconds", ""),
+    }
+
+
+def test_label_names_of_points_scopes_and_resources_are_sanitised_alike() -> None:
+    dp = otlp.NumberDataPoint(time_unix_nano=TS_NS, as_double=1.0, attributes=kvs(
+        {"_private": "p", "ügyfél": "u", "2xx": "d", "a..b": "c", "__name__": "not-a-name"}))
+    sm = otlp.ScopeMetrics(scope=InstrumentationScope(name="lib", attributes=kvs({"_team": "core"})))
+    req = scopes_request([(sm, [otlp.Metric(name="g", gauge=otlp.Gauge(data_points=[dp]))])],
+                         resource={"_region": "eu", "ország": "hu"})
+    conv = to_write_requests([(req, "")]).requests["acme"]
+    ((labels, _),) = by_name(conv, "g")
+    assert labels["_private"] == "p" and labels["_gyf_l"] == "u" and labels["key_2xx"] == "d"
+    assert labels["a_b"] == "c" and labels["_name_"] == "not-a-name" and labels["__name__"] == "g"
+    assert labels["otel_scope_team"] == "core"  # "otel_scope_" + "_team": the run collapses
+    ((info, _),) = by_name(conv, "target_info")
+    assert info["_region"] == "eu" and info["orsz_g"] == "hu"
+
+
+def test_colliding_keys_join_their_values_once_in_key_order() -> None:
+    dp = otlp.NumberDataPoint(time_unix_nano=TS_NS, as_double=1.0, attributes=kvs(
+        {"a_b": "3", "a.b": "1", "a-b": "2", "a..b": "0"}))
+    req = to_write_requests([(one_metric_request(otlp.Metric(name="g", gauge=otlp.Gauge(
+        data_points=[dp]))), "")]).requests["acme"]
+    ((_, ts),) = by_name(req, "g")
+    names = [lb.name for lb in ts.labels]
+    assert names.count("a_b") == 1 and names == sorted(names)
+    # Original keys in byte order: "a-b" < "a..b" < "a.b" < "a_b"; each value once.
+    assert {lb.name: lb.value for lb in ts.labels}["a_b"] == "2;0;1;3"
+
+
+def test_scope_schema_url_stays_a_label_of_every_series() -> None:
+    sm = otlp.ScopeMetrics(scope=InstrumentationScope(name="lib", version="1"),
+                           schema_url="https://opentelemetry.io/schemas/1.26.0")
+    req = to_write_requests([(scopes_request([(sm, [gauge("g")])]), "")]).requests["acme"]
+    ((labels, _),) = by_name(req, "g")
+    assert labels["otel_scope_schema_url"] == "https://opentelemetry.io/schemas/1.26.0"
+
+
+def test_exemplar_label_names_are_sanitised() -> None:
+    ex = otlp_exemplar(0.5, attrs={"user.id": "u-1", "_debug": "1", "ügy": "x", "a..b": "y"})
+    pairs, left_off = exemplar_labels(ex)
+    assert dict(pairs) == {"trace_id": TRACE_ID.hex(), "span_id": SPAN_ID.hex(), "user_id": "u-1",
+                           "_debug": "1", "_gy": "x", "a_b": "y"}
+    assert left_off == 0
