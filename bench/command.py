@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from aiokafka.errors import KafkaError
 
@@ -24,9 +24,30 @@ from bench.loadgen import LoadSpec
 from bench.payloads import PayloadShape
 from bench.report import write_all
 from bench.results import RoundResult, aggregate
-from bench.runner import Environment, RoundPlan, compare_plan, open_plan, run_plans
-from bench.systems import REPO_ROOT, StartError, base_collector_config_path, default_jaeger_bin
-from bench.targets import TARGETS_PATH, TargetsError, evaluate, gaps_to_collector, load_targets
+from bench.runner import (
+    Environment,
+    RoundPlan,
+    SystemName,
+    compare_plan,
+    open_plan,
+    run_plans,
+)
+from bench.systems import (
+    DURABLE_COLLECTOR_CONFIG,
+    REPO_ROOT,
+    StartError,
+    base_collector_config_path,
+    default_jaeger_bin,
+)
+from bench.targets import (
+    NO_TARGETS,
+    TARGETS_PATH,
+    Targets,
+    TargetsError,
+    evaluate,
+    gaps_to_collector,
+    load_targets,
+)
 from otlp.signals import Signal
 
 
@@ -41,17 +62,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--tls", choices=["off", "on", "both"], default="off",
                      help="gateway receivers over TLS (a throwaway CA and certificate); both: a plaintext "
                           "round, then a TLS round, for the cost of TLS side by side")
-    cmp_ = sub.add_parser("compare", help="gateway (1 and 2 workers) vs the Collector, same Kafka")
+    cmp_ = sub.add_parser("compare", help="gateway vs the Collector (default and durable), every signal, "
+                                           "saturation and open-loop loads, plus the embedded default")
     _common(cmp_)
-    cmp_.add_argument("--workers", default="1,2", help="gateway worker counts to scale over (default 1,2)")
-    cmp_.add_argument("--loads", default="25,50,75",
-                      help="open-loop offered loads, %% of the gateway's 1-worker max (default 25,50,75)")
-    cmp_.add_argument("--no-collector", action="store_true", help="gateway rounds only")
-    cmp_.add_argument("--repeat", type=int, default=2,
+    # Shorter windows than `run`: the whole default matrix (about 50 rounds) stays near 10 minutes.
+    cmp_.set_defaults(signal=None, transport=None, warmup=1.5, duration=5.0)
+    cmp_.add_argument("--scenarios", default=DEFAULT_SCENARIOS,
+                      help="signal/transport pairs to run, comma-separated (default "
+                           f"{DEFAULT_SCENARIOS}); --signal/--transport pick a single one instead")
+    cmp_.add_argument("--workers", default="1",
+                      help="gateway worker counts at saturation (e.g. 1,2; default 1)")
+    cmp_.add_argument("--loads", default="10,25,50",
+                      help="open-loop offered loads, %% of the gateway's 1-worker max of the same scenario "
+                           "measured earlier in the run (default 10,25,50)")
+    cmp_.add_argument("--collectors", default="default,durable",
+                      help="Collector configurations to run beside the gateway: default "
+                           "(--collector-config), durable (bench/collector-otlp-kafka-durable.yaml), none")
+    cmp_.add_argument("--no-collector", action="store_true", help="gateway rounds only (--collectors none)")
+    cmp_.add_argument("--no-embedded", action="store_true",
+                      help="skip the embedded default (memory bus -> file sink) at saturation")
+    cmp_.add_argument("--repeat", type=int, default=1,
                       help="closed-loop rounds per system and worker count, alternating; medians reported")
     micro = sub.add_parser("micro", help="pytest-benchmark suites of the hot functions")
     micro.add_argument("pytest_args", nargs=argparse.REMAINDER,
                        help="extra pytest arguments, after `--` (e.g. `bench micro -- -q`)")
+
+
+Transport = Literal["grpc", "http"]
+DEFAULT_SCENARIOS = "traces/grpc,traces/http,logs/grpc,metrics/grpc"
+_COLLECTOR_CHOICES: dict[str, SystemName] = {"default": "collector", "durable": "collector-durable"}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -88,7 +127,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _load_spec(ns: argparse.Namespace) -> LoadSpec:
     return LoadSpec(
-        grpc_target="", http_url="", transport=ns.transport, signal=Signal(ns.signal),
+        grpc_target="", http_url="", transport=ns.transport or "grpc", signal=Signal(ns.signal or "traces"),
         shape=PayloadShape(items=ns.items, attributes=ns.attributes, resources=ns.resources),
         concurrency=ns.concurrency, warmup_s=ns.warmup, duration_s=ns.duration, processes=ns.processes,
         connections=ns.connections, timeout_s=ns.timeout, http_client=ns.http_client)
@@ -129,7 +168,7 @@ def main(ns: argparse.Namespace) -> int:
                       keep_topics=ns.keep_topics, quiet=ns.quiet,
                       gateway_env=dict(kv.split("=", 1) for kv in ns.gateway_env if "=" in kv))
     try:
-        targets = {} if ns.no_targets else load_targets(ns.targets)
+        targets = NO_TARGETS if ns.no_targets else load_targets(ns.targets)
     except (OSError, TargetsError) as exc:
         print(f"bench: cannot read targets: {exc}", file=sys.stderr)
         return 2
@@ -151,20 +190,11 @@ def main(ns: argparse.Namespace) -> int:
                                        gateway_env=tls_env))
             results = run_plans(env, plans)
         else:
-            with_collector = not ns.no_collector
-            if with_collector and ns.bus != "kafka":
-                print("bench: the comparison needs --bus kafka (the Collector writes to Kafka)",
-                      file=sys.stderr)
+            plan_args = _compare_args(ns)
+            if isinstance(plan_args, str):
+                print(f"bench: {plan_args}", file=sys.stderr)
                 return 2
-            workers = [int(w) for w in ns.workers.split(",") if w.strip()]
-            plans = compare_plan(base, workers, with_collector=with_collector, repeat=ns.repeat)
-            results = run_plans(env, plans)
-            summary = aggregate(results)
-            gw1 = next((r for r in summary if r.system == "gateway" and r.workers == workers[0]), None)
-            loads = [int(x) for x in ns.loads.split(",") if x.strip()]
-            if gw1 is not None and gw1.items_per_s > 0 and loads:
-                plans = open_plan(base, gw1.items_per_s, loads, with_collector=with_collector)
-                results += run_plans(env, plans, first_index=len(results))
+            results = run_compare(env, base, *plan_args, repeat=ns.repeat)
     except (StartError, RuntimeError, OSError, KafkaError) as exc:
         # A system that would not start, a generator that could not connect, Kafka not there:
         # the run says what and stops, with everything it started already stopped.
@@ -173,19 +203,76 @@ def main(ns: argparse.Namespace) -> int:
     return finish_run(ns, env, started, results, targets, base)
 
 
+def _compare_args(ns: argparse.Namespace) -> tuple[list[tuple[Signal, Transport]], list[int], list[int],
+                                                   list[SystemName], bool] | str:
+    """``compare``'s flags as (scenarios, workers, loads, collectors, embedded), or what is wrong."""
+    try:
+        if ns.signal or ns.transport:
+            scenarios = [parse_scenario(f"{ns.signal or 'traces'}/{ns.transport or 'grpc'}")]
+        else:
+            scenarios = [parse_scenario(x) for x in ns.scenarios.split(",") if x.strip()]
+        workers = [int(w) for w in ns.workers.split(",") if w.strip()]
+        loads = [int(x) for x in ns.loads.split(",") if x.strip()]
+        names = [] if ns.no_collector else [x.strip() for x in ns.collectors.split(",") if x.strip()]
+        collectors = [_COLLECTOR_CHOICES[n] for n in names if n != "none"]
+    except (ValueError, KeyError) as exc:
+        return f"bad compare argument: {exc}"
+    if not scenarios or not workers:
+        return "compare needs at least one scenario and one worker count"
+    if collectors and ns.bus != "kafka":
+        return "the comparison needs --bus kafka (the Collector writes to Kafka); or --collectors none"
+    return scenarios, workers, loads, collectors, ns.bus == "kafka" and not ns.no_embedded
+
+
+def parse_scenario(text: str) -> tuple[Signal, Transport]:
+    """``traces/grpc`` -> (Signal.TRACES, "grpc"); ValueError for an unknown signal or transport."""
+    signal, _, transport = text.strip().partition("/")
+    if transport == "grpc":
+        return Signal(signal), "grpc"
+    if transport == "http":
+        return Signal(signal), "http"
+    raise ValueError(f"scenario {text.strip()!r}: transport must be grpc or http")
+
+
+def run_compare(env: Environment, base: LoadSpec, scenarios: list[tuple[Signal, Transport]],
+                workers: list[int], loads: list[int], collectors: list[SystemName], embedded: bool, *,
+                repeat: int = 1) -> list[RoundResult]:
+    """Every scenario at saturation first (gateway, each Collector, the embedded default), then
+    the open-loop loads of each scenario as shares of that scenario's gateway max just measured."""
+    specs = [replace(base, signal=signal, transport=transport) for signal, transport in scenarios]
+    closed = [p for spec in specs
+              for p in compare_plan(spec, workers, collectors=collectors, repeat=repeat, embedded=embedded)]
+    total = len(closed) + len(specs) * len(loads) * (1 + len(collectors))
+    results = run_plans(env, closed, total=total)
+    summary = aggregate(results)
+    for spec in specs:
+        gw1 = next((r for r in summary if r.system == "gateway" and r.bus == env.bus and r.mode == "closed"
+                    and r.workers == workers[0]
+                    and (r.signal, r.transport) == (spec.signal.value, spec.transport)), None)
+        if gw1 is None or gw1.items_per_s <= 0 or not loads:
+            continue
+        plans = open_plan(spec, gw1.items_per_s, loads, collectors=collectors)
+        results += run_plans(env, plans, first_index=len(results), total=total)
+    return results
+
+
 def finish_run(ns: argparse.Namespace, env: Environment, started: dt.datetime, results: list[RoundResult],
-               targets: dict[str, Any], base: LoadSpec) -> int:
+               targets: Targets, base: LoadSpec) -> int:
     """Judge, write the report, print the table and every failure; 1 if a target or loss check failed."""
     summary = aggregate(results)
     verdicts = evaluate(targets, summary)
     gaps = gaps_to_collector(targets, summary)
+    scenarios = list(dict.fromkeys(f"{r.signal}/{r.transport}" for r in results))  # in the order run
     meta = {
         "started": started.isoformat(timespec="seconds"), "command": ns.bench_command, "cpus": os.cpu_count(),
         "git": _git_rev(), "bus": env.bus, "gateway_env": env.gateway_env,
-        "generator": f"{base.processes} process(es) x {base.concurrency} in flight, {base.transport}, "
-                     f"{base.shape.items} {base.signal.value} items/request, warm-up {base.warmup_s:g}s, "
+        "generator": f"{base.processes} process(es) x {base.concurrency} in flight (closed loop), "
+                     f"{', '.join(scenarios) or f'{base.signal.value}/{base.transport}'}, "
+                     f"{base.shape.items} items/request, warm-up {base.warmup_s:g}s, "
                      f"measured {base.duration_s:g}s",
         "collector_config": _shown(env.collector_config or base_collector_config_path()),
+        "durable_collector_config": _shown(DURABLE_COLLECTOR_CONFIG),
+        "scenarios": scenarios,
     }
     paths = write_all(env.outdir, summary, verdicts, meta, gaps, rounds=results)
     print((env.outdir / "report.md").read_text())

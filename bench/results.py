@@ -13,7 +13,7 @@ class RoundResult:
     """One system under one load for one measured window."""
 
     scenario: str  # e.g. "traces-grpc-kafka-closed-w1": the key targets are looked up by
-    system: str  # "gateway" | "collector"
+    system: str  # "gateway" | "collector" | "collector-durable"
     workers: int
     signal: str
     transport: str
@@ -36,6 +36,11 @@ class RoundResult:
     machine_busy_cores: float = 0.0  # CPU the whole machine used in the window (broker, others...)
     topic_prefix: str = ""
     notes: list[str] = field(default_factory=list)
+    load_pct: int | None = None  # open loop: offered load as % of the gateway's max in the same run
+
+    @property
+    def p50_ms(self) -> float:
+        return self.latency_ms.get("p50", 0.0)
 
     @property
     def items_per_cpu_s(self) -> float:
@@ -103,7 +108,7 @@ def aggregate(rounds: list[RoundResult]) -> list[RoundResult]:
             errors=errors, late_sends=sum(r.late_sends for r in rs),
             generator_cores=_median(r.generator_cores for r in rs),
             machine_busy_cores=_median(r.machine_busy_cores for r in rs),
-            notes=[f"median of {len(rs)} rounds"],
+            notes=[f"median of {len(rs)} rounds"], load_pct=first.load_pct,
         ))
     return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -19,21 +19,30 @@ from bench.loadgen import LoadSpec, Tick, WorkerTotals, run_load
 from bench.procstat import TreeMonitor
 from bench.progress import ProgressLine
 from bench.results import RoundResult, scenario_name
-from bench.systems import CollectorSystem, GatewaySystem
+from bench.systems import DURABLE_COLLECTOR_CONFIG, CollectorSystem, GatewaySystem
 from otlp.signals import Signal
 
 MIB = 1024.0
 
+SystemName = Literal["gateway", "collector", "collector-durable"]
+COLLECTORS: tuple[SystemName, ...] = ("collector", "collector-durable")
+
 
 @dataclass
 class RoundPlan:
-    """One round: which system, how many gateway workers, what load (offered load if open loop)."""
+    """One round: which system, how many gateway workers, what load (offered load if open loop).
 
-    system: Literal["gateway", "collector"]
+    ``collector`` runs the base Collector config (``bench/collector-otlp-kafka.yaml`` unless the
+    run names another); ``collector-durable`` runs ``bench/collector-otlp-kafka-durable.yaml``,
+    which answers only after Kafka has the data, as the gateway does.
+    """
+
+    system: SystemName
     workers: int
     load: LoadSpec
     load_pct: int | None = None  # open loop, as a share of the gateway's closed-loop max
     gateway_env: dict[str, str] = field(default_factory=dict)  # this round's own overrides (TLS)
+    bus: str | None = None  # the gateway's bus for this round; None: the run's (the embedded default: memory)
 
 
 @dataclass
@@ -52,25 +61,37 @@ class Environment:
     quiet: bool = False
 
 
-def run_round(env: Environment, plan: RoundPlan, index: int) -> RoundResult:
+def round_bus(env: Environment, plan: RoundPlan) -> str:
+    """The bus a round's system publishes to: the Collector always writes to Kafka."""
+    if plan.system != "gateway":
+        return "kafka"
+    return plan.bus or env.bus
+
+
+def run_round(env: Environment, plan: RoundPlan, index: int, total: int = 0) -> RoundResult:
+    """Run one round; ``index`` of ``total`` (0: unknown) names it in the live progress line."""
     spec = plan.load
-    tag = "gw" if plan.system == "gateway" else "col"
-    prefix = f"bench.{env.run_id}.r{index:02d}.{tag}." if env.bus == "kafka" else "otlp_"
-    workdir = env.outdir / "rounds" / f"{index:02d}-{plan.system}-w{plan.workers}"
-    label = f"{plan.system}{f' w{plan.workers}' if plan.system == 'gateway' else ''} " \
-            f"{spec.signal.value}/{spec.transport} {spec.mode}" + \
+    bus = round_bus(env, plan)
+    tag = {"gateway": "gw", "collector": "col", "collector-durable": "cold"}[plan.system]
+    prefix = f"bench.{env.run_id}.r{index:02d}.{tag}." if bus == "kafka" else "otlp_"
+    own_bus = f"-{bus}" if bus != "kafka" else ""
+    workdir = env.outdir / "rounds" / f"{index:02d}-{plan.system}-w{plan.workers}{own_bus}"
+    label = f"{plan.system}{f' w{plan.workers}' if plan.system == 'gateway' else ''}" \
+            f"{f' {bus} bus' if bus != 'kafka' else ''} {spec.signal.value}/{spec.transport} {spec.mode}" + \
+            (f" {plan.load_pct}%" if plan.load_pct is not None else "") + \
             (f" {spec.rate:,.0f}/s" if spec.mode == "open" else "")
-    line = ProgressLine(label)
+    line = ProgressLine(f"{index + 1}/{total} {label}" if total else label)
     topics = topics_for(prefix, [spec.signal])
-    if env.bus == "kafka":
+    if bus == "kafka":
         asyncio.run(create_topics(env.bootstrap, topics, env.partitions))
     system: GatewaySystem | CollectorSystem
     if plan.system == "gateway":
-        system = GatewaySystem(workdir, workers=plan.workers, bus=env.bus, bootstrap=env.bootstrap,
+        system = GatewaySystem(workdir, workers=plan.workers, bus=bus, bootstrap=env.bootstrap,
                                topic_prefix=prefix, env={**env.gateway_env, **plan.gateway_env})
     else:
+        config = DURABLE_COLLECTOR_CONFIG if plan.system == "collector-durable" else env.collector_config
         system = CollectorSystem(workdir, binary=env.jaeger_bin, bootstrap=env.bootstrap, topic_prefix=prefix,
-                                 base_config=env.collector_config)
+                                 base_config=config)
     if not env.quiet:
         line.note("starting")
     system.start()
@@ -88,15 +109,16 @@ def run_round(env: Environment, plan: RoundPlan, index: int) -> RoundResult:
         totals = run_load(load, on_tick=tick, on_window=monitor.window)
         if not env.quiet:
             line.note(f"loss check: waiting for {totals.acked_items:,} items")
-        delivered = _delivered(env, system, topics, totals)
+        delivered = _delivered(env, bus, system, topics, totals)
         monitor.sample()
     finally:
         system.stop()
-        if env.bus == "kafka" and not env.keep_topics:
+        if bus == "kafka" and not env.keep_topics:
             asyncio.run(delete_topics(env.bootstrap, topics))
-    result = _result(plan, env, load, totals, monitor, delivered, prefix)
+    result = _result(plan, bus, load, totals, monitor, delivered, prefix)
     if not env.quiet:
-        line.finish(f"{result.items_per_s:,.0f} items/s  p99 {result.p99_ms:.1f} ms  "
+        line.finish(f"{result.items_per_s:,.0f} items/s  "
+                    f"p50 {result.p50_ms:.1f} ms  p99 {result.p99_ms:.1f} ms  "
                     f"cpu {result.cpu_s:.1f}s (generator {result.generator_cores:.2f}, "
                     f"machine {result.machine_busy_cores:.2f} cores)  "
                     f"rss {result.peak_rss_mib:.0f} MiB  "
@@ -106,9 +128,9 @@ def run_round(env: Environment, plan: RoundPlan, index: int) -> RoundResult:
     return result
 
 
-def _delivered(env: Environment, system: GatewaySystem | CollectorSystem, topics: dict[str, Signal],
-               totals: WorkerTotals) -> int:
-    if env.bus == "kafka":
+def _delivered(env: Environment, bus: str, system: GatewaySystem | CollectorSystem,
+               topics: dict[str, Signal], totals: WorkerTotals) -> int:
+    if bus == "kafka":
         return asyncio.run(count_delivered(env.bootstrap, topics, expect=totals.acked_items)).items
     assert isinstance(system, GatewaySystem)
     signals = list(topics.values())
@@ -120,15 +142,16 @@ def _delivered(env: Environment, system: GatewaySystem | CollectorSystem, topics
     return seen
 
 
-def _result(plan: RoundPlan, env: Environment, load: LoadSpec, totals: WorkerTotals, monitor: TreeMonitor,
+def _result(plan: RoundPlan, bus: str, load: LoadSpec, totals: WorkerTotals, monitor: TreeMonitor,
             delivered: int, prefix: str) -> RoundResult:
     dur = load.duration_s
     transport = load.transport + ("+tls" if load.tls_ca_file else "")
     return RoundResult(
-        scenario=scenario_name(signal=load.signal.value, transport=transport, bus=env.bus,
+        scenario=scenario_name(signal=load.signal.value, transport=transport, bus=bus,
                                mode=load.mode, workers=plan.workers, load_pct=plan.load_pct),
         system=plan.system, workers=plan.workers, signal=load.signal.value, transport=transport,
-        bus=env.bus, mode=load.mode, offered_items_per_s=load.rate if load.mode == "open" else 0.0,
+        bus=bus, mode=load.mode, load_pct=plan.load_pct,
+        offered_items_per_s=load.rate if load.mode == "open" else 0.0,
         duration_s=dur, items_per_s=totals.measured_items / dur, bytes_per_s=totals.measured_bytes / dur,
         latency_ms=totals.hist.summary_ms(), cpu_s=round(monitor.cpu_s, 3),
         peak_rss_mib=round(monitor.peak_rss_kib / MIB, 1), hwm_mib=round(monitor.peak_hwm_kib / MIB, 1),
@@ -139,36 +162,46 @@ def _result(plan: RoundPlan, env: Environment, load: LoadSpec, totals: WorkerTot
     )
 
 
-def compare_plan(base: LoadSpec, workers: list[int], *, with_collector: bool,
-                 repeat: int = 1) -> list[RoundPlan]:
-    """Closed-loop rounds, alternating: gateway w1, collector, gateway w2, collector, ... ``repeat`` times."""
+def compare_plan(base: LoadSpec, workers: list[int], *, collectors: Sequence[SystemName] = COLLECTORS,
+                 repeat: int = 1, embedded: bool = False) -> list[RoundPlan]:
+    """Closed-loop (saturation) rounds of one load, alternating systems, ``repeat`` times.
+
+    Order per repeat: gateway w1, each Collector, gateway w2, each Collector, ..., then (with
+    ``embedded``) the gateway's 1-worker embedded default: memory bus into the file sink.
+    """
+    closed = replace(base, mode="closed")
     plans: list[RoundPlan] = []
     for _ in range(max(1, repeat)):
         for w in workers:
-            plans.append(RoundPlan("gateway", w, replace(base, mode="closed")))
-            if with_collector:
-                plans.append(RoundPlan("collector", 1, replace(base, mode="closed")))
+            plans.append(RoundPlan("gateway", w, closed))
+            plans += [RoundPlan(c, 1, closed) for c in collectors]
+        if embedded:
+            plans.append(RoundPlan("gateway", 1, closed, bus="memory"))
     return plans
 
 
 def open_plan(base: LoadSpec, max_items_per_s: float, load_pcts: list[int], *,
-              with_collector: bool) -> list[RoundPlan]:
-    """Open-loop rounds at shares of the gateway's (1 worker) max, same offered load for both systems."""
+              collectors: Sequence[SystemName] = COLLECTORS) -> list[RoundPlan]:
+    """Open-loop rounds at shares of the gateway's (1 worker) max, the same offered load for all.
+
+    ``max_items_per_s`` is the gateway's closed-loop figure for this same load measured earlier
+    in the run, so "25 %" means a quarter of what this build did on this machine just now.
+    """
     plans: list[RoundPlan] = []
     for pct in load_pcts:
         rate = max(1.0, max_items_per_s * pct / 100.0)
         spec = replace(base, mode="open", rate=rate, concurrency=max(base.concurrency * 8, 64))
         plans.append(RoundPlan("gateway", 1, spec, load_pct=pct))
-        if with_collector:
-            plans.append(RoundPlan("collector", 1, spec, load_pct=pct))
+        plans += [RoundPlan(c, 1, spec, load_pct=pct) for c in collectors]
     return plans
 
 
 def run_plans(env: Environment, plans: list[RoundPlan], first_index: int = 0,
-              on_result: Callable[[RoundResult], None] | None = None) -> list[RoundResult]:
+              on_result: Callable[[RoundResult], None] | None = None, total: int = 0) -> list[RoundResult]:
+    """Run ``plans`` in order; ``total`` rounds in the whole run (0: just these) for the progress line."""
     out = []
     for i, plan in enumerate(plans):
-        r = run_round(env, plan, first_index + i)
+        r = run_round(env, plan, first_index + i, total or first_index + len(plans))
         out.append(r)
         if on_result is not None:
             on_result(r)

@@ -28,6 +28,8 @@ from pipelines.sinks.file import complete_lines
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_COLLECTOR_CONFIG = Path(__file__).resolve().parent / "collector-otlp-kafka.yaml"
+# The same pipeline acknowledging after Kafka has the data (batching in the exporter's queue).
+DURABLE_COLLECTOR_CONFIG = BENCH_COLLECTOR_CONFIG.with_name("collector-otlp-kafka-durable.yaml")
 
 
 def stack_cache() -> Path:

@@ -24,7 +24,7 @@ def finish(tmp_path: Path, *results_kw: dict[str, Any]) -> int:
     ns = argparse.Namespace(bench_command="run")
     env = Environment(outdir=tmp_path / "out", run_id="t")
     rs = [result(**kw) for kw in results_kw]
-    return finish_run(ns, env, dt.datetime.now(dt.UTC), rs, dict(TARGETS), LoadSpec("", ""))
+    return finish_run(ns, env, dt.datetime.now(dt.UTC), rs, TARGETS, LoadSpec("", ""))
 
 
 def test_met_targets_and_no_loss_exit_zero(tmp_path: Path) -> None:
@@ -50,5 +50,9 @@ def test_subcommands_parse() -> None:
     add_arguments(parser)
     ns = parser.parse_args(["compare", "--workers", "1,2", "--loads", "25,50", "--gateway-env", "TG_X=1"])
     assert (ns.bench_command, ns.workers, ns.loads, ns.gateway_env) == ("compare", "1,2", "25,50", ["TG_X=1"])
+    assert (ns.scenarios, ns.collectors, ns.signal, ns.transport) == (
+        "traces/grpc,traces/http,logs/grpc,metrics/grpc", "default,durable", None, None)
+    assert (ns.warmup, ns.duration) == (1.5, 5.0)  # shorter windows than `run`: the matrix stays bounded
+    assert parser.parse_args(["run"]).duration == 8.0
     ns = parser.parse_args(["micro", "--", "-q"])
     assert ns.pytest_args == ["--", "-q"]

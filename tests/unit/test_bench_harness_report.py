@@ -70,7 +70,10 @@ def test_malformed_targets_are_refused(doc: dict[str, Any]) -> None:
 
 def test_the_shipped_targets_file_parses() -> None:
     targets = load_targets(TARGETS_PATH)
-    assert all(name.startswith(("traces-", "logs-", "metrics-")) for name in targets)
+    assert all(name.startswith(("traces-", "logs-", "metrics-", "*-")) for name in targets.scenarios)
+    assert {(r.peer, r.metric) for r in targets.ratios} == {
+        ("collector", "items_per_cpu_s"), ("collector-durable", "p99_ms"), ("collector", "peak_rss_mib"),
+        ("kafka-path", "items_per_s")}
 
 
 def test_ratios_average_alternating_collector_rounds() -> None:
@@ -78,9 +81,10 @@ def test_ratios_average_alternating_collector_rounds() -> None:
                  result("collector", items_per_s=10_000.0, cpu_s=5.0),
                  result("collector", items_per_s=30_000.0, cpu_s=15.0)])
     assert len(rs) == 1
-    assert rs[0]["collector_rounds"] == 2
-    assert rs[0]["items_per_s"] == pytest.approx(1.5)
-    assert rs[0]["items_per_cpu_s"] == pytest.approx(30_000 / 20_000)
+    vs = rs[0]["peers"]["collector"]
+    assert vs["rounds"] == 2
+    assert vs["items_per_s"] == pytest.approx(1.5)
+    assert vs["items_per_cpu_s"] == pytest.approx(30_000 / 20_000)
 
 
 def test_gaps_to_collector_put_targets_next_to_its_figures() -> None:
