@@ -1,10 +1,37 @@
 """OTLP spans and logs to Elasticsearch documents in Elastic's OpenTelemetry-native layout.
 
-The layout follows the collector's ``elasticsearchexporter`` ``otel`` mapping mode, so
+Where documents go: data streams ``<type>-<dataset>.otel-<namespace>`` as Elasticsearch's OTel
+data plugin and Elastic's OTLP endpoint name them (patterns ``traces-*.otel-*``,
+``logs-*.otel-*``): ``traces-generic.otel-<ns>`` and ``logs-generic.otel-<ns>``, the namespace
+being the tenant mapped one to one (``tenant_index_part``). ``data_stream.type``, ``.dataset``
+and ``.namespace`` in every document say the same as the name. The stream is chosen from the
+gateway-stamped ``tenant.id`` only: attributes a client sends that route data in the
+Collector's exporter (``data_stream.dataset``, ``data_stream.namespace``,
+``elasticsearch.index``, ...) are kept as plain attributes and never choose a stream.
+
+The documents follow the Collector's ``elasticsearchexporter`` ``otel`` mapping mode, so
 dashboards and queries written for that exporter work here: ``@timestamp``, hex ids,
 ``attributes`` keyed by the full dotted attribute name, ``resource.attributes``,
 ``scope.{name,version,attributes}``, span ``kind``/``status.code`` as the OTLP enum names,
-``duration`` in nanoseconds, and for logs ``body.text`` or ``body.structured``.
+``duration`` in nanoseconds, and for logs ``body.text`` or ``body.structured``. As there:
+
+- every span event is also a log document in the tenant's logs stream (``@timestamp`` the
+  event's time, ``event_name``, the span's ``trace_id``/``span_id``, the event's attributes
+  plus ``event.name``, the span's resource and scope), which is what Elastic's views read for
+  exceptions; the span document keeps its ``events`` too, so a span read alone is whole (the
+  exporter leaves them out of the span);
+- ``<prefix>geo.location.lat``/``lon`` double attributes become one ``<prefix>geo.location``
+  ``[lon, lat]`` (a ``geo_point`` under Elastic's mappings) when both are there;
+- a log body that is an array of maps is ``body.structured`` as that array (other arrays
+  under ``body.structured.value``); a log without ``event_name`` takes its ``event.name``
+  attribute's;
+- links keep ``dropped_attributes_count``.
+
+Where we differ on purpose: bytes values are base64 (the OTel spec's JSON form; the exporter
+writes hex); a span that ends before it starts has ``duration`` 0 (the exporter's unsigned
+difference wraps to a number Elasticsearch refuses); a log without an observed time has no
+``observed_timestamp`` (the exporter writes epoch 0); a span event without a time takes its
+span's start (not epoch 0).
 
 Each document gets an ``_id`` from the Kafka coordinates of the record it came from and its
 position in that record, so a redelivered record overwrites the same documents instead of
@@ -28,29 +55,34 @@ from typing import Any
 import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from bus.contract import BusRecord
 from otlp.signals import Signal
-from pipelines.convert.otlp_values import any_value, attributes, resource_tenant
+from pipelines.convert.otlp_values import JSONValue, any_value, resource_tenant
 from pipelines.convert.parts import BadPart, isolate, item_request
 
 Doc = dict[str, Any]
 
-TRACES_PREFIX = "traces-otel-"
-LOGS_PREFIX = "logs-otel-"
-INDEX_PREFIX = {Signal.TRACES: TRACES_PREFIX, Signal.LOGS: LOGS_PREFIX}
+# ``<type>-<dataset>.otel-``: the dataset is ``generic`` as Elastic's OTLP endpoint names data
+# that does not say otherwise.
+DATASET = "generic.otel"
+STREAM_TYPE = {Signal.TRACES: "traces", Signal.LOGS: "logs"}
+INDEX_PREFIX = {signal: f"{kind}-{DATASET}-" for signal, kind in STREAM_TYPE.items()}
+TRACES_PREFIX = INDEX_PREFIX[Signal.TRACES]
+LOGS_PREFIX = INDEX_PREFIX[Signal.LOGS]
 
 # OTLP enum numbers to the names the otel mapping mode stores.
 SPAN_KIND = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
 STATUS_CODE = ("Unset", "Ok", "Error")
 
-# Index names: at most 255 bytes. The tenant part stays within 200, which leaves room for the
-# prefix and for the ``.ds-<name>-<yyyy.mm.dd>-<generation>`` backing index names.
-_MAX_TENANT_CHARS = 200
+# A data stream namespace is at most 100 characters (Elastic's data stream naming scheme); the
+# index name (at most 255 bytes) then leaves room for the ``.ds-<name>-<yyyy.mm.dd>-<generation>``
+# backing index names.
+_MAX_TENANT_CHARS = 100
 _KEPT = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789.")
 _ESCAPE = "_"
 _HASH_MARK = "__"  # never made by escaping: an escape is "_" and two hex digits
@@ -62,13 +94,15 @@ class BulkItem:
     """One document ready for the bulk API: target index, idempotent id, JSON source.
 
     ``position`` is the document's item number in its record (wire order), from which ``doc_id``
-    is made and the item's own bytes can be cut out again (``parts.item_request``).
+    is made and the item's own bytes can be cut out again (``parts.item_request``). A span
+    event's log document has its span's position and ``event`` >= 0.
     """
 
     index: str
     doc_id: str
     source: bytes
     position: int = 0
+    event: int = -1  # the span event number for a span event's log document, else -1
 
 
 @lru_cache(maxsize=1024)
@@ -80,11 +114,12 @@ def tenant_index_part(tenant: str) -> str:
     digits, so ``Acme`` -> ``_41cme``, ``acme`` -> ``acme``, ``a/b`` -> ``a_2fb``, ``a_b`` ->
     ``a_5fb``. The result holds only ``[a-z0-9._]``: what Elasticsearch allows in index names
     (no upper case, no ``\\ / * ? " < > | , # :`` or space) and in a data stream namespace (no
-    ``-``); a leading ``_`` or ``.`` is harmless behind the ``traces-otel-``/``logs-otel-``
-    prefix. The empty tenant is ``_`` (no escape is a lone
-    ``_``). A result longer than 200 characters is cut at an escape boundary and ends in ``__``
-    and 16 hex digits of the SHA-256 of the tenant: ``__`` never occurs otherwise, so long and
-    short names cannot meet, and two long ones meet only on a 64-bit hash collision.
+    ``-``); a leading ``_`` or ``.`` is harmless behind the ``traces-generic.otel-`` /
+    ``logs-generic.otel-`` prefix. The empty tenant is ``_`` (no escape is a lone ``_``). A
+    result longer than 100 characters (the namespace limit) is cut at an escape boundary and
+    ends in ``__`` and 16 hex digits of the SHA-256 of the tenant: ``__`` never occurs
+    otherwise, so long and short names cannot meet, and two long ones meet only on a 64-bit
+    hash collision.
     """
     out = []
     for byte in tenant.encode():
@@ -100,6 +135,7 @@ def tenant_index_part(tenant: str) -> str:
 
 
 def index_name(signal: Signal, tenant: str) -> str:
+    """``traces-generic.otel-<ns>`` / ``logs-generic.otel-<ns>``, ns = ``tenant_index_part(tenant)``."""
     return INDEX_PREFIX[signal] + tenant_index_part(tenant)
 
 
@@ -120,7 +156,7 @@ def iso_nanos(unix_nano: int) -> str:
 
 
 def _resource_part(resource: Resource, schema_url: str) -> Doc:
-    part: Doc = {"attributes": attributes(resource.attributes)}
+    part: Doc = {"attributes": document_attributes(resource.attributes)}
     if resource.dropped_attributes_count:
         part["dropped_attributes_count"] = resource.dropped_attributes_count
     if schema_url:
@@ -133,7 +169,7 @@ def _scope_part(scope: InstrumentationScope, schema_url: str) -> Doc:
     if scope.version:
         part["version"] = scope.version
     if scope.attributes:
-        part["attributes"] = attributes(scope.attributes)
+        part["attributes"] = document_attributes(scope.attributes)
     if scope.dropped_attributes_count:
         part["dropped_attributes_count"] = scope.dropped_attributes_count
     if schema_url:
@@ -141,8 +177,62 @@ def _scope_part(scope: InstrumentationScope, schema_url: str) -> Doc:
     return part
 
 
-def _data_stream(kind: str, tenant: str) -> Doc:
-    return {"type": kind, "dataset": "otel", "namespace": tenant_index_part(tenant)}
+_GEO_LAT, _GEO_LON, _GEO = "geo.location.lat", "geo.location.lon", "geo.location"
+
+
+def document_attributes(kvs: Sequence[KeyValue]) -> dict[str, JSONValue]:
+    """An attribute map as the document stores it: ``{dotted key: value}``.
+
+    Values as ``otlp_values.any_value`` gives them (bytes as base64). Then, as the Collector's
+    exporter does for every top-level attribute map: double attributes ``geo.location.lat`` and
+    ``geo.location.lon``, or ``<prefix>.geo.location.lat``/``lon``, with both present become
+    one ``<prefix>.geo.location`` = ``[lon, lat]`` (GeoJSON order, what a ``geo_point``
+    takes), placed after the other keys; a lone half stays as it was. Nested maps are left
+    alone.
+    """
+    out: dict[str, JSONValue] = {}
+    geo: list[str] | None = None
+    # Strings, then ints, are most attributes: one WhichOneof and a direct read for them (this
+    # loop is the conversions' hot spot, about 40 % of a span document).
+    for kv in kvs:
+        v = kv.value
+        kind = v.WhichOneof("value")
+        if kind == "string_value":
+            out[kv.key] = v.string_value
+        elif kind == "int_value":
+            out[kv.key] = v.int_value
+        elif kind == "double_value":
+            key = kv.key
+            out[key] = v.double_value
+            if key.endswith((_GEO_LAT, _GEO_LON)):
+                geo = [key] if geo is None else [*geo, key]
+        else:
+            out[kv.key] = any_value(v)
+    if geo is not None:
+        _merge_geo(out, geo)
+    return out
+
+
+def _merge_geo(out: dict[str, JSONValue], keys: list[str]) -> None:
+    """Merge lat/lon pairs among ``keys`` (double attributes ending in geo.location.lat/lon)."""
+    for key in keys:
+        prefix = key[:-len(_GEO_LAT)]
+        if prefix and not prefix.endswith("."):
+            continue  # "xgeo.location.lat" is not a geo attribute
+        lat, lon = prefix + _GEO_LAT, prefix + _GEO_LON
+        if lat in out and lon in out:
+            out[prefix + _GEO] = [out.pop(lon), out.pop(lat)]
+
+
+@lru_cache(maxsize=4096)
+def _data_stream_json(signal: Signal, tenant: str) -> bytes:
+    """``"data_stream":{...}`` of ``signal``'s stream for ``tenant``: the members its name says."""
+    return b'"data_stream":' + orjson.dumps(data_stream(signal, tenant))
+
+
+def data_stream(signal: Signal, tenant: str) -> Doc:
+    """``{"type", "dataset", "namespace"}``: the parts of ``index_name(signal, tenant)``."""
+    return {"type": STREAM_TYPE[signal], "dataset": DATASET, "namespace": tenant_index_part(tenant)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,36 +240,48 @@ class _Shared:
     """What every document of one scope shares: built, and serialized, once per scope."""
 
     tenant: str
-    parts: Doc  # data_stream, resource, scope
+    parts: Doc  # resource, scope
     json: bytes  # the same members as JSON, without the enclosing braces
 
+    def document(self, signal: Signal, own: Doc) -> Doc:
+        """``own`` with the data stream of ``signal`` and the resource and scope."""
+        return {**own, "data_stream": data_stream(signal, self.tenant), **self.parts}
 
-def _walk(resources: Iterable[Any], scopes: str, items: str, kind: str,
+    def source(self, signal: Signal, own: Doc) -> bytes:
+        """The JSON of ``document(signal, own)``, the shared members spliced in already serialized."""
+        return (orjson.dumps(own)[:-1] + b"," + _data_stream_json(signal, self.tenant) + b","
+                + self.json + b"}")
+
+
+def _walk(resources: Iterable[Any], scopes: str, items: str,
           fallback_tenant: str) -> Iterator[tuple[_Shared, Any]]:
     """(shared parts, span or log record) for every item of a decoded request."""
     for rx in resources:
         tenant = resource_tenant(rx.resource.attributes, fallback_tenant)
         resource = _resource_part(rx.resource, rx.schema_url)
-        stream = _data_stream(kind, tenant)
         for sx in getattr(rx, scopes):
             scope = _scope_part(sx.scope, sx.schema_url)
-            parts = {"data_stream": stream, "resource": resource, "scope": scope}
+            parts = {"resource": resource, "scope": scope}
             shared = _Shared(tenant, parts, orjson.dumps(parts)[1:-1])
             for item in getattr(sx, items):
                 yield shared, item
 
 
-def _span_doc(span: Span) -> Doc:
-    """A span's own fields (without the shared data_stream/resource/scope)."""
+def _span_doc(span: Span) -> tuple[Doc, list[Doc]]:
+    """A span's own fields (without the shared data_stream/resource/scope), and a log
+    document's own fields per span event."""
     start = span.start_time_unix_nano
+    trace_id, span_id = span.trace_id.hex(), span.span_id.hex()
     doc: Doc = {
         "@timestamp": iso_nanos(start),
-        "trace_id": span.trace_id.hex(),
-        "span_id": span.span_id.hex(),
+        "trace_id": trace_id,
+        "span_id": span_id,
         "name": span.name,
         "kind": SPAN_KIND[span.kind] if span.kind < len(SPAN_KIND) else str(span.kind),
+        # The Collector's unsigned difference wraps for an end before the start; 0 is the truth
+        # that a long field takes.
         "duration": max(span.end_time_unix_nano - start, 0),
-        "attributes": attributes(span.attributes),
+        "attributes": document_attributes(span.attributes),
         "status": {
             "code": STATUS_CODE[span.status.code] if span.status.code < 3 else "Unset",
         },
@@ -190,30 +292,50 @@ def _span_doc(span: Span) -> Doc:
         doc["trace_state"] = span.trace_state
     if span.status.message:
         doc["status"]["message"] = span.status.message
+    event_docs: list[Doc] = []
     if span.events:
-        doc["events"] = [
-            {"name": ev.name, "timestamp": iso_nanos(ev.time_unix_nano),
-             "attributes": attributes(ev.attributes)}
-            for ev in span.events
-        ]
+        events = []
+        for ev in span.events:
+            when = iso_nanos(ev.time_unix_nano or start)
+            attrs = document_attributes(ev.attributes) if ev.attributes else {}
+            event: Doc = {"name": ev.name, "timestamp": when, "attributes": attrs}
+            log: Doc = {"@timestamp": when, "trace_id": trace_id, "span_id": span_id}
+            if dropped := ev.dropped_attributes_count:
+                event["dropped_attributes_count"] = log["dropped_attributes_count"] = dropped
+            if ev.name:
+                log["event_name"] = ev.name
+                log["attributes"] = {**attrs, "event.name": ev.name}
+            elif attrs:
+                log["attributes"] = attrs
+            events.append(event)
+            event_docs.append(log)
+        doc["events"] = events
     if span.links:
-        doc["links"] = [
-            {"trace_id": ln.trace_id.hex(), "span_id": ln.span_id.hex(),
-             "trace_state": ln.trace_state, "attributes": attributes(ln.attributes)}
-            for ln in span.links
-        ]
+        links = []
+        for ln in span.links:
+            link: Doc = {"trace_id": ln.trace_id.hex(), "span_id": ln.span_id.hex(),
+                         "attributes": document_attributes(ln.attributes)}
+            if ln.trace_state:
+                link["trace_state"] = ln.trace_state
+            if ln.dropped_attributes_count:
+                link["dropped_attributes_count"] = ln.dropped_attributes_count
+            links.append(link)
+        doc["links"] = links
     for key in ("dropped_attributes_count", "dropped_events_count", "dropped_links_count"):
         n = getattr(span, key)
         if n:
             doc[key] = n
-    return doc
+    return doc, event_docs
 
 
 def log_body(body: AnyValue) -> Doc:
-    """``{"text": ...}`` for scalar bodies, ``{"structured": {...}}`` for maps and arrays.
+    """``{"text": ...}`` for scalar bodies, ``{"structured": ...}`` for maps and arrays.
 
-    ``body.structured`` is a ``flattened`` field, which wants an object at its root, so an
-    array body is kept under ``value``.
+    As the Collector's exporter: a map is ``structured`` as is, an array whose elements are all
+    maps (or an empty array) is ``structured`` as that array (``body.structured`` is a
+    ``flattened`` field, which takes an object or an array of objects), and any other array is
+    kept under ``structured.value``. Scalars are text: bools ``true``/``false``, numbers as
+    Python prints them, bytes as base64.
     """
     kind = body.WhichOneof("value")
     if kind is None:
@@ -222,6 +344,8 @@ def log_body(body: AnyValue) -> Doc:
     if kind == "kvlist_value":
         return {"structured": value}
     if kind == "array_value":
+        if all(v.WhichOneof("value") == "kvlist_value" for v in body.array_value.values):
+            return {"structured": value}
         return {"structured": {"value": value}}
     if kind == "string_value":
         return {"text": value}
@@ -233,12 +357,14 @@ def log_body(body: AnyValue) -> Doc:
 def _log_doc(lr: LogRecord) -> Doc:
     """A log record's own fields (without the shared data_stream/resource/scope)."""
     observed = lr.observed_time_unix_nano
+    attrs = document_attributes(lr.attributes)
     # Per the OTLP spec a missing event time falls back to the observed time.
     doc: Doc = {
         "@timestamp": iso_nanos(lr.time_unix_nano or observed),
         "severity_number": lr.severity_number,
-        "attributes": attributes(lr.attributes),
+        "attributes": attrs,
     }
+    # No observed time is left out, not written as epoch 0 (as the Collector does).
     if observed:
         doc["observed_timestamp"] = iso_nanos(observed)
     if lr.severity_text:
@@ -250,8 +376,9 @@ def _log_doc(lr: LogRecord) -> Doc:
         doc["trace_id"] = lr.trace_id.hex()
     if lr.span_id:
         doc["span_id"] = lr.span_id.hex()
-    if lr.event_name:
-        doc["event_name"] = lr.event_name
+    event_name = lr.event_name or attrs.get("event.name")
+    if event_name and isinstance(event_name, str):
+        doc["event_name"] = event_name
     if lr.dropped_attributes_count:
         doc["dropped_attributes_count"] = lr.dropped_attributes_count
     return doc
@@ -263,29 +390,42 @@ def _decoder(signal: Signal) -> Any:
     return ExportLogsServiceRequest.FromString
 
 
-def _decoded_items(signal: Signal, request: Any, fallback_tenant: str) -> Iterator[tuple[_Shared, Doc]]:
+_NO_EVENTS: list[Doc] = []
+
+
+def _decoded_items(signal: Signal, request: Any,
+                   fallback_tenant: str) -> Iterator[tuple[_Shared, Doc, list[Doc]]]:
+    """(shared parts, the item's own fields, its span events' log documents' own fields)."""
     if signal is Signal.TRACES:
-        for shared, span in _walk(request.resource_spans, "scope_spans", "spans", "traces", fallback_tenant):
-            yield shared, _span_doc(span)
+        for shared, span in _walk(request.resource_spans, "scope_spans", "spans", fallback_tenant):
+            doc, events = _span_doc(span)
+            yield shared, doc, events
     else:
-        for shared, lr in _walk(request.resource_logs, "scope_logs", "log_records", "logs", fallback_tenant):
-            yield shared, _log_doc(lr)
+        for shared, lr in _walk(request.resource_logs, "scope_logs", "log_records", fallback_tenant):
+            yield shared, _log_doc(lr), _NO_EVENTS
 
 
-def _items(signal: Signal, payload: bytes, fallback_tenant: str) -> Iterator[tuple[_Shared, Doc]]:
+def _items(signal: Signal, payload: bytes, fallback_tenant: str) -> Iterator[tuple[_Shared, Doc, list[Doc]]]:
     yield from _decoded_items(signal, _decoder(signal)(payload), fallback_tenant)
 
 
 def span_documents(payload: bytes, fallback_tenant: str = "") -> Iterator[tuple[str, Doc]]:
     """(tenant, document) per span of a serialized ExportTraceServiceRequest."""
-    for shared, doc in _items(Signal.TRACES, payload, fallback_tenant):
-        yield shared.tenant, {**doc, **shared.parts}
+    for shared, doc, _ in _items(Signal.TRACES, payload, fallback_tenant):
+        yield shared.tenant, shared.document(Signal.TRACES, doc)
+
+
+def span_event_documents(payload: bytes, fallback_tenant: str = "") -> Iterator[tuple[str, Doc]]:
+    """(tenant, log document) per span event of a serialized ExportTraceServiceRequest."""
+    for shared, _, events in _items(Signal.TRACES, payload, fallback_tenant):
+        for event in events:
+            yield shared.tenant, shared.document(Signal.LOGS, event)
 
 
 def log_documents(payload: bytes, fallback_tenant: str = "") -> Iterator[tuple[str, Doc]]:
     """(tenant, document) per log record of a serialized ExportLogsServiceRequest."""
-    for shared, doc in _items(Signal.LOGS, payload, fallback_tenant):
-        yield shared.tenant, {**doc, **shared.parts}
+    for shared, doc, _ in _items(Signal.LOGS, payload, fallback_tenant):
+        yield shared.tenant, shared.document(Signal.LOGS, doc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,17 +440,23 @@ def record_documents(record: BusRecord) -> RecordDocuments:
     """Every document of one consumed record, with its index and idempotent id, and its bad parts.
 
     Positions (hence ``_id`` s) are the items' places in the whole record, the same whether it
-    decodes whole or part by part. The parts a scope's documents share are serialized once and
-    spliced into each document's JSON, which is most of the serializing work saved for
-    SDK-shaped batches.
+    decodes whole or part by part. A span's events follow its document, in the tenant's logs
+    stream, with ids ``<span's id>-e<event number>`` (so as stable as the span's). The parts a
+    scope's documents share are serialized once and spliced into each document's JSON, which
+    is most of the serializing work saved for SDK-shaped batches.
     """
-    parts = isolate(record.value, _decoder(record.signal))
-    items = [
-        BulkItem(index_name(record.signal, shared.tenant), document_id(record, start + i),
-                 orjson.dumps(doc)[:-1] + b"," + shared.json + b"}", start + i)
-        for start, request in parts.good
-        for i, (shared, doc) in enumerate(_decoded_items(record.signal, request, record.tenant))
-    ]
+    signal = record.signal
+    parts = isolate(record.value, _decoder(signal))
+    items: list[BulkItem] = []
+    for start, request in parts.good:
+        for i, (shared, doc, events) in enumerate(_decoded_items(signal, request, record.tenant)):
+            position = start + i
+            doc_id = document_id(record, position)
+            items.append(BulkItem(index_name(signal, shared.tenant), doc_id, shared.source(signal, doc),
+                                  position))
+            for k, event in enumerate(events):
+                items.append(BulkItem(index_name(Signal.LOGS, shared.tenant), f"{doc_id}-e{k}",
+                                      shared.source(Signal.LOGS, event), position, event=k))
     return RecordDocuments(items, parts.bad)
 
 

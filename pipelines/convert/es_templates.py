@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from otlp.signals import Signal
-from pipelines.convert.es_docs import LOGS_PREFIX, TRACES_PREFIX
+from pipelines.convert.es_docs import INDEX_PREFIX
 
 # Lucene refuses a term over 32766 bytes, and a refused term refuses the whole document. Every
 # keyword (and every leaf of a flattened field) longer than this many characters is kept in
@@ -33,6 +33,15 @@ _DATE = {"type": "date_nanos"}
 _ATTRIBUTES = {"type": "flattened", "ignore_above": FLATTENED_IGNORE_ABOVE,
                "depth_limit": FLATTENED_DEPTH_LIMIT}
 _COUNT = {"type": "long"}
+
+# Composable templates: the highest priority among those whose pattern matches wins, whole.
+# Elasticsearch's OTel data plugin (x-pack otel-data, on Elastic deployments) installs
+# ``traces-otel@template`` / ``logs-otel@template`` for ``traces-*.otel-*`` / ``logs-*.otel-*``
+# at priority 120, with its own mappings (passthrough attributes, ECS aliases, geo points) that
+# Elastic's views read: those must win where they exist. The stack's generic ``logs@template`` /
+# ``traces@template`` (``logs-*-*``, ``traces-*-*``) are at 100 and know nothing of these
+# documents: ours must win over them. So 110, on our own streams' names only.
+TEMPLATE_PRIORITY = 110
 
 
 def _common_mappings() -> dict[str, Any]:
@@ -54,7 +63,9 @@ def _common_mappings() -> dict[str, Any]:
 
 
 def index_template(signal: Signal, data_streams: bool) -> dict[str, Any]:
-    """The composable template body for one signal's ``<prefix>*`` family.
+    """The composable template body for one signal's streams, ``traces-generic.otel-*`` or
+    ``logs-generic.otel-*``, at ``TEMPLATE_PRIORITY`` (below Elastic's OTel templates, above
+    the generic ``logs-*-*`` / ``traces-*-*`` ones).
 
     No attribute value of any size or type gets a document refused: keywords have
     ``ignore_above``, attribute maps are ``flattened`` (see ``_ATTRIBUTES``), strings of other
@@ -86,9 +97,8 @@ def index_template(signal: Signal, data_streams: bool) -> dict[str, Any]:
             "body": {"properties": {"text": {"type": "text"}, "structured": _ATTRIBUTES}},
         })
     template: dict[str, Any] = {
-        "index_patterns": [(TRACES_PREFIX if signal is Signal.TRACES else LOGS_PREFIX) + "*"],
-        # Above the built-in traces-*-* / logs-*-* templates (priority 100) where those exist.
-        "priority": 250,
+        "index_patterns": [INDEX_PREFIX[signal] + "*"],
+        "priority": TEMPLATE_PRIORITY,
         "template": {
             "settings": {
                 "index.number_of_shards": 1,

@@ -1,10 +1,13 @@
 """Elasticsearch sink: spans and logs as OTel-native documents, bulk-written idempotently.
 
-Where documents go: data streams ``traces-otel-<tenant>`` and ``logs-otel-<tenant>`` (the
-``type-dataset-namespace`` scheme with the tenant, lower-cased and sanitised, as namespace; see
-``pipelines.convert.es_docs``). At start the sink installs one composable index template per
-signal (``traces-otel-*``, ``logs-otel-*``, declaring ``data_stream``; PUT is idempotent), and
-the first write to a tenant's name creates its data stream. Every document is written with the
+Where documents go: data streams ``traces-generic.otel-<ns>`` and ``logs-generic.otel-<ns>``
+(Elastic's ``<type>-<dataset>.otel-<namespace>`` OTel scheme, the tenant mapped one to one as
+namespace; see ``pipelines.convert.es_docs``); span events also go to the logs stream as log
+documents. At start the sink installs one composable index template per signal
+(``traces-generic.otel-*``, ``logs-generic.otel-*``, declaring ``data_stream``; PUT is
+idempotent) at a priority below Elastic's own OTel templates, so on an Elastic deployment
+theirs map the documents and ours serve where they are absent (``es_templates``). The first
+write to a tenant's name creates its data stream. Every document is written with the
 ``create`` action and an ``_id`` from its Kafka coordinates, so a redelivered document answers
 409, which counts as written: redelivery never duplicates.
 
@@ -51,7 +54,7 @@ from elasticsearch import ApiError, AsyncElasticsearch
 
 from bus.contract import BusRecord
 from otlp.signals import Signal
-from pipelines.convert.es_docs import BulkItem, bulk_body, item_part, record_documents
+from pipelines.convert.es_docs import INDEX_PREFIX, BulkItem, bulk_body, item_part, record_documents
 from pipelines.convert.es_templates import index_template
 from pipelines.metrics import ES_DOCUMENTS
 from pipelines.sinks import backend_auth
@@ -62,10 +65,20 @@ from settings.config import Config, ElasticsearchSinkConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ElasticsearchSink", "index_template", "make_sink"]
+__all__ = ["ElasticsearchSink", "index_template", "make_sink", "template_name"]
 
 # On ``create``, 409 says the ``_id`` is already there: written by an earlier delivery.
 _ALREADY_THERE = (409,)
+
+
+def template_name(signal: Signal) -> str:
+    """``traces-generic.otel-telemetry-gateway`` / ``logs-generic.otel-telemetry-gateway``.
+
+    A new name for the new streams: the templates of the earlier ``traces-otel-*`` /
+    ``logs-otel-*`` streams (``<signal>-otel-telemetry-gateway``) are left in place so those
+    streams keep rolling over until their data ages out.
+    """
+    return f"{INDEX_PREFIX[signal]}telemetry-gateway"
 
 
 @dataclass
@@ -164,7 +177,7 @@ class ElasticsearchSink:
         while True:
             try:
                 await self.client.indices.put_index_template(
-                    name=f"{signal.value}-otel-telemetry-gateway",
+                    name=template_name(signal),
                     **index_template(signal, self.data_streams))
                 return
             except ApiError as exc:
@@ -212,17 +225,24 @@ class ElasticsearchSink:
         transient: set[int] = set()
         wait: float | None = None
         outcomes: TallyCounter[tuple[str, str]] = TallyCounter()
+        # A span and its events' log documents share one part: dead-letter it once.
+        parts_rejected: set[tuple[int, int]] = set()
         for start, answers in results:
             for j, answer in enumerate(answers):
                 idx = batch.owners[start + j]
                 rec = records[idx]
-                signal = rec.signal.value
+                item = batch.items[start + j]
+                # Counted by the stream the document went to: a span event's is a log document.
+                signal = Signal.LOGS.value if item.event >= 0 else rec.signal.value
                 if answer.verdict is Verdict.DONE:
                     outcomes[signal, "written"] += 1
                 elif answer.verdict is Verdict.REJECT:
                     outcomes[signal, "rejected"] += 1
-                    batch.reject(idx, part_rejection(rec, item_part(rec, batch.items[start + j]),
-                                                     f"elasticsearch {answer.detail}"))
+                    if (idx, item.position) not in parts_rejected:
+                        parts_rejected.add((idx, item.position))
+                        what = f"span event {item.event}: " if item.event >= 0 else ""
+                        batch.reject(idx, part_rejection(rec, item_part(rec, item),
+                                                         f"elasticsearch {what}{answer.detail}"))
                 else:
                     outcomes[signal, "retried"] += 1
                     transient.add(idx)

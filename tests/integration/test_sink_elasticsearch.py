@@ -14,7 +14,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from otlp.signals import Signal
 from pipelines.convert.es_docs import index_name
 from pipelines.sinks.base import PermanentSinkError, TransientSinkError
-from pipelines.sinks.elasticsearch import ElasticsearchSink
+from pipelines.sinks.elasticsearch import ElasticsearchSink, template_name
 from settings.config import ElasticsearchSinkConfig
 from tests import stackenv
 from tests.bad_otlp import MARKER, with_invalid_utf8
@@ -56,9 +56,11 @@ async def test_tenant_names_are_data_streams_under_our_templates(sink: Elasticse
                                                                  es: AsyncElasticsearch) -> None:
     """What the sink's docstring claims about the stack's node, checked on the node."""
     assert sink.data_streams
-    templates = (await es.indices.get_index_template(name="*-otel-telemetry-gateway")).body["index_templates"]
+    templates = []
+    for signal in (Signal.TRACES, Signal.LOGS):
+        templates += (await es.indices.get_index_template(name=template_name(signal))).body["index_templates"]
     assert sorted(p for t in templates for p in t["index_template"]["index_patterns"]) == \
-        ["logs-otel-*", "traces-otel-*"]
+        ["logs-generic.otel-*", "traces-generic.otel-*"]
     assert all("data_stream" in t["index_template"] for t in templates)
 
     tenant, _ = _tenants()
@@ -241,7 +243,11 @@ async def test_no_attribute_value_gets_a_document_refused(sink: ElasticsearchSin
     await sink.write(records)  # no PermanentSinkError: every document answered 201
 
     traces, logs = index_name(Signal.TRACES, acme), index_name(Signal.LOGS, acme)
-    assert await _count(es, traces) == 1 and await _count(es, logs) == len(typed) + 2
+    # The logs: the typed ones, the two bodies, and the span's two events (the SDK's and ours).
+    assert await _count(es, traces) == 1 and await _count(es, logs) == len(typed) + 2 + 2
+    found = await es.search(index=logs, query={"term": {"event_name": "exception"}})
+    (event_doc,) = found.body["hits"]["hits"]
+    assert event_doc["_source"]["attributes"]["exception.stacktrace"] == stack
     (hit,) = (await es.search(index=traces, query={"match_all": {}})).body["hits"]["hits"]
     src = hit["_source"]
     assert src["events"][-1]["attributes"]["exception.stacktrace"] == stack  # kept in _source

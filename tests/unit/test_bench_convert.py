@@ -1,10 +1,10 @@
-"""Speed of the pipelines' conversions: OTLP -> Elasticsearch bulk bodies, OTLP -> remote write.
+"""Speed of the pipelines' conversions: OTLP -> remote write here, OTLP -> Elasticsearch bulk
+bodies in ``test_bench_es_docs.py``.
 
 Run with figures:
     .venv/bin/pytest tests/unit/test_bench_convert.py --benchmark-enable --benchmark-only
-Items/s per core = items per round / mean (the test names say the items per round): spans or
-log records for Elasticsearch (decode, documents, JSON, NDJSON body), metric data points for
-remote write (decode, series, protobuf, snappy). The remote-write payload has no exemplars (what
+Items/s per core = items per round / mean (the test names say the items per round): metric data
+points for remote write (decode, series, protobuf, snappy). The remote-write payload has no exemplars (what
 most metrics look like, and what must stay cheap); its twin with an exemplar on every counter and
 histogram point prices exemplars.
 """
@@ -15,20 +15,11 @@ import pytest
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from otlp.signals import Signal
-from pipelines.convert.es_docs import bulk_body, bulk_items
 from pipelines.convert.remote_write import encode, to_write_requests
-from tests.otlp_payloads import kv, logs_request, traces_request
+from tests.otlp_payloads import kv
 from tests.otlp_payloads import metrics_request as otlp_metrics_request
-from tests.sdk_otlp import bus_record
 
 pytestmark = pytest.mark.benchmark(group="convert", min_rounds=20)
-
-ITEMS = 512
-SPANS = bus_record(Signal.TRACES, traces_request(spans_per_request=ITEMS, attributes=10).SerializeToString(),
-                   "acme", offset=1)
-LOGS = bus_record(Signal.LOGS, logs_request(records=ITEMS, attributes=6).SerializeToString(),
-                  "acme", offset=1)
 
 
 def _metrics(exemplars: bool = False) -> tuple[bytes, int]:
@@ -57,18 +48,6 @@ def _metrics(exemplars: bool = False) -> tuple[bytes, int]:
 
 METRICS, METRIC_POINTS = _metrics()
 METRICS_EXEMPLARS, _ = _metrics(exemplars=True)
-
-
-def test_bench_es_bulk_body_512_spans(benchmark: BenchmarkFixture) -> None:
-    benchmark.extra_info["items"] = ITEMS
-    body = benchmark(lambda: bulk_body(bulk_items(SPANS)))
-    assert body.count(b"\n") == 2 * ITEMS
-
-
-def test_bench_es_bulk_body_512_logs(benchmark: BenchmarkFixture) -> None:
-    benchmark.extra_info["items"] = ITEMS
-    body = benchmark(lambda: bulk_body(bulk_items(LOGS)))
-    assert body.count(b"\n") == 2 * ITEMS
 
 
 def remote_write_bodies(payload: bytes) -> list[bytes]:

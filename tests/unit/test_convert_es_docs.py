@@ -20,6 +20,7 @@ from pipelines.convert.es_docs import (
     log_documents,
     record_documents,
     span_documents,
+    span_event_documents,
     tenant_index_part,
 )
 from pipelines.convert.parts import item_request
@@ -50,7 +51,7 @@ def test_span_documents_carry_otel_mode_fields() -> None:
     res = root["resource"]["attributes"]
     assert res["tenant.id"] == "acme" and res["correlation.id"] and res["service.name"] == "checkout"
     assert root["scope"] == {"name": "sink-tests", "version": "1.2.3"}
-    assert root["data_stream"] == {"type": "traces", "dataset": "otel", "namespace": "acme"}
+    assert root["data_stream"] == {"type": "traces", "dataset": "generic.otel", "namespace": "acme"}
 
     child0, child1 = by_name["SELECT cart 0"], by_name["SELECT cart 1"]
     assert child0["kind"] == "Client"
@@ -109,21 +110,22 @@ def test_iso_nanos_keeps_nanoseconds() -> None:
     assert iso_nanos(1_700_000_000_000_000_001) == "2023-11-14T22:13:20.000000001Z"
 
 
-def test_index_names_are_lower_case_and_safe() -> None:
-    assert index_name(Signal.TRACES, "acme") == "traces-otel-acme"
+def test_index_names_are_elastic_otel_data_streams() -> None:
+    assert index_name(Signal.TRACES, "acme") == "traces-generic.otel-acme"
+    assert index_name(Signal.LOGS, "acme") == "logs-generic.otel-acme"
     assert tenant_index_part("a*b?c") == "a_2ab_3fc"
-    assert len(tenant_index_part("x" * 500)) == 200
+    assert len(tenant_index_part("x" * 500)) == 100  # a data stream namespace's limit
 
 
 def test_bulk_items_have_offset_derived_ids_and_tenant_indices() -> None:
     payload, _ = spans_payload("Acme", traces=1, children=1)
     rec = bus_record(Signal.TRACES, payload, "Acme", offset=42, partition=3)
-    items = bulk_items(rec)
+    items = [it for it in bulk_items(rec) if it.event < 0]
     assert [it.doc_id for it in items] == ["otlp_spans-3-42-0", "otlp_spans-3-42-1"]
-    assert {it.index for it in items} == {"traces-otel-_41cme"}
+    assert {it.index for it in items} == {"traces-generic.otel-_41cme"}
     assert document_id(rec, 7) == "otlp_spans-3-42-7"
     # Same record again, same ids: a redelivery overwrites.
-    assert [it.doc_id for it in bulk_items(rec)] == [it.doc_id for it in items]
+    assert [it.doc_id for it in bulk_items(rec) if it.event < 0] == [it.doc_id for it in items]
 
 
 def test_concatenated_requests_are_all_converted() -> None:
@@ -131,9 +133,11 @@ def test_concatenated_requests_are_all_converted() -> None:
     b, _ = spans_payload("other", traces=1, children=2)
     rec = bus_record(Signal.TRACES, a + b, "acme", offset=1)
     items = bulk_items(rec)
-    assert len(items) == 5
-    assert [it.index for it in items].count("traces-otel-other") == 3
-    assert len({it.doc_id for it in items}) == 5
+    # 5 spans, and the root span's event of each request as a log document.
+    assert len(items) == 5 + 2
+    assert [it.index for it in items].count("traces-generic.otel-other") == 3
+    assert [it.index for it in items].count("logs-generic.otel-other") == 1
+    assert len({it.doc_id for it in items}) == 7
 
 
 def test_bulk_body_is_ndjson_create_actions() -> None:
@@ -141,7 +145,8 @@ def test_bulk_body_is_ndjson_create_actions() -> None:
     items = bulk_items(rec)
     lines = bulk_body(items).split(b"\n")
     assert lines[-1] == b""
-    assert orjson.loads(lines[0]) == {"create": {"_index": "logs-otel-acme", "_id": "otlp_logs-0-5-0"}}
+    assert orjson.loads(lines[0]) == {"create": {"_index": "logs-generic.otel-acme",
+                                                 "_id": "otlp_logs-0-5-0"}}
     assert orjson.loads(lines[1])["body"] == {"text": "order 0 placed"}
     assert len(lines) == 2 * len(items) + 1
 
@@ -152,9 +157,11 @@ def test_bulk_item_json_is_the_whole_document() -> None:
     b = logs_payload("beta", n=2)
     for rec, docs in ((bus_record(Signal.TRACES, a + a, "acme", offset=1), span_documents(a + a)),
                       (bus_record(Signal.LOGS, b, "beta", offset=2), log_documents(b))):
-        items = bulk_items(rec)
+        items = [it for it in bulk_items(rec) if it.event < 0]
         expected = [doc for _, doc in docs]
         assert [orjson.loads(it.source) for it in items] == expected
+    events = [it for it in bulk_items(bus_record(Signal.TRACES, a + a, "acme", offset=1)) if it.event >= 0]
+    assert [orjson.loads(it.source) for it in events] == [doc for _, doc in span_event_documents(a + a)]
 
 
 def test_tenant_index_part_is_one_to_one() -> None:
@@ -166,11 +173,11 @@ def test_tenant_index_part_is_one_to_one() -> None:
     assert tenant_index_part("Acme") == "_41cme"
     assert tenant_index_part("a/b") == "a_2fb" and tenant_index_part("a_b") == "a_5fb"
     assert tenant_index_part("") == "_"
-    assert index_name(Signal.LOGS, "Acme Corp/EU") == "logs-otel-_41cme_20_43orp_2f_45_55"
+    assert index_name(Signal.LOGS, "Acme Corp/EU") == "logs-generic.otel-_41cme_20_43orp_2f_45_55"
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789._")
     for tenant in ["x" * 500, "Ä" * 300, "a-" * 200, "\\/*?\"<>| ,#:-+"]:
         part = tenant_index_part(tenant)
-        assert set(part) <= allowed and len(part.encode()) <= 200, tenant
+        assert set(part) <= allowed and len(part.encode()) <= 100, tenant
         assert "-" not in part  # a data stream namespace cannot hold "-"
     long_a, long_b = tenant_index_part("x" * 500), tenant_index_part("x" * 499)
     assert long_a != long_b and "__" in long_a
@@ -191,8 +198,12 @@ def test_a_bad_span_costs_only_itself_and_positions_stay_stable() -> None:
     rec = bus_record(Signal.TRACES, payload, "acme", offset=9)
     docs = record_documents(rec)
     # 2 spans of the good request + 2 good spans of the other; the bad one is position 3.
-    assert [it.position for it in docs.items] == [0, 1, 2, 4]
-    assert [it.doc_id for it in docs.items] == [f"otlp_spans-0-9-{p}" for p in (0, 1, 2, 4)]
+    spans = [it for it in docs.items if it.event < 0]
+    assert [it.position for it in spans] == [0, 1, 2, 4]
+    assert [it.doc_id for it in spans] == [f"otlp_spans-0-9-{p}" for p in (0, 1, 2, 4)]
+    # Each root span's event (the SDK ends a root last) follows it, with the span's position.
+    assert [(it.position, it.doc_id) for it in docs.items if it.event >= 0] == [
+        (1, "otlp_spans-0-9-1-e0"), (4, "otlp_spans-0-9-4-e0")]
     (bad,) = docs.bad
     assert bad.items == 1 and "malformed OTLP" in bad.reason
     # The bad part is an Export request of that one span, with its resource and scope.
@@ -202,6 +213,7 @@ def test_a_bad_span_costs_only_itself_and_positions_stay_stable() -> None:
     mended = payload.replace(b"\xff" + MARKER.encode()[1:], MARKER.encode())
     whole = record_documents(bus_record(Signal.TRACES, mended, "acme", offset=9))
     assert [it.doc_id for it in whole.items if it.position != 3] == [it.doc_id for it in docs.items]
+    assert len(whole.items) == len(docs.items) + 1
 
 
 def test_a_bad_resource_is_rejected_whole_and_garbage_is_one_part() -> None:
@@ -225,7 +237,7 @@ def test_a_bad_scope_is_rejected_with_its_items_and_the_next_scope_converts() ->
     second.CopyFrom(req.resource_spans[0].scope_spans[0])
     payload = with_invalid_utf8(req, lambda m: setattr(req.resource_spans[0].scope_spans[0].scope, "name", m))
     docs = record_documents(bus_record(Signal.TRACES, payload, "acme", offset=1))
-    assert [it.position for it in docs.items] == [2, 3]
+    assert [it.position for it in docs.items if it.event < 0] == [2, 3]
     (bad,) = docs.bad
     assert bad.items == 2
     assert len(ExportTraceServiceRequest.FromString(

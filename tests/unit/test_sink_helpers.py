@@ -31,7 +31,9 @@ def test_remote_write_drop_reasons_are_bounded() -> None:
 
 def test_es_templates_declare_data_streams_and_otel_mappings() -> None:
     t = index_template(Signal.TRACES, data_streams=True)
-    assert t["index_patterns"] == ["traces-otel-*"] and t["data_stream"] == {}
+    assert t["index_patterns"] == ["traces-generic.otel-*"] and t["data_stream"] == {}
+    # Below Elastic's own OTel templates (traces-*.otel-*, 120), above the generic traces-*-* (100).
+    assert t["priority"] == 110
     props = t["template"]["mappings"]["properties"]
     assert props["@timestamp"] == {"type": "date_nanos"}
     flattened = {"type": "flattened", "ignore_above": 4096, "depth_limit": 32}
@@ -39,7 +41,7 @@ def test_es_templates_declare_data_streams_and_otel_mappings() -> None:
     assert props["resource"]["properties"]["attributes"] == flattened
     assert props["events"]["properties"]["attributes"] == flattened
     logs = index_template(Signal.LOGS, data_streams=False)
-    assert "data_stream" not in logs and logs["index_patterns"] == ["logs-otel-*"]
+    assert "data_stream" not in logs and logs["index_patterns"] == ["logs-generic.otel-*"]
     lprops = logs["template"]["mappings"]["properties"]
     assert lprops["attributes"] == flattened
     assert lprops["body"]["properties"]["structured"] == flattened
