@@ -137,13 +137,14 @@ def test_sdk_data_reaches_every_store_through_kafka() -> None:
         es = Elasticsearch(stackenv.ES_URL)
         try:
             for t in (acme, beta):
-                spans, logs, _ = sent[t.name]
+                spans, logs, trace_ids = sent[t.name]
                 traces_index = index_name(Signal.TRACES, t.name)
                 logs_index = index_name(Signal.LOGS, t.name)
                 wait_for(partial(es_holds, es, traces_index, spans), within=TIMEOUT,
                          what=f"{spans} spans in {traces_index}")
-                wait_for(partial(es_holds, es, logs_index, logs), within=TIMEOUT,
-                         what=f"{logs} log records in {logs_index}")
+                # Each trace's root span has one event, which is also a log document.
+                wait_for(partial(es_holds, es, logs_index, logs + len(trace_ids)), within=TIMEOUT,
+                         what=f"{logs} log records and {len(trace_ids)} span events in {logs_index}")
                 hit = es.search(index=traces_index, size=1).body["hits"]["hits"][0]["_source"]
                 assert hit["resource"]["attributes"]["tenant.id"] == t.name
                 assert hit["resource"]["attributes"]["correlation.id"]
