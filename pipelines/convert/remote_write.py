@@ -47,6 +47,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cramjam
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -89,31 +90,56 @@ _META_TYPE = {
 }
 
 
+# A series until it is written: (id of its point's label set, metric name, the labels the name
+# adds: ``le`` or ``quantile``). Cheap to hash, where the sorted label tuple of every sample was
+# not: a histogram point makes a dozen series from one label set.
+_Extra = tuple[tuple[str, str], ...]
+_SeriesKey = tuple[int, str, _Extra]
+_NO_EXTRA: _Extra = ()
+# Label encodings (a ``Label`` message as a field of ``TimeSeries``) by (name, value): the same
+# label sets come back in every export, so later batches find theirs here. Cleared when full.
+_LABEL_BYTES: dict[tuple[str, str], bytes] = {}
+_LABEL_BYTES_MAX = 1 << 16
+
+
 @dataclass
 class _TenantSeries:
-    floats: dict[Labels, dict[int, float]] = field(default_factory=dict)
-    histograms: dict[Labels, dict[int, types_pb2.Histogram]] = field(default_factory=dict)
+    # Each distinct label set of a point (attributes, scope and resource labels, tenant), sorted.
+    point_ids: dict[Labels, int] = field(default_factory=dict)
+    point_labels: list[Labels] = field(default_factory=list)
+    floats: dict[_SeriesKey, dict[int, float]] = field(default_factory=dict)
+    histograms: dict[_SeriesKey, dict[int, types_pb2.Histogram]] = field(default_factory=dict)
     metadata: dict[str, types_pb2.MetricMetadata] = field(default_factory=dict)
     # Per series and millisecond. Prometheus' exemplar storage keeps one exemplar per series and
     # timestamp (a second one is "out of order"), so the later one wins here.
-    exemplars: dict[Labels, dict[int, _Held]] = field(default_factory=dict)
+    exemplars: dict[_SeriesKey, dict[int, _Held]] = field(default_factory=dict)
     added: int = 0
     dropped_exemplars: Counter[str] = field(default_factory=Counter)
     dropped_exemplar_labels: int = 0
 
-    def add(self, labels: dict[str, str], ts_ms: int, value: float) -> None:
+    def point(self, labels: dict[str, str]) -> int:
+        """The id of a point's label set (without ``__name__``), shared by the series it makes."""
         key = tuple(sorted(labels.items()))
-        self.floats.setdefault(key, {})[ts_ms] = value
+        pid = self.point_ids.get(key)
+        if pid is None:
+            pid = self.point_ids[key] = len(self.point_labels)
+            self.point_labels.append(key)
+        return pid
+
+    def add(self, key: _SeriesKey, ts_ms: int, value: float) -> None:
+        points = self.floats.get(key)
+        if points is None:
+            points = self.floats[key] = {}
+        points[ts_ms] = value
         self.added += 1
 
-    def add_histogram(self, labels: dict[str, str], h: types_pb2.Histogram) -> None:
-        key = tuple(sorted(labels.items()))
+    def add_histogram(self, key: _SeriesKey, h: types_pb2.Histogram) -> None:
         self.histograms.setdefault(key, {})[h.timestamp] = h
         self.added += 1
 
-    def add_exemplars(self, labels: dict[str, str], exemplars: Iterable[otlp.Exemplar]) -> None:
-        """Exemplars of the series ``labels`` (which must also get a sample or histogram)."""
-        slot = self.exemplars.setdefault(tuple(sorted(labels.items())), {})
+    def add_exemplars(self, key: _SeriesKey, exemplars: Iterable[otlp.Exemplar]) -> None:
+        """Exemplars of the series ``key`` (which must also get a sample or histogram)."""
+        slot = self.exemplars.setdefault(key, {})
         for ex in exemplars:
             ns = ex.time_unix_nano
             ms = ns // 1_000_000
@@ -126,18 +152,56 @@ class _TenantSeries:
             self.dropped_exemplar_labels += left_off
             slot[ms] = (ns, _exemplar_value(ex), pairs)
 
+    def labels_of(self, key: _SeriesKey) -> bytes:
+        """The series' labels, sorted by name, as encoded ``TimeSeries.labels`` fields.
+
+        ``__name__`` and the extra labels win over a point label of the same name (an attribute
+        named ``le`` cannot move a sample to another bucket).
+        """
+        pid, name, extra = key
+        labels = self.point_labels[pid]
+        if extra:
+            taken = {n for n, _ in extra}
+            pairs = sorted([*(lb for lb in labels if lb[0] not in taken), ("__name__", name), *extra])
+        else:
+            pairs = sorted([*labels, ("__name__", name)])
+        cache = _LABEL_BYTES
+        if len(cache) > _LABEL_BYTES_MAX:
+            cache.clear()
+        out = []
+        for pair in pairs:
+            enc = cache.get(pair)
+            if enc is None:
+                enc = cache[pair] = _encode_label(pair)
+            out.append(enc)
+        return b"".join(out)
+
     def request(self) -> remote_pb2.WriteRequest:
+        """One request: float series, then histogram series, then the exemplar-only entries.
+
+        Labels are merged in from their cached encodings (``MergeFromString`` appends repeated
+        fields), samples added in place: both cheaper than building ``Label``/``Sample`` messages
+        and extending, which copies each of them.
+        """
         req = remote_pb2.WriteRequest()
+        add_series = req.timeseries.add
         exemplars = self.exemplars
+        labels_of = self.labels_of
         for key, points in self.floats.items():
-            ts = req.timeseries.add()
-            ts.labels.extend(types_pb2.Label(name=n, value=v) for n, v in key)
-            ts.samples.extend(types_pb2.Sample(value=points[t], timestamp=t) for t in sorted(points))
+            ts = add_series()
+            ts.MergeFromString(labels_of(key))
+            add_sample = ts.samples.add
+            if len(points) == 1:
+                for t, v in points.items():
+                    add_sample(value=v, timestamp=t)
+            else:
+                for t in sorted(points):
+                    add_sample(value=points[t], timestamp=t)
             if exemplars and key in exemplars:
                 _write_exemplars(ts, exemplars[key])
         for key, hpoints in self.histograms.items():
-            ts = req.timeseries.add()
-            ts.labels.extend(types_pb2.Label(name=n, value=v) for n, v in key)
+            ts = add_series()
+            ts.MergeFromString(labels_of(key))
             ts.histograms.extend(hpoints[t] for t in sorted(hpoints))
         # A remote-write 1.0 receiver (Prometheus' write handler) appends a series' exemplars
         # before its histograms, and an exemplar of a series the head does not have yet is
@@ -145,11 +209,27 @@ class _TenantSeries:
         # second entry with the same labels, after the one that creates the series.
         for key, held in exemplars.items():
             if key in self.histograms:
-                ts = req.timeseries.add()
-                ts.labels.extend(types_pb2.Label(name=n, value=v) for n, v in key)
+                ts = add_series()
+                ts.MergeFromString(labels_of(key))
                 _write_exemplars(ts, held)
         req.metadata.extend(self.metadata.values())
         return req
+
+
+def _encode_label(pair: tuple[str, str]) -> bytes:
+    """``TimeSeries.labels`` (field 1) holding ``Label{name = 1, value = 2}``, protobuf wire format."""
+    name, value = pair[0].encode(), pair[1].encode()
+    body = b"\x0a" + _varint(len(name)) + name + b"\x12" + _varint(len(value)) + value
+    return b"\x0a" + _varint(len(body)) + body
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _write_exemplars(ts: types_pb2.TimeSeries, held: dict[int, _Held]) -> None:
@@ -188,20 +268,26 @@ def _attr_labels(kvs: Sequence[KeyValue], name_of: Callable[[str], str] = label_
     calls do not pay a string concatenation per attribute.
     """
     out: dict[str, str] = {}
-    collided = False
+    collided = empty = False
     for kv in kvs:
         name = name_of(kv.key)
         if name in out:
             collided = True
             break
-        value = as_label_value(kv.value)
-        out[name] = value
+        v = kv.value
+        # Strings are most attributes: no call for them (this loop runs for every point).
+        text = v.string_value if v.WhichOneof("value") == "string_value" else as_label_value(v)
+        out[name] = text
+        if not text:
+            empty = True
     if collided:
         grouped: dict[str, list[str]] = {}
         for kv in sorted(kvs, key=lambda k: k.key):
             grouped.setdefault(name_of(kv.key), []).append(as_label_value(kv.value))
         out = {n: ";".join(v) for n, v in grouped.items()}
-    return {n: v for n, v in out.items() if v}
+        empty = True
+    # To Prometheus an empty label is no label; copying only when there is one to leave out.
+    return {n: v for n, v in out.items() if v} if empty else out
 
 
 def _resource_labels(kvs: Sequence[KeyValue], tenant: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -378,6 +464,15 @@ def _metadata(out: _TenantSeries, name: str, kind: Kind, metric: otlp.Metric) ->
             unit=unit_word(metric.unit))
 
 
+_LE_INF: _Extra = (("le", "+Inf"),)
+
+
+@lru_cache(maxsize=4096)
+def _le(bound: float) -> _Extra:
+    """The ``le`` label of a bucket bound; bounds repeat in every point, so printed once."""
+    return (("le", format_bound(bound)),)
+
+
 def _kind(data: str, metric: otlp.Metric) -> Kind:
     if data == "sum":
         return Kind.COUNTER if metric.sum.is_monotonic else Kind.UPDOWN
@@ -386,7 +481,7 @@ def _kind(data: str, metric: otlp.Metric) -> Kind:
     return Kind.GAUGE if data == "gauge" else Kind.HISTOGRAM
 
 
-def _bucket_exemplars(hp: otlp.HistogramDataPoint, labels: dict[str, str], out: _TenantSeries) -> None:
+def _bucket_exemplars(hp: otlp.HistogramDataPoint, pid: int, bucket: str, out: _TenantSeries) -> None:
     """Each exemplar on the ``_bucket`` series of the bucket its value falls in.
 
     OTLP buckets include their upper bound, as ``le`` does, hence ``bisect_left``. Only the
@@ -399,7 +494,7 @@ def _bucket_exemplars(hp: otlp.HistogramDataPoint, labels: dict[str, str], out: 
         by_bucket.setdefault(bisect_left(bounds, _exemplar_value(ex)), []).append(ex)
     for i, exemplars in by_bucket.items():
         le = format_bound(bounds[i]) if i < len(bounds) else "+Inf"
-        out.add_exemplars({**labels, "le": le}, exemplars)
+        out.add_exemplars((pid, bucket, (("le", le),)), exemplars)
 
 
 def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSeries,
@@ -417,39 +512,42 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
     name = metric_name(metric.name, metric.unit, kind)
     _metadata(out, name, kind, metric)
     newest = 0
+    point = out.point
+    add = out.add
     if data in ("gauge", "sum"):
         counter = kind is Kind.COUNTER
         for dp in body.data_points:
             ts = dp.time_unix_nano // 1_000_000
-            labels = {**_attr_labels(dp.attributes), **base, "__name__": name}
-            out.add(labels, ts, _number(dp))
-            newest = max(newest, ts)
+            key = (point({**_attr_labels(dp.attributes), **base}), name, _NO_EXTRA)
+            add(key, ts, _number(dp))
+            if ts > newest:
+                newest = ts
             if dp.exemplars and not dp.flags & _NO_RECORDED_VALUE:  # a stale marker has no measurement
                 if counter:
-                    out.add_exemplars(labels, dp.exemplars)
+                    out.add_exemplars(key, dp.exemplars)
                 else:
                     out.dropped_exemplars["gauge"] += len(dp.exemplars)
     elif data == "histogram":
+        bucket, count_name, sum_name = name + "_bucket", name + "_count", name + "_sum"
         for hp in body.data_points:
             ts = hp.time_unix_nano // 1_000_000
-            newest = max(newest, ts)
+            if ts > newest:
+                newest = ts
             stale = bool(hp.flags & _NO_RECORDED_VALUE)
-            labels = {**_attr_labels(hp.attributes), **base}
+            pid = point({**_attr_labels(hp.attributes), **base})
             # One series per explicit bound the point counts, then +Inf, which is the point's
             # count whatever the bucket counts say: the spec's last bucket "MUST have an +Inf
             # threshold", and bucket_counts may lack its last entry (or sum below count).
             cumulative = 0
             for bound, count in zip(hp.explicit_bounds, hp.bucket_counts, strict=False):
                 cumulative += count
-                out.add({**labels, "__name__": name + "_bucket", "le": format_bound(bound)}, ts,
-                        STALE_NAN if stale else float(cumulative))
-            out.add({**labels, "__name__": name + "_bucket", "le": "+Inf"}, ts,
-                    STALE_NAN if stale else float(hp.count))
+                add((pid, bucket, _le(bound)), ts, STALE_NAN if stale else float(cumulative))
+            add((pid, bucket, _LE_INF), ts, STALE_NAN if stale else float(hp.count))
             if hp.exemplars and not stale:
-                _bucket_exemplars(hp, {**labels, "__name__": name + "_bucket"}, out)
-            out.add({**labels, "__name__": name + "_count"}, ts, STALE_NAN if stale else float(hp.count))
+                _bucket_exemplars(hp, pid, bucket, out)
+            add((pid, count_name, _NO_EXTRA), ts, STALE_NAN if stale else float(hp.count))
             if hp.HasField("sum"):
-                out.add({**labels, "__name__": name + "_sum"}, ts, STALE_NAN if stale else hp.sum)
+                add((pid, sum_name, _NO_EXTRA), ts, STALE_NAN if stale else hp.sum)
     elif data == "exponential_histogram":
         for ep in body.data_points:
             ts = ep.time_unix_nano // 1_000_000
@@ -462,22 +560,25 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
             if h is None:
                 dropped["unsupported_scale"] += 1
                 continue
-            labels = {**_attr_labels(ep.attributes), **base, "__name__": name}
-            out.add_histogram(labels, h)
-            newest = max(newest, ts)
+            key = (point({**_attr_labels(ep.attributes), **base}), name, _NO_EXTRA)
+            out.add_histogram(key, h)
+            if ts > newest:
+                newest = ts
             if ep.exemplars and not ep.flags & _NO_RECORDED_VALUE:
-                out.add_exemplars(labels, ep.exemplars)
+                out.add_exemplars(key, ep.exemplars)
     else:  # summary
+        count_name, sum_name = name + "_count", name + "_sum"
         for sp in body.data_points:
             ts = sp.time_unix_nano // 1_000_000
-            newest = max(newest, ts)
+            if ts > newest:
+                newest = ts
             stale = bool(sp.flags & _NO_RECORDED_VALUE)
-            labels = {**_attr_labels(sp.attributes), **base}
+            pid = point({**_attr_labels(sp.attributes), **base})
             for q in sp.quantile_values:
-                out.add({**labels, "__name__": name, "quantile": format_bound(q.quantile)}, ts,
-                        STALE_NAN if stale else q.value)
-            out.add({**labels, "__name__": name + "_sum"}, ts, STALE_NAN if stale else sp.sum)
-            out.add({**labels, "__name__": name + "_count"}, ts, STALE_NAN if stale else float(sp.count))
+                add((pid, name, (("quantile", format_bound(q.quantile)),)), ts,
+                    STALE_NAN if stale else q.value)
+            add((pid, sum_name, _NO_EXTRA), ts, STALE_NAN if stale else sp.sum)
+            add((pid, count_name, _NO_EXTRA), ts, STALE_NAN if stale else float(sp.count))
     return newest
 
 
@@ -515,7 +616,7 @@ def _convert_request(req: ExportMetricsServiceRequest, record_tenant: str,
             for metric in sm.metrics:
                 newest = max(newest, _convert_metric(metric, base, out, dropped))
         if info and newest:
-            out.add({**info, **res_labels, "__name__": "target_info"}, newest, 1.0)
+            out.add((out.point({**info, **res_labels}), "target_info", _NO_EXTRA), newest, 1.0)
             out.metadata.setdefault("target_info", types_pb2.MetricMetadata(
                 type=types_pb2.MetricMetadata.GAUGE, metric_family_name="target_info",
                 help="Target metadata"))
