@@ -543,6 +543,14 @@ def split_spans_by_trace_id(payload: bytes) -> dict[bytes, bytes]:
     return group_spans(payload, _same)
 
 
+def _field_end(buf: bytes, pos: int, end: int) -> int:
+    """Position after the field whose tag starts at ``pos``."""
+    tag, pos = read_varint(buf, pos, end)
+    if tag >> 3 == 0:
+        raise WireError("field number 0")
+    return _skip(buf, pos, end, tag & 7)
+
+
 def _same(trace_id: bytes) -> bytes:
     return trace_id
 
@@ -558,8 +566,9 @@ def group_spans(payload: bytes, group_of: Callable[[bytes], K]) -> dict[K, bytes
     """
     buf = bytes(payload)
     view = memoryview(buf)
-    # group -> resource index -> (resource header, scope index -> (scope header, [span fields]))
-    groups: dict[K, dict[int, tuple[bytes, dict[int, tuple[bytes, list[memoryview]]]]]] = {}
+    # group -> resource index -> (resource header, [scope fields holding that group's spans])
+    groups: dict[K, dict[int, tuple[bytes, list[bytes]]]] = {}
+    group_for: dict[bytes, K] = {}  # spans of a trace come in runs: one group_of call per trace
     try:
         top = _fields(buf, 0, len(buf))
         for ri, (num, wt, _s, vs, ve) in enumerate(top):
@@ -567,42 +576,56 @@ def group_spans(payload: bytes, group_of: Callable[[bytes], K]) -> dict[K, bytes
                 continue
             rfields = _fields(buf, vs, ve)
             rhead = b"".join(buf[s:e] for n, w, s, _v, e in rfields if not (n == 2 and w == _LEN))
-            for si, (n, w, _ss, svs, sve) in enumerate(rfields):
+            for n, w, _ss, svs, sve in rfields:
                 if n != 2 or w != _LEN:
                     continue
-                sfields = _fields(buf, svs, sve)
-                shead = b"".join(buf[s:e] for n2, w2, s, _v, e in sfields if not (n2 == 2 and w2 == _LEN))
-                for n2, w2, s, spvs, spve in sfields:
-                    if n2 != 2 or w2 != _LEN:
+                # The spans are most of the bytes: walked inline, not through _fields.
+                head: list[bytes] = []
+                in_scope: dict[K, list[memoryview]] = {}
+                pos = svs
+                while pos < sve:
+                    start = pos
+                    if buf[pos] != 0x12:  # not a span (field 2, length-delimited): part of the header
+                        pos = _field_end(buf, pos, sve)
+                        head.append(buf[start:pos])
                         continue
-                    if spve - spvs >= 18 and buf[spvs] == 0x0A and buf[spvs + 1] == 16:
+                    length = buf[pos + 1]
+                    pos += 2
+                    if length >= 0x80:
+                        length, pos = read_varint(buf, pos - 1, sve)
+                    body = pos
+                    pos += length
+                    if pos > sve:
+                        raise WireError(f"field 2: length {length} past the end of the message")
+                    if length >= 18 and buf[body] == 0x0A and buf[body + 1] == 16:
                         # SDKs write trace_id first; a repeated one later only moves the span
                         # to another partition, it cannot corrupt it
-                        trace_id = buf[spvs + 2:spvs + 18]
+                        trace_id = buf[body + 2:body + 18]
                     else:
-                        trace_id = _trace_id(buf, spvs, spve)
-                    group = group_of(trace_id)
+                        trace_id = _trace_id(buf, body, pos)
+                    try:
+                        group = group_for[trace_id]
+                    except KeyError:
+                        group = group_for[trace_id] = group_of(trace_id)
+                    spans = in_scope.get(group)
+                    if spans is None:
+                        spans = in_scope[group] = []
+                    spans.append(view[start:pos])
+                shead = b"".join(head)
+                for group, spans in in_scope.items():
                     per_rx = groups.get(group)
                     if per_rx is None:
                         per_rx = groups[group] = {}
                     rx = per_rx.get(ri)
                     if rx is None:
-                        rx = per_rx[ri] = (rhead, {})
-                    scope = rx[1].get(si)
-                    if scope is None:
-                        scope = rx[1][si] = (shead, [])
-                    scope[1].append(view[s:spve])
+                        rx = per_rx[ri] = (rhead, [])
+                    rx[1].append(_len_field(2, shead + b"".join(spans)))
+    except IndexError:
+        raise WireError("ExportTraceServiceRequest: truncated field") from None
     except WireError as e:
         raise WireError(f"ExportTraceServiceRequest: {e}") from None
-    out: dict[K, bytes] = {}
-    for group, per_rx in groups.items():
-        parts = []
-        for rhead, scopes in per_rx.values():
-            rbody = rhead + b"".join(_len_field(2, shead + b"".join(spans))
-                                     for shead, spans in scopes.values())
-            parts.append(_len_field(1, rbody))
-        out[group] = b"".join(parts)
-    return out
+    return {group: b"".join(_len_field(1, rhead + b"".join(scopes)) for rhead, scopes in per_rx.values())
+            for group, per_rx in groups.items()}
 
 
 # --- group whole resources ------------------------------------------------------------------

@@ -126,3 +126,24 @@ def test_logs_go_whole_round_robin_by_turn(turn: int) -> None:
 def test_group_resources_refuses_broken_framing() -> None:
     with pytest.raises(wire.WireError):
         buckets(Signal.METRICS, b"\x0a\x05\x0a\x10", 4)
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x0a\x06\x12\x04\x12\x05ab",   # a span's length past the end of its scope
+    b"\x0a\x03\x12\x01\x12",         # a span's tag with no length
+    b"\x0a\x04\x12\x02\x00\x01",     # field number 0 in the scope
+])
+def test_group_spans_refuses_broken_framing(payload: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        buckets(Signal.TRACES, payload, 4)
+
+
+def test_span_fields_before_the_trace_id_still_find_it() -> None:
+    req = traces_with([b"\xff" * 16])
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    moved = span.SerializeToString()  # name, ids: re-order so the name comes first
+    name = b"\x2a" + bytes([len(span.name)]) + span.name.encode()
+    del req.resource_spans[1]
+    data = req.SerializeToString().replace(moved, name + moved.replace(name, b""))
+    assert name + b"\x0a\x10" + b"\xff" * 16 in data, "the span now starts with its name"
+    assert list(buckets(Signal.TRACES, data, 4)) == [2]
