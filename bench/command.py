@@ -32,6 +32,7 @@ from bench.runner import (
     open_plan,
     run_plans,
 )
+from bench.sinks_cli import add_sinks_arguments, sinks_main
 from bench.systems import (
     DURABLE_COLLECTOR_CONFIG,
     REPO_ROOT,
@@ -83,6 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="skip the embedded default (memory bus -> file sink) at saturation")
     cmp_.add_argument("--repeat", type=int, default=1,
                       help="closed-loop rounds per system and worker count, alternating; medians reported")
+    sinks = sub.add_parser("sinks", help="drain pre-filled topics through each sink (and Jaeger's ES writer)")
+    add_sinks_arguments(sinks)
     micro = sub.add_parser("micro", help="pytest-benchmark suites of the hot functions")
     micro.add_argument("pytest_args", nargs=argparse.REMAINDER,
                        help="extra pytest arguments, after `--` (e.g. `bench micro -- -q`)")
@@ -161,6 +164,8 @@ def _git_rev() -> str:
 def main(ns: argparse.Namespace) -> int:
     if ns.bench_command == "micro":
         return _micro([a for a in ns.pytest_args if a != "--"])
+    if ns.bench_command == "sinks":
+        return sinks_main(ns, _git_rev)
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     env = Environment(outdir=ns.out / stamp, run_id=stamp.lower(), bus=ns.bus, bootstrap=ns.bootstrap,
