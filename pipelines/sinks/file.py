@@ -4,15 +4,19 @@ One line per consumed record (a whole Export request, as OTLP/JSON), so the file
 back with any OTLP/JSON tool or replayed with ``curl --data-binary`` line by line. Each record's
 lines are handed to the OS before ``write`` returns, which is when the pipeline commits.
 
-Turning protobuf into JSON costs far more than ingesting it (about 13 ms against 0.3 ms for a
-512-span request), so with ``offload=True`` (the embedded gateway) the conversion runs in one
-helper process: the receivers' event loop stays free for clients and the sink uses another core.
-The helper only converts; this process appends. So a helper that dies (killed, crashed on some
-input) has written nothing: the sink starts a new one and converts the same records again, and
-no line is ever written twice. The helper is spawned, not forked, because the gateway process
-runs grpc threads; it is spawned at ``start`` with SIGINT and SIGTERM blocked, and ignores them
-from its first instruction on, so a Ctrl-C or a service manager signalling the whole process
-group or cgroup leaves shutdown to the gateway.
+Turning protobuf into JSON is done in C straight from the wire bytes (``otlp/proto_json.py``:
+about 1 ms of CPU for a 512-span request, 13 ms in Python before). With ``offload=True`` (the
+embedded gateway) it runs in a thread of its own with the GIL released, so the receivers' event
+loop stays free for clients and the conversion uses the other core. The few records the C writer
+leaves to the Python reference (a field set twice, a repeated field split by others, invalid
+UTF-8: see ``otlp/_otlpjson.c``) go to one helper process, started when the first such record
+comes: the reference can take a hostile record's time and memory, and the helper only converts
+while this process appends. So a helper that dies (killed, crashed on some input) has written
+nothing: the sink starts a new one and converts the same records again, and no line is ever
+written twice. The helper is spawned, not forked, because the gateway process runs grpc threads;
+it is spawned with SIGINT and SIGTERM blocked, and ignores them from its first instruction on,
+so a Ctrl-C or a service manager signalling the whole process group or cgroup leaves shutdown to
+the gateway.
 
 A record that is framed correctly but does not convert (a span name that is not UTF-8 passes the
 ingest checks, which only look at the framing; or the converter fails in any other way) is
@@ -44,7 +48,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import BinaryIO
@@ -52,7 +56,7 @@ from typing import BinaryIO
 import orjson
 
 from bus.contract import BusRecord
-from otlp.json_mapping import proto_to_json
+from otlp.proto_json import fast_proto_to_json, proto_to_json
 from otlp.signals import Signal
 from otlp.wire import WireError, top_level_fields
 from pipelines.metrics import FILE_HELPER_RESTARTS, FILE_REJECTED_PARTS
@@ -164,6 +168,12 @@ def convert(items: Sequence[_Item]) -> list[_Converted]:
     return out
 
 
+def fast_lines(items: Sequence[_Item]) -> list[bytes | None]:
+    """The C writer's OTLP/JSON line of each (signal, protobuf), None where only the reference can
+    say (``convert`` then). Releases the GIL while it converts; raises nothing for any content."""
+    return [fast_proto_to_json(Signal(signal_name), value) for signal_name, value in items]
+
+
 def _reject_line(rec: BusRecord, reason: str, payload: bytes) -> bytes:
     return orjson.dumps({"topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
                          "error": reason, "payload": base64.b64encode(payload).decode()}) + b"\n"
@@ -262,7 +272,9 @@ class FileSink:
         self._offload = offload
         self._writer = JsonLinesWriter(self.data_dir, suffix)
         self._pool: ProcessPoolExecutor | None = None
-        self.helper_pid: int | None = None
+        # One thread: records convert in order, and at most one batch of JSON is held at a time.
+        self._thread: ThreadPoolExecutor | None = None
+        self.helper_pid: int | None = None  # None until a record needs the reference converter
 
     def path(self, tenant: str, signal: Signal) -> Path:
         return _path(self.data_dir, tenant, signal.value, self._suffix)
@@ -270,11 +282,11 @@ class FileSink:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._offload:
-            await self._start_helper()
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="file-sink-json")
 
     async def _start_helper(self) -> None:
-        """Spawn the helper now, not at the first write: the pool spawns on its first submit,
-        which used to be just when a signal to the group could catch the child still starting."""
+        """Spawn the helper and wait until it runs: the pool would spawn on its first submit, from
+        its own thread, without the signal mask this thread sets around the spawn."""
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # inherited by the child
         try:
             pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
@@ -287,14 +299,27 @@ class FileSink:
 
     async def stop(self) -> None:
         self._writer.close()
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.shutdown(wait=False)  # idle: stop runs after the last write returned
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
     async def _convert(self, items: list[_Item]) -> list[_Converted]:
-        """Convert in the helper; start a new one if it died, once per call (see HelperDied)."""
-        if not self._offload:
+        """Convert in the C writer's thread, and what it leaves in the helper."""
+        if self._thread is None:
             return convert(items)
+        lines = await asyncio.get_running_loop().run_in_executor(self._thread, fast_lines, items)
+        out: list[_Converted] = [(line, []) for line in lines]
+        left = [i for i, line in enumerate(lines) if line is None]
+        if left:
+            for i, done in zip(left, await self._convert_in_helper([items[i] for i in left]), strict=True):
+                out[i] = done
+        return out
+
+    async def _convert_in_helper(self, items: list[_Item]) -> list[_Converted]:
+        """Convert in the helper; start a new one if it died, once per call (see HelperDied)."""
         for attempt in range(2):
             if self._pool is None:
                 try:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import Iterator
 
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -60,13 +59,6 @@ CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 pytestmark = pytest.mark.benchmark(group="latency-stages", min_rounds=20)
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = asyncio.new_event_loop()
-    yield lp
-    lp.close()
-
-
 def test_stage_receive_decompress_gzip(benchmark: BenchmarkFixture) -> None:
     """A gzip-compressed 512-span body inflated by the receivers' bounded decoder."""
     limits = compression.Limits(64 * 1024 * 1024, 0.0)
@@ -77,7 +69,7 @@ async def _published(batch: Batch) -> None:
     return None
 
 
-def test_stage_batch_wait_idle_key(benchmark: BenchmarkFixture, loop: asyncio.AbstractEventLoop) -> None:
+def test_stage_batch_wait_idle_key(benchmark: BenchmarkFixture) -> None:
     """From ``Batcher.add`` to the request's future settled, its key idle and the publish a no-op:
     the loop turns group commit adds to a request at low load (no timer)."""
     batcher = Batcher(_published, max_bytes=1 << 20, max_age_s=3600)
@@ -89,8 +81,9 @@ def test_stage_batch_wait_idle_key(benchmark: BenchmarkFixture, loop: asyncio.Ab
         # Through a task, as a receiver's handler runs, and bounded so a regression cannot hang.
         await asyncio.wait_for(one(), 5)
 
-    benchmark(lambda: loop.run_until_complete(timed()))
-    loop.run_until_complete(batcher.close())
+    with asyncio.Runner() as runner:
+        benchmark(lambda: runner.run(timed()))
+        runner.run(batcher.close())
     assert batcher.pending_items == 0
 
 

@@ -32,6 +32,17 @@ def spans(name: str) -> bytes:
     return req.SerializeToString()
 
 
+def spans_for_the_helper(name: str) -> bytes:
+    """A one-span request whose span sets its name twice: valid protobuf (the last one wins), which
+    the C writer leaves to the reference converter in the helper."""
+    span = (b"\x0a\x10" + b"\xab" * 16 + b"\x12\x08" + b"\xcd" * 8
+            + 2 * (b"\x2a" + encode_varint(len(name.encode())) + name.encode()))
+    scope = b"\x12" + encode_varint(len(span)) + span  # ScopeSpans.spans
+    rs = b"\x12" + encode_varint(len(scope)) + scope  # ResourceSpans.scope_spans
+    return b"\x0a" + encode_varint(len(rs)) + rs
+
+
+
 @pytest.mark.parametrize("offload", [False, True], ids=["in-process", "helper-process"])
 async def test_lines_per_tenant_and_signal(tmp_path: Path, offload: bool) -> None:
     sink = FileSink(tmp_path, suffix="-w1", offload=offload)
@@ -86,15 +97,16 @@ async def test_a_killed_helper_is_replaced_and_nothing_is_written_twice(tmp_path
     sink = FileSink(tmp_path, offload=True)
     await sink.start()
     try:
-        await sink.write([record("acme", spans("a"), 0)])
+        assert sink.helper_pid is None  # started for the first record the C writer leaves
+        await sink.write([record("acme", spans_for_the_helper("a"), 0)])
         first = sink.helper_pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        await sink.write([record("acme", spans("b"), 1)])
+        await sink.write([record("acme", spans("b"), 1), record("acme", spans_for_the_helper("c"), 2)])
         assert sink.helper_pid not in (None, first)
     finally:
         await sink.stop()
-    assert names(tmp_path / "acme" / "traces.jsonl") == ["a", "b"]
+    assert names(tmp_path / "acme" / "traces.jsonl") == ["a", "b", "c"]
 
 
 def dir_names(path: Path) -> list[str]:
