@@ -389,7 +389,9 @@ def _spans_deltas(offset: int, counts: Sequence[int]) -> tuple[list[types_pb2.Bu
     run of more than two empty buckets starts a new span (its offset is the gap), shorter runs
     are written as zeros.
     """
-    spans: list[types_pb2.BucketSpan] = []
+    # [offset, length] pairs until the end: growing a BucketSpan message in place costs a
+    # protobuf attribute access per bucket.
+    spans: list[list[int]] = []
     deltas: list[int] = []
     prev = 0
     end = 0  # Prometheus index after the last bucket written
@@ -398,19 +400,19 @@ def _spans_deltas(offset: int, counts: Sequence[int]) -> tuple[list[types_pb2.Bu
             continue
         index = offset + 1 + i
         if not spans:
-            spans.append(types_pb2.BucketSpan(offset=index, length=0))
+            spans.append([index, 0])
         elif index - end > 2:
-            spans.append(types_pb2.BucketSpan(offset=index - end, length=0))
+            spans.append([index - end, 0])
         else:
             for _ in range(index - end):
                 deltas.append(-prev)
                 prev = 0
-            spans[-1].length += index - end
-        spans[-1].length += 1
+            spans[-1][1] += index - end
+        spans[-1][1] += 1
         deltas.append(count - prev)
         prev = count
         end = index + 1
-    return spans, deltas
+    return [types_pb2.BucketSpan(offset=o, length=n) for o, n in spans], deltas
 
 
 def native_histogram(dp: otlp.ExponentialHistogramDataPoint, ts_ms: int) -> types_pb2.Histogram | None:
@@ -529,6 +531,7 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
                     out.dropped_exemplars["gauge"] += len(dp.exemplars)
     elif data == "histogram":
         bucket, count_name, sum_name = name + "_bucket", name + "_count", name + "_sum"
+        floats = out.floats
         for hp in body.data_points:
             ts = hp.time_unix_nano // 1_000_000
             if ts > newest:
@@ -538,10 +541,18 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
             # One series per explicit bound the point counts, then +Inf, which is the point's
             # count whatever the bucket counts say: the spec's last bucket "MUST have an +Inf
             # threshold", and bucket_counts may lack its last entry (or sum below count).
+            # The bucket samples are most of a histogram's: written without a call each.
             cumulative = 0
+            n = 0
             for bound, count in zip(hp.explicit_bounds, hp.bucket_counts, strict=False):
                 cumulative += count
-                add((pid, bucket, _le(bound)), ts, STALE_NAN if stale else float(cumulative))
+                key = (pid, bucket, _le(bound))
+                samples = floats.get(key)
+                if samples is None:
+                    samples = floats[key] = {}
+                samples[ts] = STALE_NAN if stale else float(cumulative)
+                n += 1
+            out.added += n
             add((pid, bucket, _LE_INF), ts, STALE_NAN if stale else float(hp.count))
             if hp.exemplars and not stale:
                 _bucket_exemplars(hp, pid, bucket, out)
