@@ -6,8 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install run test lint unit bench protos stack-up stack-down stack-status
 
-$(STAMP): pyproject.toml setup.py otlp/_otlpcheck.c
-	@echo "==> creating $(VENV) and installing telemetry-gateway with its dev tools (compiles otlp/_otlpcheck.c)"
+$(STAMP): pyproject.toml setup.py otlp/_otlpcheck.c otlp/_otlpjson.c
+	@echo "==> creating $(VENV) and installing telemetry-gateway with its dev tools (compiles otlp/_otlpcheck.c and otlp/_otlpjson.c)"
 	@$(PYTHON) -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
 	  || { echo "==> Python headers missing: installing Debian's python3-dev"; apt-get install -y -q python3-dev >/dev/null; }
 	@command -v cc >/dev/null || { echo "==> no C compiler: installing Debian's gcc"; apt-get install -y -q gcc >/dev/null; }

@@ -123,55 +123,43 @@ static inline int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *
     return 1;
 }
 
-/* RFC 3629 UTF-8, as Python's strict decoder: no overlong forms, surrogates or past U+10FFFF. */
-static int valid_utf8(const uint8_t *s, const uint8_t *end) {
-    while (s < end) {
-        while (end - s >= 8) {
-            uint64_t w;
-            memcpy(&w, s, 8);
-            if (w & 0x8080808080808080ULL)
-                break;
-            s += 8;
-        }
-        if (s >= end)
-            break;
-        uint8_t c = *s;
-        if (c < 0x80) {
-            s++;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            if (end - s < 2 || (s[1] & 0xC0) != 0x80)
-                return 0;
-            s += 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            if (end - s < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80)
-                return 0;
-            if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F))
-                return 0;
-            s += 3;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            if (end - s < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80)
-                return 0;
-            if ((c == 0xF0 && s[1] < 0x90) || (c == 0xF4 && s[1] > 0x8F))
-                return 0;
-            s += 4;
-        } else {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 static const char HEX[] = "0123456789abcdef";
 
-/* A JSON string as orjson writes it: ", \ and control characters escaped (\b \f \n \r \t, else
- * \u00xx), everything else (DEL, non-ASCII) as it is. The bytes are valid UTF-8 already. */
+/* A JSON string as orjson writes it: ", \\ and control characters escaped (\b \f \n \r \t, else
+ * \u00xx), everything else (DEL, non-ASCII) as it is. Checks the bytes are RFC 3629 UTF-8 as it
+ * copies them, as Python's strict decoder does (no overlong forms, surrogates or past U+10FFFF):
+ * 0 if not. */
 static int put_string(Out *o, const uint8_t *s, const uint8_t *end) {
     if (!grow(o, (size_t)(end - s) * 6 + 2))
         return 0;
     char *w = o->buf + o->len;
     *w++ = '"';
-    for (; s < end; s++) {
+    while (s < end) {
         uint8_t c = *s;
+        if (c >= 0x80) {
+            int n;
+            if (c >= 0xC2 && c <= 0xDF)
+                n = 2;
+            else if (c >= 0xE0 && c <= 0xEF)
+                n = 3;
+            else if (c >= 0xF0 && c <= 0xF4)
+                n = 4;
+            else
+                return 0;
+            if (end - s < n)
+                return 0;
+            for (int i = 1; i < n; i++)
+                if ((s[i] & 0xC0) != 0x80)
+                    return 0;
+            if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F) || (c == 0xF0 && s[1] < 0x90) ||
+                (c == 0xF4 && s[1] > 0x8F))
+                return 0; /* overlong, surrogate, past U+10FFFF */
+            memcpy(w, s, (size_t)n);
+            w += n;
+            s += n;
+            continue;
+        }
+        s++;
         if (c >= 0x20 && c != '"' && c != '\\') {
             *w++ = (char)c;
             continue;
@@ -329,10 +317,7 @@ static int value_json(const Field *f, int kind, int wt, uint64_t v, const uint8_
                       int depth, Out *o) {
     switch (kind) {
     case K_MSG: return msg_json(vs, ve, f->sub, depth + 1, o);
-    case K_STRING:
-        if (!valid_utf8(vs, ve))
-            return 0;
-        return put_string(o, vs, ve);
+    case K_STRING: return put_string(o, vs, ve);
     case K_BYTES: return put_base64(o, vs, ve);
     case K_ID: return put_hex(o, vs, ve);
     case K_INT64: case K_SFIXED64: return put_i64(o, (int64_t)v, 1);
@@ -360,6 +345,24 @@ static int value_json(const Field *f, int kind, int wt, uint64_t v, const uint8_
     return 0;
 }
 
+/* A number of wire type 0, 1 or 5 at *pp; 0 if it is not whole (or not one of those). */
+static inline int read_number(const uint8_t **pp, const uint8_t *end, int wt, uint64_t *v) {
+    if (wt == 0)
+        return read_varint(pp, end, v, 10);
+    int size = wt == 1 ? 8 : wt == 5 ? 4 : 0;
+    if (size == 0 || end - *pp < size)
+        return 0;
+    if (size == 8) {
+        memcpy(v, *pp, 8);
+    } else {
+        uint32_t u;
+        memcpy(&u, *pp, 4);
+        *v = u;
+    }
+    *pp += size;
+    return 1;
+}
+
 static inline int wire_type_of(int kind) {
     switch (kind) {
     case K_MSG: case K_STRING: case K_BYTES: case K_ID: return 2;
@@ -374,22 +377,8 @@ static int packed_json(const Field *f, int kind, const uint8_t *p, const uint8_t
     int wt = wire_type_of(kind);
     while (p < end) {
         uint64_t v;
-        if (wt == 0) {
-            if (!read_varint(&p, end, &v, 10))
-                return 0;
-        } else if (wt == 1) {
-            if (end - p < 8)
-                return 0;
-            memcpy(&v, p, 8);
-            p += 8;
-        } else {
-            uint32_t u;
-            if (end - p < 4)
-                return 0;
-            memcpy(&u, p, 4);
-            v = u;
-            p += 4;
-        }
+        if (!read_number(&p, end, wt, &v))
+            return 0;
         if ((*elems)++ && !putc1(o, ','))
             return 0;
         if (!value_json(f, kind, wt, v, NULL, NULL, 0, o))
@@ -421,23 +410,8 @@ static int msg_json(const uint8_t *p, const uint8_t *end, int32_t mi, int depth,
             vs = p;
             ve = p + ln;
             p = ve;
-        } else if (wt == 0) {
-            if (!read_varint(&p, end, &v, 10))
-                return 0;
-        } else if (wt == 1) {
-            if (end - p < 8)
-                return 0;
-            memcpy(&v, p, 8);
-            p += 8;
-        } else if (wt == 5) {
-            uint32_t u;
-            if (end - p < 4)
-                return 0;
-            memcpy(&u, p, 4);
-            v = u;
-            p += 4;
-        } else {
-            return 0;
+        } else if (!read_number(&p, end, wt, &v)) {
+            return 0; /* also wire types 3, 4 (groups), 6 and 7, which the reference refuses */
         }
         uint64_t num = tag >> 3;
         if (num > (uint64_t)m->max_field)
