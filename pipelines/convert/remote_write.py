@@ -107,6 +107,9 @@ class _TenantSeries:
     # Each distinct label set of a point (attributes, scope and resource labels, tenant), sorted.
     point_ids: dict[Labels, int] = field(default_factory=dict)
     point_labels: list[Labels] = field(default_factory=list)
+    # The same by (id of the scope's labels, attribute labels in the order sent): SDKs send a
+    # series' attributes in the same order every time, so a repeat skips the merge and sort.
+    seen: dict[tuple[object, ...], int] = field(default_factory=dict)
     floats: dict[_SeriesKey, dict[int, float]] = field(default_factory=dict)
     histograms: dict[_SeriesKey, dict[int, types_pb2.Histogram]] = field(default_factory=dict)
     metadata: dict[str, types_pb2.MetricMetadata] = field(default_factory=dict)
@@ -118,12 +121,20 @@ class _TenantSeries:
     dropped_exemplar_labels: int = 0
 
     def point(self, labels: dict[str, str]) -> int:
-        """The id of a point's label set (without ``__name__``), shared by the series it makes."""
+        """The id of a label set (without ``__name__``), shared by the series it makes."""
         key = tuple(sorted(labels.items()))
         pid = self.point_ids.get(key)
         if pid is None:
             pid = self.point_ids[key] = len(self.point_labels)
             self.point_labels.append(key)
+        return pid
+
+    def scoped_point(self, attrs: dict[str, str], base: dict[str, str], bid: int) -> int:
+        """``point({**attrs, **base})``, where ``bid`` is ``point(base)``: the base wins."""
+        seen = (bid, *attrs.items())
+        pid = self.seen.get(seen)
+        if pid is None:
+            pid = self.seen[seen] = self.point({**attrs, **base})
         return pid
 
     def add(self, key: _SeriesKey, ts_ms: int, value: float) -> None:
@@ -499,7 +510,7 @@ def _bucket_exemplars(hp: otlp.HistogramDataPoint, pid: int, bucket: str, out: _
         out.add_exemplars((pid, bucket, (("le", le),)), exemplars)
 
 
-def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSeries,
+def _convert_metric(metric: otlp.Metric, base: dict[str, str], bid: int, out: _TenantSeries,
                     dropped: Counter[str]) -> int:
     """Add one metric's series; returns the newest timestamp (ms) among its points."""
     data = metric.WhichOneof("data")
@@ -514,13 +525,13 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
     name = metric_name(metric.name, metric.unit, kind)
     _metadata(out, name, kind, metric)
     newest = 0
-    point = out.point
+    point = out.scoped_point
     add = out.add
     if data in ("gauge", "sum"):
         counter = kind is Kind.COUNTER
         for dp in body.data_points:
             ts = dp.time_unix_nano // 1_000_000
-            key = (point({**_attr_labels(dp.attributes), **base}), name, _NO_EXTRA)
+            key = (point(_attr_labels(dp.attributes), base, bid), name, _NO_EXTRA)
             add(key, ts, _number(dp))
             if ts > newest:
                 newest = ts
@@ -537,7 +548,7 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
             if ts > newest:
                 newest = ts
             stale = bool(hp.flags & _NO_RECORDED_VALUE)
-            pid = point({**_attr_labels(hp.attributes), **base})
+            pid = point(_attr_labels(hp.attributes), base, bid)
             # One series per explicit bound the point counts, then +Inf, which is the point's
             # count whatever the bucket counts say: the spec's last bucket "MUST have an +Inf
             # threshold", and bucket_counts may lack its last entry (or sum below count).
@@ -571,7 +582,7 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
             if h is None:
                 dropped["unsupported_scale"] += 1
                 continue
-            key = (point({**_attr_labels(ep.attributes), **base}), name, _NO_EXTRA)
+            key = (point(_attr_labels(ep.attributes), base, bid), name, _NO_EXTRA)
             out.add_histogram(key, h)
             if ts > newest:
                 newest = ts
@@ -584,7 +595,7 @@ def _convert_metric(metric: otlp.Metric, base: dict[str, str], out: _TenantSerie
             if ts > newest:
                 newest = ts
             stale = bool(sp.flags & _NO_RECORDED_VALUE)
-            pid = point({**_attr_labels(sp.attributes), **base})
+            pid = point(_attr_labels(sp.attributes), base, bid)
             for q in sp.quantile_values:
                 add((pid, name, (("quantile", format_bound(q.quantile)),)), ts,
                     STALE_NAN if stale else q.value)
@@ -624,8 +635,9 @@ def _convert_request(req: ExportMetricsServiceRequest, record_tenant: str,
         newest = 0
         for sm in rm.scope_metrics:
             base = {**_scope_labels(sm), **res_labels}
+            bid = out.point(base)
             for metric in sm.metrics:
-                newest = max(newest, _convert_metric(metric, base, out, dropped))
+                newest = max(newest, _convert_metric(metric, base, bid, out, dropped))
         if info and newest:
             out.add((out.point({**info, **res_labels}), "target_info", _NO_EXTRA), newest, 1.0)
             out.metadata.setdefault("target_info", types_pb2.MetricMetadata(
