@@ -28,6 +28,9 @@ The templates (``pipelines.convert.es_templates``) sit beside the documents they
 ``write`` is three steps: ``_build`` converts records to bulk items (parts that do not decode
 are rejected there), ``_send`` bulks them in chunks, ``_tally`` reads each item's status through
 the shared HTTP classifier (``pipelines.sinks.answers``; 409 on ``create`` counts as written).
+Elasticsearch answers only what ``_tally`` reads (``BULK_FILTER_PATH``), and an answer without
+errors is not parsed past its first member (``AnswerSerializer``): the full answer to 5,000
+documents is about 1.1 MB of JSON, the filtered one 130 kB, and it is read in one comparison.
 A document refused for good (400: it does not parse or fit the mapping; 413) is rejected
 alone, its item (span or log record, with resource and scope) as the dead-lettered part. The
 mapping leaves little to refuse: ``ignore_above`` on every keyword and flattened leaf,
@@ -51,6 +54,7 @@ from typing import Any
 from elastic_transport import ConnectionError as EsConnectionError
 from elastic_transport import ConnectionTimeout
 from elasticsearch import ApiError, AsyncElasticsearch
+from elasticsearch.serializer import OrjsonSerializer
 
 from bus.contract import BusRecord
 from otlp.signals import Signal
@@ -69,6 +73,28 @@ __all__ = ["ElasticsearchSink", "index_template", "make_sink", "template_name"]
 
 # On ``create``, 409 says the ``_id`` is already there: written by an earlier delivery.
 _ALREADY_THERE = (409,)
+
+# What the sink reads of a bulk answer (as go-docappender asks): whether anything failed, and per
+# item its status and error. ``items.*.status`` is in every item, so the filtered ``items`` keep
+# one entry per request item, in order (an item with no field left would drop out of the list).
+BULK_FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
+_NO_ERRORS = b'{"errors":false'
+
+
+class AnswerSerializer(OrjsonSerializer):
+    """Elasticsearch's JSON answers parsed with orjson (about 2x the standard library's ``json``
+    on bulk answers), and a filtered bulk answer without errors not parsed at all.
+
+    With ``BULK_FILTER_PATH`` a bulk answer is ``{"errors":false,"items":[...]}``: when it
+    starts so, ``{"errors": False}`` is all the sink reads of it, and the 5,000-odd
+    ``{"create":{"status":201}}`` entries after it (about 6 ms of ``json`` per 5,000) are
+    skipped. No other answer starts so (an unfiltered bulk answer starts with ``took``).
+    """
+
+    def loads(self, data: bytes) -> Any:
+        if data.startswith(_NO_ERRORS):
+            return {"errors": False}
+        return super().loads(data)
 
 
 def template_name(signal: Signal) -> str:
@@ -116,7 +142,9 @@ class ElasticsearchSink:
         if self._client is None:
             hosts = [h.strip() for h in self.cfg.hosts.split(",") if h.strip()]
             self._client = AsyncElasticsearch(hosts, request_timeout=30, max_retries=0,
-                                              retry_on_timeout=False, **self._security(hosts))
+                                              retry_on_timeout=False,
+                                              serializers={"application/json": AnswerSerializer()},
+                                              **self._security(hosts))
         return self._client
 
     def _security(self, hosts: list[str]) -> dict[str, Any]:
@@ -286,7 +314,7 @@ class ElasticsearchSink:
             try:
                 resp = await self.client.bulk(
                     operations=bulk_body(items, "create"),  # type: ignore[arg-type]  # NDJSON bytes pass as-is
-                    filter_path="errors,items.*.status,items.*.error.type,items.*.error.reason",
+                    filter_path=BULK_FILTER_PATH,
                 )
             except (EsConnectionError, ConnectionTimeout) as exc:
                 raise TransientSinkError(f"elasticsearch unreachable: {exc}") from exc

@@ -11,9 +11,9 @@ from elasticsearch import AsyncElasticsearch
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otlp.signals import Signal
-from pipelines.convert.es_docs import index_name
+from pipelines.convert.es_docs import bulk_body, bulk_items, index_name
 from pipelines.sinks.base import PermanentSinkError
-from pipelines.sinks.elasticsearch import ElasticsearchSink
+from pipelines.sinks.elasticsearch import BULK_FILTER_PATH, ElasticsearchSink
 from tests.integration import test_sink_elasticsearch as base
 from tests.sdk_otlp import bus_record, logs_payload, spans_payload
 
@@ -70,3 +70,21 @@ async def test_a_span_refused_with_its_event_is_dead_lettered_once(sink: Elastic
     assert rejected_span.span_id == spans[0].span_id
     assert await _ids(sink.client, index_name(Signal.TRACES, tenant)) == ["otlp_spans-0-5-1"]
     assert await _ids(sink.client, index_name(Signal.LOGS, tenant)) == ["otlp_spans-0-5-1-e0"]
+
+
+async def test_a_filtered_bulk_answer_is_a_status_per_item_or_no_errors(sink: ElasticsearchSink) -> None:
+    """Without errors the answer is read as ``{"errors": False}`` alone (the rest is not parsed);
+    with one, every item has its status, in request order."""
+    tenant = f"it-answer-{uuid.uuid4().hex[:8]}"
+    good = bulk_items(bus_record(Signal.LOGS, logs_payload(tenant, n=2), tenant, offset=1))  # 3
+    refused_value = base._log_with_attribute(tenant, REFUSED_KEY, lambda v: setattr(v, "string_value", "v"))
+    refused = bulk_items(bus_record(Signal.LOGS, refused_value, tenant, offset=2))
+    first = await sink.client.bulk(operations=bulk_body(good), filter_path=BULK_FILTER_PATH)  # type: ignore[arg-type]
+    assert first.body == {"errors": False}
+    again = await sink.client.bulk(operations=bulk_body([good[0], *refused, *good[1:]]),  # type: ignore[arg-type]
+                                   filter_path=BULK_FILTER_PATH)
+    assert again.body["errors"] is True
+    answers = [next(iter(entry.values())) for entry in again.body["items"]]
+    assert [a["status"] for a in answers] == [409, 400, 409, 409]
+    assert [a["error"]["type"] for a in answers[:2]] == ["version_conflict_engine_exception",
+                                                         "document_parsing_exception"]

@@ -6,15 +6,19 @@ Items/s per core = items per round / mean (``extra_info["items"]``). The cases s
 conversion a worker does per record: attribute maps alone (10 attributes, the bench's span
 shape: 7 strings, 3 ints), whole bulk bodies of 512 spans (decode, documents, JSON, NDJSON),
 the same with one span event each (which also becomes a log document), and 512 log records.
+Beside them, reading a filtered bulk answer of 5,000 successes: the sink's ``AnswerSerializer``
+against the client's default (the standard library's ``json``), ``items`` = 5,000.
 """
 
 from __future__ import annotations
 
 import pytest
+from elasticsearch.serializer import CompatibilityModeJsonSerializer
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from otlp.signals import Signal
 from pipelines.convert.es_docs import bulk_body, bulk_items, document_attributes
+from pipelines.sinks.elasticsearch import AnswerSerializer
 from tests.otlp_payloads import logs_request, traces_request
 from tests.sdk_otlp import bus_record
 
@@ -54,3 +58,18 @@ def test_bench_es_bulk_body_512_logs(benchmark: BenchmarkFixture) -> None:
     benchmark.extra_info["items"] = ITEMS
     body = benchmark(lambda: bulk_body(bulk_items(LOGS)))
     assert body.count(b"\n") == 2 * ITEMS
+
+
+ANSWERS = 5000
+# What Elasticsearch answers a bulk of 5,000 new documents under the sink's filter_path.
+ANSWER = b'{"errors":false,"items":[' + b",".join([b'{"create":{"status":201}}'] * ANSWERS) + b"]}"
+
+
+def test_bench_es_bulk_answer_5000_successes_read_by_the_sink(benchmark: BenchmarkFixture) -> None:
+    benchmark.extra_info["items"] = ANSWERS
+    assert benchmark(AnswerSerializer().loads, ANSWER) == {"errors": False}
+
+
+def test_bench_es_bulk_answer_5000_successes_read_by_the_default(benchmark: BenchmarkFixture) -> None:
+    benchmark.extra_info["items"] = ANSWERS
+    assert len(benchmark(CompatibilityModeJsonSerializer().loads, ANSWER)["items"]) == ANSWERS
