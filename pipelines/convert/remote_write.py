@@ -97,9 +97,11 @@ _Extra = tuple[tuple[str, str], ...]
 _SeriesKey = tuple[int, str, _Extra]
 _NO_EXTRA: _Extra = ()
 # Label encodings (a ``Label`` message as a field of ``TimeSeries``) by (name, value): the same
-# label sets come back in every export, so later batches find theirs here. Cleared when full.
+# label sets come back in every export, so later batches find theirs here. Cleared when full;
+# long values are encoded each time, so the cache stays within a few MiB whatever clients send.
 _LABEL_BYTES: dict[tuple[str, str], bytes] = {}
-_LABEL_BYTES_MAX = 1 << 16
+_LABEL_BYTES_MAX = 1 << 14
+_LABEL_CACHED_CHARS = 200
 
 
 @dataclass
@@ -183,7 +185,9 @@ class _TenantSeries:
         for pair in pairs:
             enc = cache.get(pair)
             if enc is None:
-                enc = cache[pair] = _encode_label(pair)
+                enc = _encode_label(pair)
+                if len(pair[1]) <= _LABEL_CACHED_CHARS:
+                    cache[pair] = enc
             out.append(enc)
         return b"".join(out)
 

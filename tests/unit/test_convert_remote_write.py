@@ -753,3 +753,29 @@ def test_exemplar_label_names_are_sanitised() -> None:
     assert dict(pairs) == {"trace_id": TRACE_ID.hex(), "span_id": SPAN_ID.hex(), "user_id": "u-1",
                            "_debug": "1", "_gy": "x", "a_b": "y"}
     assert left_off == 0
+
+
+def test_long_and_non_ascii_label_values_round_trip_through_the_encoded_labels() -> None:
+    long_value = "é" * 300  # 600 bytes: a two-byte length, longer than the label cache keeps
+    dp = otlp.NumberDataPoint(time_unix_nano=TS_NS, as_double=1.0,
+                              attributes=kvs({"long": long_value, "city": "Zürich"}))
+    req = to_write_requests([(one_metric_request(otlp.Metric(name="g", gauge=otlp.Gauge(
+        data_points=[dp]))), "")]).requests["acme"]
+    decoded = remote_pb2.WriteRequest.FromString(bytes(cramjam.snappy.decompress_raw(encode(req))))
+    ((labels, _),) = by_name(decoded, "g")
+    assert labels["long"] == long_value and labels["city"] == "Zürich"
+
+
+def test_point_attributes_named_le_or_quantile_cannot_move_a_sample() -> None:
+    hist = otlp.Metric(name="h", histogram=otlp.Histogram(
+        aggregation_temporality=_CUMULATIVE, data_points=[otlp.HistogramDataPoint(
+            time_unix_nano=TS_NS, count=3, sum=3.0, explicit_bounds=[1.0], bucket_counts=[1, 2],
+            attributes=kvs({"le": "evil"}))]))
+    summary = otlp.Metric(name="s", summary=otlp.Summary(data_points=[otlp.SummaryDataPoint(
+        time_unix_nano=TS_NS, count=1, sum=1.0, attributes=kvs({"quantile": "evil"}),
+        quantile_values=[otlp.SummaryDataPoint.ValueAtQuantile(quantile=0.5, value=1.0)])]))
+    req = to_write_requests([(scopes_request([(otlp.ScopeMetrics(scope=InstrumentationScope(
+        name="lib")), [hist, summary])]), "")]).requests["acme"]
+    assert {lb["le"]: ts.samples[0].value for lb, ts in by_name(req, "h_bucket")} == {"1": 1.0, "+Inf": 3.0}
+    assert by_name(req, "h_count")[0][0]["le"] == "evil"  # on a series without its own le, it stays
+    assert [lb["quantile"] for lb, _ in by_name(req, "s")] == ["0.5"]
