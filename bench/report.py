@@ -112,6 +112,10 @@ def markdown(results: Sequence[RoundResult], verdicts: Sequence[Verdict], meta: 
     if target_gaps:
         lines += ["", "## Targets next to the Collector's figures", ""]
         lines += [f"- {g}" for g in target_gaps]
+    noted = [f"- {r.scenario} ({r.system}): {note}" for r in (rounds or results) for note in r.notes
+             if not note.startswith("median of")]
+    if noted:
+        lines += ["", "## Notes", "", *noted]
     if repeated:
         lines += ["", "## Every round, in the order run", ""]
         lines += _table(rounds)
