@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from otlp.wire import encode_varint
 from tests.gateway_process import GatewayProcess, sink_items
 from tests.waiting import wait_for
 
@@ -25,20 +26,31 @@ REQUESTS, SPANS = 5, 50
 EXIT_WITHIN_S = 30.0
 
 
-def request(i: int, prefix: str) -> bytes:
-    req = ExportTraceServiceRequest()
-    scope = req.resource_spans.add().scope_spans.add()
+def request(i: int, prefix: str, for_the_helper: bool = False) -> bytes:
+    """``for_the_helper``: each span sets its name twice (valid protobuf, the last one wins), which
+    the file sink's C writer leaves to the reference converter in its helper process."""
+    if not for_the_helper:
+        req = ExportTraceServiceRequest()
+        scope = req.resource_spans.add().scope_spans.add()
+        for j in range(SPANS):
+            scope.spans.add(name=f"{prefix}{i}-s{j}", trace_id=bytes([i + 1]) * 16,
+                            span_id=(j + 1).to_bytes(8, "big"))
+        return req.SerializeToString()
+    spans = b""
     for j in range(SPANS):
-        scope.spans.add(name=f"{prefix}{i}-s{j}", trace_id=bytes([i + 1]) * 16,
-                        span_id=(j + 1).to_bytes(8, "big"))
-    return req.SerializeToString()
+        name = f"{prefix}{i}-s{j}".encode()
+        span = (b"\x0a\x10" + bytes([i + 1]) * 16 + b"\x12\x08" + (j + 1).to_bytes(8, "big")
+                + 2 * (b"\x2a" + encode_varint(len(name)) + name))
+        spans += b"\x12" + encode_varint(len(span)) + span  # ScopeSpans.spans
+    rs = b"\x12" + encode_varint(len(spans)) + spans  # ResourceSpans.scope_spans
+    return b"\x0a" + encode_varint(len(rs)) + rs
 
 
-def send_all(gw: GatewayProcess, prefix: str = "r") -> set[str]:
+def send_all(gw: GatewayProcess, prefix: str = "r", for_the_helper: bool = False) -> set[str]:
     """Send the requests one after the other; the names of the spans acknowledged (all of them)."""
     acked: set[str] = set()
     for i in range(REQUESTS):
-        post = urllib.request.Request(gw.http_url + "/v1/traces", request(i, prefix),
+        post = urllib.request.Request(gw.http_url + "/v1/traces", request(i, prefix, for_the_helper),
                                       {"content-type": "application/x-protobuf"})
         with urllib.request.urlopen(post, timeout=10) as resp:
             assert resp.status == 200
@@ -55,15 +67,23 @@ def children(pid: int) -> list[int]:
     return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
-def helper_pid(gw: GatewayProcess) -> int:
-    """The file sink's conversion helper: the gateway's spawned child that is not the resource
-    tracker (which multiprocessing also starts)."""
+def running_helper(gw: GatewayProcess) -> int | None:
+    """The file sink's conversion helper, if it runs: the gateway's spawned child that is not the
+    resource tracker (which multiprocessing also starts)."""
     assert gw.proc is not None
     for pid in children(gw.proc.pid):
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
             return pid
-    raise AssertionError(f"no helper among the gateway's children {children(gw.proc.pid)}")
+    return None
+
+
+def helper_pid(gw: GatewayProcess) -> int:
+    """The helper's pid, once a record that needs it has started it."""
+    wait_for(lambda: running_helper(gw) is not None, what="the file sink's helper to start")
+    pid = running_helper(gw)
+    assert pid is not None
+    return pid
 
 
 def wait_exit(gw: GatewayProcess) -> int:
@@ -82,10 +102,14 @@ def gw() -> Iterator[GatewayProcess]:
         gateway.cleanup()
 
 
+@pytest.mark.parametrize("for_the_helper", [False, True], ids=["no-helper", "with-helper"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_to_the_whole_group_loses_nothing(gw: GatewayProcess, signum: signal.Signals) -> None:
+def test_a_signal_to_the_whole_group_loses_nothing(gw: GatewayProcess, signum: signal.Signals,
+                                                   for_the_helper: bool) -> None:
     gw.start()
-    acked = send_all(gw)
+    acked = send_all(gw, for_the_helper=for_the_helper)
+    if for_the_helper:
+        helper_pid(gw)  # it is running, and gets the signal too
     assert gw.proc is not None
     os.killpg(gw.proc.pid, signum)  # as a terminal's Ctrl-C, or a service manager, would
     assert wait_exit(gw) == 0, gw.log()
@@ -95,10 +119,10 @@ def test_a_signal_to_the_whole_group_loses_nothing(gw: GatewayProcess, signum: s
 
 def test_a_killed_helper_is_replaced_and_nothing_is_lost_or_doubled(gw: GatewayProcess) -> None:
     gw.start()
-    first = send_all(gw)
+    first = send_all(gw, for_the_helper=True)  # the helper starts for the first of these
     wait_for(lambda: len(written(gw)) == len(first), what="the first requests to be written")
     os.kill(helper_pid(gw), signal.SIGKILL)
-    second = send_all(gw, prefix="q")
+    second = send_all(gw, prefix="q", for_the_helper=True)
     assert gw.stop() == 0, gw.log()
     names = written(gw)
     assert len(names) == len(first | second) and set(names) == first | second, gw.log()
