@@ -227,9 +227,18 @@ class ElasticsearchSink:
         ``PermanentSinkError`` with the rejections, or ``TransientSinkError`` naming the records
         fully settled.
         """
+        await self.send(await self.prepare(records))
+
+    async def prepare(self, records: Sequence[BusRecord]) -> _Batch:
+        """The conversion half of ``write`` (CPU only, no store): every record's bulk items, and
+        a rejection per part that does not decode. With ``send``, what a pipeline overlaps
+        with the previous batch's write (the ``PreparingSink`` split)."""
+        return await self._build(records)
+
+    async def send(self, batch: _Batch) -> None:
+        """The store half of ``write``: bulk ``batch`` and settle it, raising as ``write`` does."""
         await self._ensure_ready()
         await self._throttle.wait()
-        batch = await self._build(records)
         chunks = self._chunks(batch.items)
         results = await asyncio.gather(*(self._send(batch.items[a:b]) for a, b in chunks))
         self._tally(batch, [(a, answers) for (a, _), answers in zip(chunks, results, strict=True)])
