@@ -42,7 +42,7 @@ class Embedded(lifecycle.Composite):
         self._many = cfg.server.workers > 1
         self._on_failure = on_failure
         self.sink = FileSink(cfg.pipelines.file.data_dir, suffix=f"-w{index}" if self._many else "",
-                             offload=True)
+                             offload=True, file_format=cfg.pipelines.file.format)
         self.source = self._bus.source()
         # Records here are whole batches (up to batch.max_bytes); committing every few of them
         # frees room in the bounded memory bus early, so waiting clients are not held for the
@@ -55,7 +55,7 @@ class Embedded(lifecycle.Composite):
 
     def describe(self) -> str:
         return (f"sink: files under {self.sink.data_dir}/<tenant>/<signal>"
-                f"{'-w<worker>' if self._many else ''}.jsonl")
+                f"{'-w<worker>' if self._many else ''}{self.sink.extension}")
 
     async def _start_parts(self, stack: AsyncExitStack) -> None:
         # Stopped in reverse: drain and stop the pipeline, close the files, then count what the

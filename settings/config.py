@@ -276,6 +276,9 @@ class BusConfig:
 @dataclass
 class FileSinkConfig:
     data_dir: str = "./data"
+    # As the Collector's file exporter: json (OTLP/JSON lines, <signal>.jsonl) or proto (each
+    # Export request's protobuf bytes after a 4-byte big-endian length, <signal>.binpb).
+    format: Literal["json", "proto"] = "json"
 
 
 @dataclass

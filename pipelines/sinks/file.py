@@ -18,6 +18,11 @@ it is spawned with SIGINT and SIGTERM blocked, and ignores them from its first i
 so a Ctrl-C or a service manager signalling the whole process group or cgroup leaves shutdown to
 the gateway.
 
+With ``format="proto"`` (the Collector file exporter's ``format: proto``) nothing is converted:
+each record is appended to ``<signal><suffix>.binpb`` as the Collector writes it, a 4-byte
+big-endian length and then the Export request's protobuf bytes (the same bytes as a
+TracesData, LogsData or MetricsData message).
+
 A record that is framed correctly but does not convert (a span name that is not UTF-8 passes the
 ingest checks, which only look at the framing; or the converter fails in any other way) is
 converted again per ResourceX: the batcher joins several acknowledged requests into one record,
@@ -44,6 +49,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import struct
 import threading
 import time
 import urllib.parse
@@ -51,7 +57,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import orjson
 
@@ -66,6 +72,10 @@ from settings.config import Config
 log = logging.getLogger(__name__)
 
 _REJECTS_DIR = "rejected"
+FileFormat = Literal["json", "proto"]
+# File name endings by format: JSON lines; protobuf messages, each after its length.
+_EXTENSIONS: dict[str, str] = {"json": ".jsonl", "proto": ".binpb"}
+_LENGTH = struct.Struct(">I")  # as the Collector's file exporter frames each message
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # Bytes kept as they are in a tenant's directory name: lower-case letters only, so two tenants
 # never share a directory on a case-insensitive filesystem either.
@@ -112,8 +122,9 @@ def tenant_of(name: str) -> str:
     return urllib.parse.unquote_to_bytes(name).decode("utf-8", "surrogatepass")
 
 
-def _path(data_dir: Path, tenant: str, signal_name: str, suffix: str, subdir: str = "") -> Path:
-    return data_dir / safe_name(tenant) / subdir / f"{signal_name}{suffix}.jsonl"
+def _path(data_dir: Path, tenant: str, signal_name: str, suffix: str, subdir: str = "",
+          ext: str = ".jsonl") -> Path:
+    return data_dir / safe_name(tenant) / subdir / f"{signal_name}{suffix}{ext}"
 
 
 def complete_lines(path: Path) -> Iterator[bytes]:
@@ -179,19 +190,31 @@ def _reject_line(rec: BusRecord, reason: str, payload: bytes) -> bytes:
                          "error": reason, "payload": base64.b64encode(payload).decode()}) + b"\n"
 
 
-class JsonLinesWriter:
-    """Appends whole records to the sink's files, all or nothing per record."""
+def read_frames(path: Path) -> Iterator[bytes]:
+    """The whole protobuf messages of a ``format="proto"`` sink file, in order: a message whose
+    bytes are not all written yet is not delivered yet."""
+    data = path.read_bytes()
+    pos = 0
+    while pos + _LENGTH.size <= len(data):
+        (size,) = _LENGTH.unpack_from(data, pos)
+        if pos + _LENGTH.size + size > len(data):
+            return
+        yield data[pos + _LENGTH.size:pos + _LENGTH.size + size]
+        pos += _LENGTH.size + size
 
-    def __init__(self, data_dir: str | Path, suffix: str) -> None:
+
+class RecordWriter:
+    """Appends whole records to the sink's files, all or nothing per record: data files end in
+    ``ext``, rejects files are always JSON lines."""
+
+    def __init__(self, data_dir: str | Path, suffix: str, ext: str = ".jsonl") -> None:
         self.data_dir = Path(data_dir)
         self._suffix = suffix
+        self._ext = ext
         self._files: dict[Path, BinaryIO] = {}
 
-    def path(self, tenant: str, signal_name: str) -> Path:
-        return _path(self.data_dir, tenant, signal_name, self._suffix)
-
     def _file(self, tenant: str, signal_name: str, subdir: str = "") -> BinaryIO:
-        p = _path(self.data_dir, tenant, signal_name, self._suffix, subdir)
+        p = _path(self.data_dir, tenant, signal_name, self._suffix, subdir, ".jsonl" if subdir else self._ext)
         f = self._files.get(p)
         if f is None:
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -200,8 +223,9 @@ class JsonLinesWriter:
             f = self._files[p] = p.open("ab", buffering=0)
         return f
 
-    def append(self, rec: BusRecord, line: bytes | None, rejects: Sequence[tuple[bytes, str]]) -> None:
-        """Append ``rec``'s data line and reject lines, or none of them.
+    def append(self, rec: BusRecord, data: bytes | None, rejects: Sequence[tuple[bytes, str]]) -> None:
+        """Append ``rec``'s data (a line with its newline, or a length-prefixed message) and its
+        reject lines, or none of them.
 
         Raises OSError after cutting every file it touched back to its size before the call.
         """
@@ -209,8 +233,8 @@ class JsonLinesWriter:
         if rejects:
             rejected = b"".join(_reject_line(rec, reason, part) for part, reason in rejects)
             out.append((self._file(rec.tenant, rec.signal.value, _REJECTS_DIR), rejected))
-        if line is not None:
-            out.append((self._file(rec.tenant, rec.signal.value), line + b"\n"))
+        if data is not None:
+            out.append((self._file(rec.tenant, rec.signal.value), data))
         marks: list[tuple[BinaryIO, int]] = []
         try:
             for f, data in out:
@@ -257,7 +281,8 @@ def _helper_ready() -> int:
 
 
 class FileSink:
-    """Appends OTLP/JSON lines to ``<data_dir>/<safe_name(tenant)>/<signal><suffix>.jsonl``.
+    """Appends OTLP/JSON lines to ``<data_dir>/<safe_name(tenant)>/<signal><suffix>.jsonl``, or with
+    ``file_format="proto"`` length-prefixed protobuf messages to ``<signal><suffix>.binpb``.
 
     ``suffix`` keeps writers of one data dir apart (``--workers N`` gives each worker its own
     memory bus and file sink, so each writes its own files, e.g. ``traces-w1.jsonl``).
@@ -266,22 +291,25 @@ class FileSink:
     name = "file"
     signals = frozenset(Signal)
 
-    def __init__(self, data_dir: str | Path, suffix: str = "", *, offload: bool = False) -> None:
+    def __init__(self, data_dir: str | Path, suffix: str = "", *, offload: bool = False,
+                 file_format: FileFormat = "json") -> None:
         self.data_dir = Path(data_dir)
         self._suffix = suffix
         self._offload = offload
-        self._writer = JsonLinesWriter(self.data_dir, suffix)
+        self._format = file_format
+        self.extension = _EXTENSIONS[file_format]
+        self._writer = RecordWriter(self.data_dir, suffix, self.extension)
         self._pool: ProcessPoolExecutor | None = None
         # One thread: records convert in order, and at most one batch of JSON is held at a time.
         self._thread: ThreadPoolExecutor | None = None
         self.helper_pid: int | None = None  # None until a record needs the reference converter
 
     def path(self, tenant: str, signal: Signal) -> Path:
-        return _path(self.data_dir, tenant, signal.value, self._suffix)
+        return _path(self.data_dir, tenant, signal.value, self._suffix, ext=self.extension)
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self._offload:
+        if self._offload and self._format == "json":
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="file-sink-json")
 
     async def _start_helper(self) -> None:
@@ -339,16 +367,21 @@ class FileSink:
         raise HelperDied(f"conversion helper died twice converting {len(items)} record(s)")
 
     async def write(self, records: Sequence[BusRecord]) -> None:
-        """Append one line per record; each record's lines are with the OS before this returns.
+        """Append one line (or message) per record; each record's is with the OS before this returns.
 
         Parts that do not convert are in the rejects file by then, so the record counts as
         written. Raises TransientSinkError (``written``: the records appended before it) on an
         I/O error, HelperDied when the conversion helper keeps dying.
         """
-        converted = await self._convert([(rec.signal.value, rec.value) for rec in records])
-        for i, (rec, (line, rejects)) in enumerate(zip(records, converted, strict=True)):
+        converted: list[tuple[bytes | None, list[tuple[bytes, str]]]]
+        if self._format == "proto":
+            converted = [(_LENGTH.pack(len(rec.value)) + rec.value, []) for rec in records]
+        else:
+            lines = await self._convert([(rec.signal.value, rec.value) for rec in records])
+            converted = [(None if line is None else line + b"\n", rejects) for line, rejects in lines]
+        for i, (rec, (data, rejects)) in enumerate(zip(records, converted, strict=True)):
             try:
-                self._writer.append(rec, line, rejects)
+                self._writer.append(rec, data, rejects)
             except OSError as exc:
                 raise TransientSinkError(f"file sink: {exc}", written=records[:i]) from exc
             for _part, reason in rejects:
@@ -375,4 +408,5 @@ def make_sink(cfg: Config) -> FileSink:
 
     Several workers may feed the same data dir: one file per process keeps lines whole.
     """
-    return FileSink(cfg.pipelines.file.data_dir, suffix=f"-p{os.getpid()}")
+    return FileSink(cfg.pipelines.file.data_dir, suffix=f"-p{os.getpid()}",
+                    file_format=cfg.pipelines.file.format)
