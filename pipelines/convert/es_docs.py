@@ -224,15 +224,18 @@ def _merge_geo(out: dict[str, JSONValue], keys: list[str]) -> None:
             out[prefix + _GEO] = [out.pop(lon), out.pop(lat)]
 
 
-@lru_cache(maxsize=4096)
-def _data_stream_json(signal: Signal, tenant: str) -> bytes:
-    """``"data_stream":{...}`` of ``signal``'s stream for ``tenant``: the members its name says."""
-    return b'"data_stream":' + orjson.dumps(data_stream(signal, tenant))
-
-
 def data_stream(signal: Signal, tenant: str) -> Doc:
     """``{"type", "dataset", "namespace"}``: the parts of ``index_name(signal, tenant)``."""
     return {"type": STREAM_TYPE[signal], "dataset": DATASET, "namespace": tenant_index_part(tenant)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One stream of one scope's documents: its name, and the JSON that ends each document
+    (``,"data_stream":{...},"resource":{...},"scope":{...}}``), serialized once per scope."""
+
+    index: str
+    tail: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,16 +244,26 @@ class _Shared:
 
     tenant: str
     parts: Doc  # resource, scope
-    json: bytes  # the same members as JSON, without the enclosing braces
+    traces: _Target
+    logs: _Target
+
+    @classmethod
+    def of(cls, tenant: str, parts: Doc) -> _Shared:
+        members = orjson.dumps(parts)[1:-1]
+        traces, logs = (
+            _Target(index_name(signal, tenant),
+                    b',"data_stream":' + orjson.dumps(data_stream(signal, tenant)) + b"," + members + b"}")
+            for signal in (Signal.TRACES, Signal.LOGS))
+        return cls(tenant, parts, traces, logs)
 
     def document(self, signal: Signal, own: Doc) -> Doc:
         """``own`` with the data stream of ``signal`` and the resource and scope."""
         return {**own, "data_stream": data_stream(signal, self.tenant), **self.parts}
 
-    def source(self, signal: Signal, own: Doc) -> bytes:
-        """The JSON of ``document(signal, own)``, the shared members spliced in already serialized."""
-        return (orjson.dumps(own)[:-1] + b"," + _data_stream_json(signal, self.tenant) + b","
-                + self.json + b"}")
+
+def _source(own: Doc, target: _Target) -> bytes:
+    """The JSON of the whole document: ``own`` serialized, the shared members spliced on."""
+    return orjson.dumps(own)[:-1] + target.tail
 
 
 def _walk(resources: Iterable[Any], scopes: str, items: str,
@@ -262,7 +275,7 @@ def _walk(resources: Iterable[Any], scopes: str, items: str,
         for sx in getattr(rx, scopes):
             scope = _scope_part(sx.scope, sx.schema_url)
             parts = {"resource": resource, "scope": scope}
-            shared = _Shared(tenant, parts, orjson.dumps(parts)[1:-1])
+            shared = _Shared.of(tenant, parts)
             for item in getattr(sx, items):
                 yield shared, item
 
@@ -448,15 +461,16 @@ def record_documents(record: BusRecord) -> RecordDocuments:
     signal = record.signal
     parts = isolate(record.value, _decoder(signal))
     items: list[BulkItem] = []
+    traces = signal is Signal.TRACES
     for start, request in parts.good:
         for i, (shared, doc, events) in enumerate(_decoded_items(signal, request, record.tenant)):
             position = start + i
             doc_id = document_id(record, position)
-            items.append(BulkItem(index_name(signal, shared.tenant), doc_id, shared.source(signal, doc),
-                                  position))
+            own = shared.traces if traces else shared.logs
+            items.append(BulkItem(own.index, doc_id, _source(doc, own), position))
             for k, event in enumerate(events):
-                items.append(BulkItem(index_name(Signal.LOGS, shared.tenant), f"{doc_id}-e{k}",
-                                      shared.source(Signal.LOGS, event), position, event=k))
+                items.append(BulkItem(shared.logs.index, f"{doc_id}-e{k}", _source(event, shared.logs),
+                                      position, event=k))
     return RecordDocuments(items, parts.bad)
 
 
