@@ -3,6 +3,14 @@
 This loop is shared by the embedded gateway (MemoryBus -> file sink) and the Kafka pipelines
 runner, so at-least-once behaviour is the same code in both.
 
+Work overlaps, bounded: while the sink writes batch N, the next batch is polled and, for a
+sink that splits its write (``PreparingSink``: ``prepare`` converts, ``send`` writes), already
+converted, so the CPU work of N+1 fills the time the worker would spend waiting for the store.
+At most one batch is held ahead. Writes stay one at a time and in poll order (a store that
+refuses out-of-order samples sees them in order), and offsets are committed in that order,
+each batch only after its write was acknowledged. The batch held ahead is not committed when
+the pipeline stops: Kafka redelivers it to the partition's next owner.
+
 While the sink fails transiently the same records are retried with exponential backoff
 (``runtime.backoff``; longer when the store says how long with Retry-After) and a
 source that can pause (Kafka) is paused, so nothing new is fetched and the consumer group keeps
@@ -25,11 +33,19 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from bus.contract import BusRecord, Source
 from pipelines.metrics import ACKED_RECORDS, DEAD_LETTER_RECORDS, ISOLATED_BATCHES, SINK_ERRORS
-from pipelines.sinks.base import PermanentSinkError, Rejection, Sink, TransientSinkError
+from pipelines.sinks.base import (
+    PermanentSinkError,
+    PreparingSink,
+    Rejection,
+    Sink,
+    TransientSinkError,
+    prepare_for,
+    send_prepared,
+)
 from runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -56,10 +72,23 @@ class _Stopped(Exception):
 
 @dataclass
 class _InHand:
-    """A fetched batch on its way through the sink: what is left to write, what was refused."""
+    """A fetched batch on its way through the sink: what is left to write, what was refused.
+
+    ``prepared``: what the sink prepared for the whole batch, used by the first attempt only
+    (a retry sends what is left through ``write``).
+    """
 
     pending: list[BusRecord]
     rejected: list[Rejection] = field(default_factory=list)
+    prepared: Any = None
+
+
+@dataclass
+class _Polled:
+    """A polled batch and the task preparing it (None for a sink that does not prepare)."""
+
+    records: Sequence[BusRecord]
+    preparing: asyncio.Task[Any] | None
 
 
 class Pipeline:
@@ -77,9 +106,11 @@ class Pipeline:
         backoff_max_s: float = 5.0,
         max_unexpected_retries: int = 3,
         backoff: Backoff | None = None,
+        read_ahead: bool = True,
     ) -> None:
         """``backoff``: between retries of a write (default: ``backoff_initial_s`` doubling up to
-        ``backoff_max_s``); reset for every write."""
+        ``backoff_max_s``); reset for every write. ``read_ahead``: poll (and prepare) the next
+        batch while the current one is written; False: poll, write, commit strictly in turn."""
         self.source = source
         self.sink = sink
         self._dead_letter = dead_letter
@@ -87,8 +118,12 @@ class Pipeline:
         self._poll_timeout_ms = poll_timeout_ms
         self._backoff = backoff or Backoff(backoff_initial_s, max(backoff_max_s, backoff_initial_s))
         self._max_unexpected_retries = max_unexpected_retries
+        self._read_ahead = read_ahead
+        self._prepares = isinstance(sink, PreparingSink)
         self._stopping = asyncio.Event()
         self._paused = False
+        # One poll at a time: the poll ahead and a paused source's keepalive both poll.
+        self._polling = asyncio.Lock()
         self.written = 0
         self.dead_lettered = 0
         self._acked = ACKED_RECORDS.labels(sink.name)
@@ -104,20 +139,71 @@ class Pipeline:
 
     async def run(self) -> None:
         """Consume until ``stop()``; the batch in hand is finished (written and committed) first."""
-        while not self._stopping.is_set():
-            records = await self.source.getmany(self._poll_timeout_ms, self._max_records)
-            if records:
+        ahead: _Polled | None = None
+        try:
+            while not self._stopping.is_set():
+                polled = ahead if ahead is not None else await self._poll()
+                ahead = None
+                if polled is None:
+                    continue
+                delivery = asyncio.ensure_future(self._deliver(polled))
                 try:
-                    await self._deliver(records)
+                    if self._read_ahead:
+                        ahead = await self._poll_during(delivery)
+                    await delivery
                 except _Stopped:
                     log.warning("sink %s: stopping with %d undelivered record(s); they stay uncommitted",
-                                self.sink.name, len(records))
+                                self.sink.name, len(polled.records))
                     return
-                await self.source.commit(records)
+                finally:
+                    if not delivery.done():  # this task was cancelled: so is its write
+                        delivery.cancel()
+                await self.source.commit(polled.records)
+        finally:
+            if ahead is not None and ahead.preparing is not None:
+                ahead.preparing.cancel()
 
-    async def _deliver(self, records: Sequence[BusRecord]) -> None:
+    async def _poll(self) -> _Polled | None:
+        """The next batch (None when the poll found nothing), its preparation started."""
+        async with self._polling:
+            records = await self.source.getmany(self._poll_timeout_ms, self._max_records)
+        if not records:
+            return None
+        preparing = asyncio.ensure_future(prepare_for(self.sink, records)) if self._prepares else None
+        return _Polled(records, preparing)
+
+    async def _poll_during(self, delivery: asyncio.Future[None]) -> _Polled | None:
+        """Poll the next batch while ``delivery`` writes the current one; None if none came first.
+
+        Not while the write is failing: the source is paused then, and the write's backoff
+        keeps it in its group.
+        """
+        while not delivery.done() and not self._stopping.is_set():
+            if self._paused:
+                await asyncio.wait((delivery,))
+                return None
+            polled = await self._poll()
+            if polled is not None:
+                return polled
+        return None
+
+    async def _prepared(self, polled: _Polled) -> Any:
+        """What the sink prepared for ``polled``; None when it prepares nothing or failed to."""
+        if polled.preparing is None:
+            return None
+        try:
+            return await polled.preparing
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Writing through ``write`` meets the same error where retries, isolation and dead
+            # letters handle it; the preparation only saved time.
+            log.debug("sink %s: preparing a batch failed (%s); writing it as it is", self.sink.name, exc)
+            return None
+
+    async def _deliver(self, polled: _Polled) -> None:
         """Write until every record is written or rejected, then park the rejected ones."""
-        batch = _InHand(list(records))
+        batch = _InHand(list(polled.records), prepared=await self._prepared(polled))
         try:
             await self._write_all(batch)
             if batch.rejected:
@@ -168,8 +254,9 @@ class Pipeline:
     async def _write(self, batch: _InHand) -> None:
         if not batch.pending:  # a failed attempt settled everything it had
             return
+        prepared, batch.prepared = batch.prepared, None  # for one attempt: a retry writes what is left
         try:
-            await self.sink.write(batch.pending)
+            await send_prepared(self.sink, batch.pending, prepared)
         except TransientSinkError as exc:
             self._settle(batch, exc.written, exc.rejected)
             raise
@@ -258,7 +345,8 @@ class Pipeline:
             if self._stopping.is_set():
                 raise _Stopped
             if self._paused and isinstance(self.source, PausableSource):
-                await self.source.keepalive()
+                async with self._polling:
+                    await self.source.keepalive()
             step = min(left, _KEEPALIVE_S)
             if await self._backoff.sleep(self._stopping, delay=step):
                 raise _Stopped

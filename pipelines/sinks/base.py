@@ -1,10 +1,17 @@
-"""The Sink contract. The runner commits offsets only after ``write`` returns."""
+"""The Sink contract. The runner commits offsets only after ``write`` returns.
+
+A sink may also split its write into ``prepare`` (CPU work that needs no store: decoding and
+converting records) and ``send`` (the store round trips), the ``PreparingSink`` protocol. The
+pipeline then prepares the next batch while the store writes the current one; a sink without
+the split is written through ``write`` alone (``prepare_for`` / ``send_prepared`` are the
+default that keeps it working).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bus.contract import BusRecord
 from otlp.signals import Signal
@@ -73,3 +80,37 @@ class Sink(Protocol):
     async def write(self, records: Sequence[BusRecord]) -> None:
         """Return once the store acknowledged every record; raise Transient/PermanentSinkError."""
         ...
+
+
+@runtime_checkable
+class PreparingSink(Protocol):
+    """A sink whose ``write(records)`` is ``send(await prepare(records))``.
+
+    ``prepare`` does the CPU work: it must not touch the store, keep no state between calls,
+    and should yield (``await asyncio.sleep(0)``) between records so the event loop serves the
+    write in flight and the consumer's heartbeats. A part it cannot convert goes into the
+    prepared value (as a rejection for ``send`` to raise). If it raises, the pipeline drops
+    the value and writes the records through ``write``, whose errors are handled as always.
+    ``send`` writes one prepared value exactly as ``write`` would write its records, with the
+    same errors (Transient/PermanentSinkError naming the record objects given to ``prepare``),
+    and is called at most once per prepared value: a retry goes through ``write`` again.
+    """
+
+    async def prepare(self, records: Sequence[BusRecord]) -> Any: ...
+
+    async def send(self, prepared: Any) -> None: ...
+
+
+async def prepare_for(sink: Sink, records: Sequence[BusRecord]) -> Any:
+    """``sink.prepare(records)`` for a ``PreparingSink``; None (nothing prepared) for any other."""
+    if isinstance(sink, PreparingSink):
+        return await sink.prepare(records)
+    return None
+
+
+async def send_prepared(sink: Sink, records: Sequence[BusRecord], prepared: Any) -> None:
+    """Write ``records``: through ``send(prepared)`` when a value was prepared, else ``write``."""
+    if prepared is not None and isinstance(sink, PreparingSink):
+        await sink.send(prepared)
+    else:
+        await sink.write(records)

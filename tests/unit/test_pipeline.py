@@ -176,21 +176,26 @@ async def test_stop_while_sink_is_down_leaves_batch_uncommitted() -> None:
     assert source.resumed == 1
 
 
+class GatedSink(ScriptedSink):
+    """Writes only once ``gate`` is set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = asyncio.Event()
+
+    async def write(self, records: Sequence[BusRecord]) -> None:
+        await self.gate.wait()
+        await super().write(records)
+
+
 async def test_stop_finishes_the_batch_in_hand() -> None:
-    gate = asyncio.Event()
-
-    class SlowSink(ScriptedSink):
-        async def write(self, records: Sequence[BusRecord]) -> None:
-            await gate.wait()
-            await super().write(records)
-
     source = ListSource([[rec(0), rec(1)]])
-    sink = SlowSink("unit-slow")
+    sink = GatedSink("unit-slow")
     pipeline = Pipeline(source, sink, poll_timeout_ms=10)
     task = asyncio.create_task(pipeline.run())
     await await_for(lambda: _ready(lambda: not source.batches), what="batch taken")
     pipeline.stop()
-    gate.set()
+    sink.gate.set()
     await asyncio.wait_for(task, 2.0)
     assert source.committed == [0, 1]
 
