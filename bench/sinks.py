@@ -41,6 +41,7 @@ from bench.progress import ProgressLine
 from bench.sinks_data import Fill, Message, build_messages, produce, restamp, tenant_name
 from bench.sinks_procs import (
     ES_URL,
+    PROMETHEUS_WRITE_URL,
     Drainer,
     es_count,
     es_delete,
@@ -52,6 +53,7 @@ from bench.sinks_procs import (
 from otlp.signals import Signal
 
 MIB = 1024.0
+STORE_URLS = {"elasticsearch": ES_URL, "prometheus": PROMETHEUS_WRITE_URL}
 _POLL_S = 0.2
 
 
@@ -216,7 +218,7 @@ async def run_scenario(
             for i in range(scenario.workers)
         )
     monitors = [TreeMonitor(d.pid) for d in drainers]
-    store_pid = stack_pid(target.store)
+    store_pid = stack_pid(target.store, urllib.parse.urlsplit(STORE_URLS[target.store]).port or 80)
     store = TreeMonitor(store_pid) if store_pid is not None else None
     if store is None:
         notes.append(f"{target.store} process not found: no store CPU")

@@ -25,13 +25,43 @@ ES_URL = os.environ.get("TG_STACK_ES", "http://127.0.0.1:9200")
 PROMETHEUS_WRITE_URL = os.environ.get("TG_STACK_PROMETHEUS", "http://127.0.0.1:9090") + "/api/v1/write"
 
 
-def stack_pid(service: str) -> int | None:
-    """The pid ``stack/up`` recorded for ``service`` (``elasticsearch``, ``prometheus``), if alive."""
+def stack_pid(service: str, port: int) -> int | None:
+    """The pid of a stack service (``elasticsearch``, ``prometheus``): the one ``stack/up``
+    recorded if alive, else the process listening on ``port`` (a service restarted by hand or
+    by a test keeps its port, not always its pid file)."""
     try:
         pid = int((stack_cache() / "run" / f"{service}.pid").read_text().split()[0])
+        if Path(f"/proc/{pid}").exists():
+            return pid
     except (OSError, ValueError, IndexError):
+        pass
+    return listener_pid(port)
+
+
+def listener_pid(port: int, proc: Path = Path("/proc")) -> int | None:
+    """The process with a TCP socket listening on ``port`` (from /proc/net/tcp*), if any."""
+    inodes: set[str] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the socket's inode.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
         return None
-    return pid if Path(f"/proc/{pid}").exists() else None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                return int(entry.name)
+        except OSError:
+            continue  # exited, or not ours to read
+    return None
 
 
 def worker_env(bootstrap: str, prefix: str) -> dict[str, str]:
