@@ -244,6 +244,51 @@ static inline int put_i64(Out *o, int64_t v, int quoted) {
     return v < 0 ? put_u64(o, (uint64_t)0 - (uint64_t)v, 1, quoted) : put_u64(o, (uint64_t)v, 0, quoted);
 }
 
+/* The shortest decimal that reads back as ``a`` (finite, > 0): *digits (no trailing zeros) times
+ * 10^*scale. At each length the correctly rounded decimal is tried, then its neighbours: a value
+ * close to a tie may read back only from the one on the other side of it (as the shortest
+ * round-trip algorithms pick it, and Python's repr). */
+static void shortest(double a, uint64_t *digits, int *scale) {
+    char text[40];
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(text, sizeof text, "%.*e", prec - 1, a);
+        uint64_t m = 0;
+        const char *c = text;
+        for (; *c != 'e'; c++)
+            if (*c != '.')
+                m = m * 10 + (uint64_t)(*c - '0');
+        int q = atoi(c + 1) - (prec - 1);
+        if (strtod(text, NULL) == a || prec == 17) {
+            *digits = m;
+            *scale = q;
+            break;
+        }
+        /* the neighbour on the side of the exact value first */
+        uint64_t near[2] = {m + 1, m - 1};
+        if (strtod(text, NULL) > a) {
+            near[0] = m - 1;
+            near[1] = m + 1;
+        }
+        int found = 0;
+        for (int i = 0; i < 2 && !found; i++) {
+            if (near[i] == 0)
+                continue;
+            snprintf(text, sizeof text, "%llue%d", (unsigned long long)near[i], q);
+            if (strtod(text, NULL) == a) {
+                *digits = near[i];
+                *scale = q;
+                found = 1;
+            }
+        }
+        if (found)
+            break;
+    }
+    while (*digits % 10 == 0) {
+        *digits /= 10;
+        *scale += 1;
+    }
+}
+
 /* A double as orjson writes it (the shortest digits that read back as the same double; plain
  * notation from 1e-5 up to 1e16, else d.ddde+N / e-N), NaN and the infinities as proto3 JSON's
  * strings. */
@@ -254,29 +299,15 @@ static int put_double(Out *o, double v) {
         return v > 0 ? put(o, "\"Infinity\"", 10) : put(o, "\"-Infinity\"", 11);
     if (v == 0)
         return signbit(v) ? put(o, "-0.0", 4) : put(o, "0.0", 3);
-    char sci[40];
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(sci, sizeof sci, "%.*e", prec - 1, v);
-        if (strtod(sci, NULL) == v)
-            break;
-    }
-    /* sci is [-]d[.ddd]e[+-]xx */
-    char digits[20];
-    int nd = 0, neg = 0;
-    const char *p = sci;
-    if (*p == '-') {
-        neg = 1;
-        p++;
-    }
-    for (; *p != 'e'; p++)
-        if (*p != '.')
-            digits[nd++] = *p;
-    while (nd > 1 && digits[nd - 1] == '0')
-        nd--;
-    int exp = atoi(p + 1);
+    uint64_t m;
+    int q;
+    shortest(fabs(v), &m, &q);
+    char digits[24];
+    int nd = snprintf(digits, sizeof digits, "%llu", (unsigned long long)m);
+    int exp = q + nd - 1; /* the power of ten of the first digit */
     char text[64];
     int n = 0;
-    if (neg)
+    if (v < 0)
         text[n++] = '-';
     if (exp >= -5 && exp < 16) {
         if (exp >= 0) {
