@@ -285,28 +285,29 @@ def _walk(resources: Iterable[Any], scopes: str, items: str,
 def _span_doc(span: Span) -> tuple[Doc, list[Doc]]:
     """A span's own fields (without the shared data_stream/resource/scope), and a log
     document's own fields per span event."""
+    # Each read of a protobuf field costs a call (and a wrapper for a message): read each once.
     start = span.start_time_unix_nano
     trace_id, span_id = span.trace_id.hex(), span.span_id.hex()
+    kind, status = span.kind, span.status
+    code = status.code
     doc: Doc = {
         "@timestamp": iso_nanos(start),
         "trace_id": trace_id,
         "span_id": span_id,
         "name": span.name,
-        "kind": SPAN_KIND[span.kind] if span.kind < len(SPAN_KIND) else str(span.kind),
+        "kind": SPAN_KIND[kind] if kind < len(SPAN_KIND) else str(kind),
         # The Collector's unsigned difference wraps for an end before the start; 0 is the truth
         # that a long field takes.
         "duration": max(span.end_time_unix_nano - start, 0),
         "attributes": document_attributes(span.attributes),
-        "status": {
-            "code": STATUS_CODE[span.status.code] if span.status.code < 3 else "Unset",
-        },
+        "status": {"code": STATUS_CODE[code] if code < 3 else "Unset"},
     }
-    if span.parent_span_id:
-        doc["parent_span_id"] = span.parent_span_id.hex()
-    if span.trace_state:
-        doc["trace_state"] = span.trace_state
-    if span.status.message:
-        doc["status"]["message"] = span.status.message
+    if parent := span.parent_span_id:
+        doc["parent_span_id"] = parent.hex()
+    if trace_state := span.trace_state:
+        doc["trace_state"] = trace_state
+    if message := status.message:
+        doc["status"]["message"] = message
     event_docs: list[Doc] = []
     if span.events:
         events = []
@@ -382,20 +383,19 @@ def _log_doc(lr: LogRecord) -> Doc:
     # No observed time is left out, not written as epoch 0 (as the Collector does).
     if observed:
         doc["observed_timestamp"] = iso_nanos(observed)
-    if lr.severity_text:
-        doc["severity_text"] = lr.severity_text
-    body = log_body(lr.body)
-    if body:
+    if severity_text := lr.severity_text:
+        doc["severity_text"] = severity_text
+    if body := log_body(lr.body):
         doc["body"] = body
-    if lr.trace_id:
-        doc["trace_id"] = lr.trace_id.hex()
-    if lr.span_id:
-        doc["span_id"] = lr.span_id.hex()
+    if trace_id := lr.trace_id:
+        doc["trace_id"] = trace_id.hex()
+    if span_id := lr.span_id:
+        doc["span_id"] = span_id.hex()
     event_name = lr.event_name or attrs.get("event.name")
     if event_name and isinstance(event_name, str):
         doc["event_name"] = event_name
-    if lr.dropped_attributes_count:
-        doc["dropped_attributes_count"] = lr.dropped_attributes_count
+    if dropped := lr.dropped_attributes_count:
+        doc["dropped_attributes_count"] = dropped
     return doc
 
 
