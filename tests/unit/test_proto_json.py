@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from google.protobuf.descriptor import FieldDescriptor as FD
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -218,3 +219,53 @@ def test_fuzzed_requests_are_written_as_the_reference_or_left_to_it(signal: Sign
             written += 1
             assert fast == expected, body.hex()
     assert written > 50  # the fuzz also exercised the C path, not only the hand-over
+
+
+_RANDOM_SCALARS: dict[int, Any] = {
+    FD.TYPE_DOUBLE: lambda r: struct.unpack("<d", r.randbytes(8))[0],
+    FD.TYPE_FLOAT: lambda r: struct.unpack("<f", r.randbytes(4))[0],
+    FD.TYPE_INT64: lambda r: r.randint(-(1 << 63), (1 << 63) - 1),
+    FD.TYPE_SFIXED64: lambda r: r.randint(-(1 << 63), (1 << 63) - 1),
+    FD.TYPE_SINT64: lambda r: r.randint(-(1 << 63), (1 << 63) - 1),
+    FD.TYPE_UINT64: lambda r: r.randint(0, (1 << 64) - 1),
+    FD.TYPE_FIXED64: lambda r: r.randint(0, (1 << 64) - 1),
+    FD.TYPE_INT32: lambda r: r.randint(-(1 << 31), (1 << 31) - 1),
+    FD.TYPE_SFIXED32: lambda r: r.randint(-(1 << 31), (1 << 31) - 1),
+    FD.TYPE_SINT32: lambda r: r.randint(-(1 << 31), (1 << 31) - 1),
+    FD.TYPE_UINT32: lambda r: r.randint(0, (1 << 32) - 1),
+    FD.TYPE_FIXED32: lambda r: r.randint(0, (1 << 32) - 1),
+    FD.TYPE_BOOL: lambda r: r.random() < 0.5,
+    FD.TYPE_ENUM: lambda r: r.randint(-3, 30),
+    FD.TYPE_STRING: lambda r: "".join(r.choice(TEXTS[3] + TEXTS[4] + "ab") for _ in range(r.randint(0, 6))),
+    FD.TYPE_BYTES: lambda r: r.randbytes(r.choice((0, 1, 2, 3, 8, 16))),
+}
+
+
+def fill(rng: random.Random, msg: Any, depth: int) -> None:
+    """Random values in a random half of ``msg``'s fields, of every kind, messages ``depth`` deep."""
+    for f in msg.DESCRIPTOR.fields:
+        if rng.random() < 0.5 or (f.type == FD.TYPE_MESSAGE and depth == 0):
+            continue
+        if f.type == FD.TYPE_MESSAGE:
+            if f.is_repeated:
+                for _ in range(rng.randint(0, 3)):
+                    fill(rng, getattr(msg, f.name).add(), depth - 1)
+            else:
+                getattr(msg, f.name).SetInParent()
+                fill(rng, getattr(msg, f.name), depth - 1)
+        elif f.is_repeated:
+            getattr(msg, f.name).extend(_RANDOM_SCALARS[f.type](rng) for _ in range(rng.randint(0, 3)))
+        else:
+            setattr(msg, f.name, _RANDOM_SCALARS[f.type](rng))
+
+
+@pytest.mark.parametrize("signal", list(Signal), ids=lambda s: s.value)
+def test_random_valid_requests_are_all_written_in_c_exactly_as_the_reference(signal: Signal) -> None:
+    rng = random.Random(f"valid-{signal.value}")
+    for _ in range(300):
+        req = signal.spec.request()
+        fill(rng, req, 7)
+        body = req.SerializeToString()
+        fast = fast_proto_to_json(signal, body)
+        assert fast is not None, body.hex()
+        assert fast == reference(signal, body), body.hex()
