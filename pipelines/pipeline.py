@@ -169,7 +169,11 @@ class Pipeline:
             records = await self.source.getmany(self._poll_timeout_ms, self._max_records)
         if not records:
             return None
-        preparing = asyncio.ensure_future(prepare_for(self.sink, records)) if self._prepares else None
+        preparing = None
+        if self._prepares:
+            preparing = asyncio.ensure_future(prepare_for(self.sink, records))
+            # A preparation dropped at stop is never awaited: take its error so none is reported.
+            preparing.add_done_callback(lambda t: t.cancelled() or t.exception())
         return _Polled(records, preparing)
 
     async def _poll_during(self, delivery: asyncio.Future[None]) -> _Polled | None:
