@@ -37,6 +37,19 @@ class RoundResult:
     topic_prefix: str = ""
     notes: list[str] = field(default_factory=list)
     load_pct: int | None = None  # open loop: offered load as % of the gateway's max in the same run
+    warmup_s: float = 0.0  # load before the measured window (its acknowledged items count in acked_items)
+    sink_drain_s: float = 0.0  # memory bus: seconds after the load until the file sink wrote the last item
+
+    @property
+    def delivered_items_per_s(self) -> float:
+        """Items delivered per second over the whole load plus the time delivery took after it.
+
+        On Kafka an acknowledgement means delivered, so this is about ``items_per_s``. On the
+        memory bus an acknowledgement means queued: a sink slower than the receiver shows here,
+        not in ``items_per_s`` (a short window ends before the queue does).
+        """
+        span = self.warmup_s + self.duration_s + self.sink_drain_s
+        return min(self.delivered_items, self.acked_items) / span if span > 0 else 0.0
 
     @property
     def p50_ms(self) -> float:
@@ -58,12 +71,14 @@ class RoundResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["items_per_cpu_s"] = round(self.items_per_cpu_s, 1)
+        d["delivered_items_per_s"] = round(self.delivered_items_per_s, 1)
         d["loss_ok"] = self.loss_ok
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoundResult:
-        return cls(**{k: v for k, v in d.items() if k not in ("items_per_cpu_s", "loss_ok")})
+        derived = ("items_per_cpu_s", "loss_ok", "delivered_items_per_s")
+        return cls(**{k: v for k, v in d.items() if k not in derived})
 
 
 def scenario_name(*, signal: str, transport: str, bus: str, mode: str, workers: int,
@@ -108,7 +123,8 @@ def aggregate(rounds: list[RoundResult]) -> list[RoundResult]:
             errors=errors, late_sends=sum(r.late_sends for r in rs),
             generator_cores=_median(r.generator_cores for r in rs),
             machine_busy_cores=_median(r.machine_busy_cores for r in rs),
-            notes=[f"median of {len(rs)} rounds"], load_pct=first.load_pct,
+            notes=[f"median of {len(rs)} rounds"], load_pct=first.load_pct, warmup_s=first.warmup_s,
+            sink_drain_s=_median(r.sink_drain_s for r in rs),
         ))
     return out
 

@@ -110,15 +110,18 @@ def run_round(env: Environment, plan: RoundPlan, index: int, total: int = 0) -> 
         totals = run_load(load, on_tick=tick, on_window=monitor.window)
         if not env.quiet:
             line.note(f"loss check: waiting for {totals.acked_items:,} items")
-        notes: list[str] = []
-        delivered = _delivered(env, bus, system, topics, totals, notes)
+        delivered, drain_s = _delivered(env, bus, system, topics, totals)
         monitor.sample()
     finally:
         system.stop()
         if bus == "kafka" and not env.keep_topics:
             asyncio.run(delete_topics(env.bootstrap, topics))
     result = _result(plan, bus, load, totals, monitor, delivered, prefix)
-    result.notes += notes
+    result.sink_drain_s = round(drain_s, 2)
+    if bus != "kafka":
+        result.notes.append(f"file sink: {delivered:,} of {totals.acked_items:,} acknowledged items written "
+                            f"{drain_s:.1f}s after the load stopped: "
+                            f"{result.delivered_items_per_s:,.0f} items/s delivered over the whole run")
     if not env.quiet:
         line.finish(f"{result.items_per_s:,.0f} items/s  "
                     f"p50 {result.p50_ms:.1f} ms  p99 {result.p99_ms:.1f} ms  "
@@ -132,10 +135,11 @@ def run_round(env: Environment, plan: RoundPlan, index: int, total: int = 0) -> 
 
 
 def _delivered(env: Environment, bus: str, system: GatewaySystem | CollectorSystem,
-               topics: dict[str, Signal], totals: WorkerTotals, notes: list[str]) -> int:
-    """Items the round's system delivered: read back from its Kafka topics, or from the file sink."""
+               topics: dict[str, Signal], totals: WorkerTotals) -> tuple[int, float]:
+    """Items the round's system delivered, read back from its Kafka topics or from the file sink,
+    and (file sink) the seconds it took after the load stopped to write the last acknowledged one."""
     if bus == "kafka":
-        return asyncio.run(count_delivered(env.bootstrap, topics, expect=totals.acked_items)).items
+        return asyncio.run(count_delivered(env.bootstrap, topics, expect=totals.acked_items)).items, 0.0
     assert isinstance(system, GatewaySystem)
     # The memory bus acknowledges once the item is queued; the file sink writes it later. Waiting
     # here is the sink catching up with what the window accepted: bounded, and reported.
@@ -146,9 +150,7 @@ def _delivered(env: Environment, bus: str, system: GatewaySystem | CollectorSyst
     while seen < totals.acked_items and time.monotonic() < deadline:
         time.sleep(0.5)
         seen = counter.poll()
-    notes.append(f"file sink: {seen:,} of {totals.acked_items:,} acknowledged items written "
-                 f"{time.monotonic() - started:.1f}s after the load stopped")
-    return seen
+    return seen, time.monotonic() - started
 
 
 def _result(plan: RoundPlan, bus: str, load: LoadSpec, totals: WorkerTotals, monitor: TreeMonitor,
@@ -159,7 +161,7 @@ def _result(plan: RoundPlan, bus: str, load: LoadSpec, totals: WorkerTotals, mon
         scenario=scenario_name(signal=load.signal.value, transport=transport, bus=bus,
                                mode=load.mode, workers=plan.workers, load_pct=plan.load_pct),
         system=plan.system, workers=plan.workers, signal=load.signal.value, transport=transport,
-        bus=bus, mode=load.mode, load_pct=plan.load_pct,
+        bus=bus, mode=load.mode, load_pct=plan.load_pct, warmup_s=load.warmup_s,
         offered_items_per_s=load.rate if load.mode == "open" else 0.0,
         duration_s=dur, items_per_s=totals.measured_items / dur, bytes_per_s=totals.measured_bytes / dur,
         latency_ms=totals.hist.summary_ms(), cpu_s=round(monitor.cpu_s, 3),

@@ -20,8 +20,9 @@ from bench.results import RoundResult
 TARGETS_PATH = Path(__file__).resolve().parent / "targets.yaml"
 _KEYS = {"min_items_per_s", "max_p50_ms", "max_p99_ms", "max_rss_mib", "min_items_per_cpu_s"}
 # What a ratio target may compare, as RoundResult attributes, and how the report names it.
-RATIO_METRICS = {"items_per_s": "items/s", "items_per_cpu_s": "items/CPU-s", "p50_ms": "p50",
-                 "p99_ms": "p99", "peak_rss_mib": "peak RSS"}
+RATIO_METRICS = {"items_per_s": "items/s", "delivered_items_per_s": "delivered items/s",
+                 "items_per_cpu_s": "items/CPU-s", "p50_ms": "p50", "p99_ms": "p99",
+                 "peak_rss_mib": "peak RSS"}
 # Whom a ratio compares with, always under the same load in the same run: the Collector with the
 # base config, the durable Collector, or (for the embedded default) the gateway's Kafka path.
 PEERS = ("collector", "collector-durable", "kafka-path")

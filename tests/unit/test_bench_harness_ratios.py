@@ -61,14 +61,19 @@ def test_p99_is_compared_with_the_durable_collector_at_the_same_share_of_load() 
 
 
 def test_embedded_default_is_judged_against_the_kafka_path_of_the_same_run() -> None:
-    t = targets({"scenarios": "*-memory-closed-w1", "peer": "kafka-path", "metric": "items_per_s",
+    t = targets({"scenarios": "*-memory-closed-w1", "peer": "kafka-path", "metric": "delivered_items_per_s",
                  "min": 0.5},
                 scenarios={"*-memory-closed-w1": {"max_rss_mib": 150}})
-    rounds = [at("gateway", None, items_per_s=100_000.0), at("collector", None, items_per_s=10.0),
-              at("gateway", None, bus="memory", items_per_s=40_000.0, peak_rss_mib=160.0)]
-    verdicts = evaluate(t, rounds)
-    assert [(v.check, v.ok) for v in verdicts] == [("peak RSS MiB", False), ("items/s vs kafka-path", False)]
-    assert verdicts[1].measured == pytest.approx(0.4)
+    kafka = at("gateway", None, items_per_s=100_000.0, warmup_s=2.0, duration_s=8.0, acked_items=1_000_000,
+               delivered_items=1_000_000)
+    # acknowledged faster than the Kafka path (queued), but the file sink wrote the last item 30 s later
+    embedded = at("gateway", None, bus="memory", items_per_s=150_000.0, peak_rss_mib=160.0, warmup_s=2.0,
+                  duration_s=8.0, acked_items=1_500_000, delivered_items=1_500_000, sink_drain_s=30.0)
+    verdicts = evaluate(t, [kafka, at("collector", None, items_per_s=10.0), embedded])
+    assert [(v.check, v.ok) for v in verdicts] == [("peak RSS MiB", False),
+                                                   ("delivered items/s vs kafka-path", False)]
+    assert embedded.delivered_items_per_s == pytest.approx(37_500.0)
+    assert verdicts[1].measured == pytest.approx(0.375)
 
 
 def test_a_pattern_scenario_bounds_every_signal_with_p50_and_p99() -> None:
@@ -104,19 +109,23 @@ def test_one_ratio_table_row_per_scenario_against_both_collectors_and_the_kafka_
               at("collector", None, items_per_s=20_000.0, latency_ms={"p50": 4.0, "p99": 20.0}),
               at("collector-durable", None, items_per_s=10_000.0, latency_ms={"p50": 1.0, "p99": 5.0}),
               at("gateway", 25), at("collector", 25),  # no durable round at this load
-              at("gateway", None, bus="memory", items_per_s=15_000.0, peak_rss_mib=50.0)]
+              # the embedded default: acknowledged 15k/s over 10 s, its sink wrote the last item 10 s later
+              at("gateway", None, bus="memory", items_per_s=15_000.0, peak_rss_mib=50.0, acked_items=150_000,
+                 delivered_items=150_000, sink_drain_s=10.0)]
     rows = ratios(rounds)
     assert [(r["scenario"], sorted(r["peers"])) for r in rows] == [
         ("traces-grpc-kafka-closed-w1", ["collector", "collector-durable"]),
         ("traces-grpc-kafka-open25-w1", ["collector"]),
         ("traces-grpc-memory-closed-w1", ["kafka-path"])]
     table = ratio_table(rows)
-    assert table[0] == "| scenario | gateway ÷ | items/s | items/CPU-s | p50 | p99 | peak RSS |"
+    assert table[0] == ("| scenario | gateway ÷ | items/s | delivered items/s | items/CPU-s | p50 | p99 | "
+                        "peak RSS |")
     assert table[2] == ("| traces-grpc-kafka-closed-w1 | Collector · durable Collector | 1.50x · 3.00x | "
-                        "1.50x · 3.00x | 0.50x · 2.00x | 0.50x · 2.00x | 1.00x · 1.00x |")
-    assert table[3].startswith("| traces-grpc-kafka-open25-w1 | Collector · durable Collector | 1.00x · - |")
-    assert table[4] == ("| traces-grpc-memory-closed-w1 | Kafka path | 0.50x | 0.50x | 5.00x | 4.00x | "
-                        "0.50x |")
+                        "1.00x · 1.00x | 1.50x · 3.00x | 0.50x · 2.00x | 0.50x · 2.00x | 1.00x · 1.00x |")
+    assert table[3].startswith("| traces-grpc-kafka-open25-w1 | Collector · durable Collector | 1.00x · - | ")
+    # delivered: 150k items over 20 s (7.5k/s) against the Kafka path's 220k over 10 s (22k/s)
+    assert table[4] == ("| traces-grpc-memory-closed-w1 | Kafka path | 0.50x | 0.34x | 0.50x | 5.00x | "
+                        "4.00x | 0.50x |")
     assert "\n".join(table) in markdown(rounds, [], {})
 
 

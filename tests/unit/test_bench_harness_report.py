@@ -73,7 +73,7 @@ def test_the_shipped_targets_file_parses() -> None:
     assert all(name.startswith(("traces-", "logs-", "metrics-", "*-")) for name in targets.scenarios)
     assert {(r.peer, r.metric) for r in targets.ratios} == {
         ("collector", "items_per_cpu_s"), ("collector-durable", "p99_ms"), ("collector", "peak_rss_mib"),
-        ("kafka-path", "items_per_s")}
+        ("kafka-path", "delivered_items_per_s")}
 
 
 def test_ratios_average_alternating_collector_rounds() -> None:
