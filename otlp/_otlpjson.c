@@ -20,7 +20,8 @@
  *   0..max_field: kind | flags, sub-message index, oneof group (-1: none), name index]
  * and a list of names, each the quoted JSON name with its colon ("spanId":).
  *
- * to_json(buffer, message index) -> bytes, or None for the Python path.
+ * to_json(buffer, message index[, end]) -> the JSON then ``end`` (b"\n" makes it a JSON line with no
+ * copy), or None for the Python path.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -597,7 +598,9 @@ fail:
 static PyObject *to_json(PyObject *self, PyObject *args) {
     Py_buffer buf;
     int mi;
-    if (!PyArg_ParseTuple(args, "y*i", &buf, &mi))
+    const char *tail = "";
+    Py_ssize_t tail_len = 0;
+    if (!PyArg_ParseTuple(args, "y*i|y#", &buf, &mi, &tail, &tail_len))
         return NULL;
     if (mi < 0 || mi >= n_msgs) {
         PyBuffer_Release(&buf);
@@ -609,7 +612,8 @@ static PyObject *to_json(PyObject *self, PyObject *args) {
     const uint8_t *p = buf.buf;
     /* An estimate from measured requests: the JSON is about twice the protobuf. */
     Py_BEGIN_ALLOW_THREADS
-    ok = grow(&o, (size_t)buf.len * 2 + 64) && msg_json(p, p + buf.len, mi, 0, &o);
+    ok = grow(&o, (size_t)buf.len * 2 + 64) && msg_json(p, p + buf.len, mi, 0, &o) &&
+         put(&o, tail, (size_t)tail_len);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&buf);
     PyObject *result;
@@ -623,7 +627,7 @@ static PyObject *to_json(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS, "setup(table, names): the message tables (see the module comment)."},
-    {"to_json", to_json, METH_VARARGS, "to_json(buffer, message_index) -> OTLP/JSON bytes, or None."},
+    {"to_json", to_json, METH_VARARGS, "to_json(buffer, message_index[, end]) -> OTLP/JSON bytes then end, or None."},
     {NULL, NULL, 0, NULL},
 };
 

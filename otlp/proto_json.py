@@ -80,14 +80,15 @@ _TABLE, _NAMES, _REQUESTS = _tables()
 _otlpjson.setup(_TABLE, _NAMES)
 
 
-def fast_proto_to_json(signal: Signal, payload: bytes | memoryview) -> bytes | None:
-    """The OTLP/JSON of a serialized Export request from the C writer, or None where only the
-    reference can say (see the module doc). Raises nothing for any content; releases the GIL."""
-    return _otlpjson.to_json(payload, _REQUESTS[signal])
+def fast_proto_to_json(signal: Signal, payload: bytes | memoryview, end: bytes = b"") -> bytes | None:
+    """The OTLP/JSON of a serialized Export request from the C writer, then ``end`` (b"\\n" for a
+    JSON line, without copying the JSON again), or None where only the reference can say (see
+    the module doc). Raises nothing for any content; releases the GIL."""
+    return _otlpjson.to_json(payload, _REQUESTS[signal], end)
 
 
-def proto_to_json(signal: Signal, payload: bytes | memoryview) -> bytes:
+def proto_to_json(signal: Signal, payload: bytes | memoryview, end: bytes = b"") -> bytes:
     """Serialized Export request -> compact OTLP/JSON, exactly ``json_mapping.proto_to_json``'s
-    bytes, in C when it can be. Raises WireError as the reference does."""
-    out = _otlpjson.to_json(payload, _REQUESTS[signal])
-    return out if out is not None else reference_proto_to_json(signal, bytes(payload))
+    bytes, in C when it can be, then ``end``. Raises WireError as the reference does."""
+    out = _otlpjson.to_json(payload, _REQUESTS[signal], end)
+    return out if out is not None else reference_proto_to_json(signal, bytes(payload)) + end

@@ -84,8 +84,8 @@ _EMPTY_TENANT_DIR = "%"  # no encoding produces a lone "%": it is the empty tena
 
 # What crosses to the helper per record: (signal value, protobuf bytes).
 _Item = tuple[str, bytes]
-# What comes back per record: the data line (None when no part converts) and the parts that do
-# not convert, each with the reason.
+# What comes back per record: the data line with its newline (None when no part converts) and the
+# parts that do not convert, each with the reason.
 _Converted = tuple[bytes | None, list[tuple[bytes, str]]]
 
 # Counted here, not in the helper process: only the sink's own process serves /metrics.
@@ -159,13 +159,14 @@ def _salvage(signal: Signal, value: bytes, error: str) -> _Converted:
     if not good:
         return None, bad
     try:
-        return proto_to_json(signal, b"".join(good)), bad
+        return proto_to_json(signal, b"".join(good), b"\n"), bad
     except Exception:  # parts that convert alone should convert together; if not, keep it all
         return None, [(value, error)]
 
 
 def convert(items: Sequence[_Item]) -> list[_Converted]:
-    """Convert each (signal, protobuf) to its OTLP/JSON line and its unconvertible parts.
+    """Convert each (signal, protobuf) to its OTLP/JSON line (newline included) and its
+    unconvertible parts.
 
     Pure (no I/O), never raises for any content: runs in the helper or in-process.
     """
@@ -173,16 +174,17 @@ def convert(items: Sequence[_Item]) -> list[_Converted]:
     for signal_name, value in items:
         sig = Signal(signal_name)
         try:
-            out.append((proto_to_json(sig, value), []))
+            out.append((proto_to_json(sig, value, b"\n"), []))
         except Exception as exc:
             out.append(_salvage(sig, value, _describe(exc)))
     return out
 
 
 def fast_lines(items: Sequence[_Item]) -> list[bytes | None]:
-    """The C writer's OTLP/JSON line of each (signal, protobuf), None where only the reference can
-    say (``convert`` then). Releases the GIL while it converts; raises nothing for any content."""
-    return [fast_proto_to_json(Signal(signal_name), value) for signal_name, value in items]
+    """The C writer's OTLP/JSON line (newline included) of each (signal, protobuf), None where only
+    the reference can say (``convert`` then). Releases the GIL while it converts; raises nothing
+    for any content."""
+    return [fast_proto_to_json(Signal(signal_name), value, b"\n") for signal_name, value in items]
 
 
 def _reject_line(rec: BusRecord, reason: str, payload: bytes) -> bytes:
@@ -373,12 +375,11 @@ class FileSink:
         written. Raises TransientSinkError (``written``: the records appended before it) on an
         I/O error, HelperDied when the conversion helper keeps dying.
         """
-        converted: list[tuple[bytes | None, list[tuple[bytes, str]]]]
+        converted: list[_Converted]
         if self._format == "proto":
             converted = [(_LENGTH.pack(len(rec.value)) + rec.value, []) for rec in records]
         else:
-            lines = await self._convert([(rec.signal.value, rec.value) for rec in records])
-            converted = [(None if line is None else line + b"\n", rejects) for line, rejects in lines]
+            converted = await self._convert([(rec.signal.value, rec.value) for rec in records])
         for i, (rec, (data, rejects)) in enumerate(zip(records, converted, strict=True)):
             try:
                 self._writer.append(rec, data, rejects)

@@ -269,3 +269,9 @@ def test_random_valid_requests_are_all_written_in_c_exactly_as_the_reference(sig
         fast = fast_proto_to_json(signal, body)
         assert fast is not None, body.hex()
         assert fast == reference(signal, body), body.hex()
+
+
+@pytest.mark.parametrize("span", [b"", field(5, b"a") + field(5, b"b")], ids=["in-c", "by-the-reference"])
+def test_a_json_line_ends_in_its_newline_either_way(span: bytes) -> None:
+    body = one_span(span)
+    assert proto_to_json(Signal.TRACES, body, b"\n") == reference(Signal.TRACES, body) + b"\n"
