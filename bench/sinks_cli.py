@@ -20,6 +20,8 @@ def add_sinks_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", default="1,2", help="pipelines processes in one consumer group (default 1,2)")
     p.add_argument("--messages", type=int, default=400, help="Kafka messages per scenario (default 400)")
+    p.add_argument("--metrics-messages", type=int, default=2000,
+                   help="Kafka messages per remote-write scenario (default 2000: it drains fastest)")
     p.add_argument(
         "--items", type=int, default=500, help="spans / log records / data points per message (default 500)"
     )
@@ -54,6 +56,7 @@ def sinks_main(ns: argparse.Namespace, git_rev: Callable[[], str]) -> int:
         targets=[t.strip() for t in ns.sinks.split(",") if t.strip()],
         workers=[int(w) for w in ns.workers.split(",") if w.strip()],
         messages=ns.messages,
+        metrics_messages=ns.metrics_messages,
         items=ns.items,
         partitions=ns.partitions,
         timeout_s=ns.timeout,

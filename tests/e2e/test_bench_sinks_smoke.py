@@ -26,9 +26,9 @@ def test_bench_sinks_drains_every_sink_with_one_and_two_workers(tmp_path: Path) 
     require("kafka", "elasticsearch", "prometheus")
     jaeger = require_binary(JAEGER_BIN)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "sinks", "--messages", str(MESSAGES), "--items", str(ITEMS),
-         "--partitions", str(PARTITIONS), "--workers", "1,2", "--timeout", "90", "--jaeger-bin", str(jaeger),
-         "--quiet", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "sinks", "--messages", str(MESSAGES), "--metrics-messages",
+         str(MESSAGES), "--items", str(ITEMS), "--partitions", str(PARTITIONS), "--workers", "1,2",
+         "--timeout", "90", "--jaeger-bin", str(jaeger), "--quiet", "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     out = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert proc.returncode == 0, f"bench sinks exited {proc.returncode}\n{out}"
