@@ -676,6 +676,9 @@ def _resource_attributes(buf: bytes, pos: int, end: int, keys: frozenset[bytes])
         for anum, awt, _as, avs, ave in _fields(buf, vs, ve):
             if anum != 1 or awt != _LEN:
                 continue
+            if ave - avs > 2 and buf[avs] == 0x0A and buf[avs + 1] < 0x80 \
+                    and buf[avs + 2:avs + 2 + buf[avs + 1]] not in keys:
+                continue  # SDKs write the key first: another attribute, not walked
             key = value = None
             for knum, kwt, _ks, kvs, kve in _fields(buf, avs, ave):
                 if knum == 1 and kwt == _LEN:

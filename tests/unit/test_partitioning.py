@@ -147,3 +147,12 @@ def test_span_fields_before_the_trace_id_still_find_it() -> None:
     data = req.SerializeToString().replace(moved, name + moved.replace(name, b""))
     assert name + b"\x0a\x10" + b"\xff" * 16 in data, "the span now starts with its name"
     assert list(buckets(Signal.TRACES, data, 4)) == [2]
+
+
+def test_a_resource_attribute_written_value_first_is_still_read() -> None:
+    data = metrics_for([("checkout", "b")]).SerializeToString()
+    kv = KeyValue(key="service.instance.id", value=AnyValue(string_value="b")).SerializeToString()
+    value_first = kv[kv.index(b"\x12"):] + kv[:kv.index(b"\x12")]  # field 2 (value) before field 1 (key)
+    swapped = data.replace(kv, value_first)
+    assert swapped != data
+    assert list(buckets(Signal.METRICS, swapped, 4)) == [1]
