@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench_command", required=True)
     run = sub.add_parser("run", help="one system under one load")
     _common(run)
-    run.add_argument("--system", choices=["gateway", "collector"], default="gateway")
+    run.add_argument("--system", choices=["gateway", "collector", "collector-durable"], default="gateway",
+                     help="collector-durable: bench/collector-otlp-kafka-durable.yaml (acks after Kafka)")
     run.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     run.add_argument("--mode", choices=["closed", "open"], default="closed")
     run.add_argument("--rate", type=float, default=0.0, help="open loop: offered items per second")

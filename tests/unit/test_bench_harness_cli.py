@@ -54,5 +54,6 @@ def test_subcommands_parse() -> None:
         "traces/grpc,traces/http,logs/grpc,metrics/grpc", "default,durable", None, None)
     assert (ns.warmup, ns.duration) == (1.5, 5.0)  # shorter windows than `run`: the matrix stays bounded
     assert parser.parse_args(["run"]).duration == 8.0
+    assert parser.parse_args(["run", "--system", "collector-durable"]).system == "collector-durable"
     ns = parser.parse_args(["micro", "--", "-q"])
     assert ns.pytest_args == ["--", "-q"]
