@@ -24,6 +24,9 @@ from otlp.signals import Signal
 
 MIB = 1024.0
 SINK_DRAIN_LIMIT_S = 60.0  # memory bus: how long the file sink may take to write what was acknowledged
+# No file sink write for this long means it has written what it had: its in-process bus holds
+# at most ~16 MiB, well under a second of its work.
+SINK_QUIET_S = 1.0
 
 SystemName = Literal["gateway", "collector", "collector-durable"]
 COLLECTORS: tuple[SystemName, ...] = ("collector", "collector-durable")
@@ -142,15 +145,31 @@ def _delivered(env: Environment, bus: str, system: GatewaySystem | CollectorSyst
         return asyncio.run(count_delivered(env.bootstrap, topics, expect=totals.acked_items)).items, 0.0
     assert isinstance(system, GatewaySystem)
     # The memory bus acknowledges once the item is queued; the file sink writes it later. Waiting
-    # here is the sink catching up with what the window accepted: bounded, and reported.
+    # here is the sink catching up with what the window accepted: bounded, and reported. The
+    # drain time is when the sink last wrote (the files' mtime), not when the count finished.
     counter = SinkCounter(system.data_dir, list(topics.values()))
-    started = time.monotonic()
-    deadline = started + SINK_DRAIN_LIMIT_S
-    seen = counter.poll()
-    while seen < totals.acked_items and time.monotonic() < deadline:
-        time.sleep(0.5)
+    load_ended = time.time()
+    deadline = time.monotonic() + SINK_DRAIN_LIMIT_S
+    seen = 0
+    while True:
+        _wait_quiet(counter, deadline)
         seen = counter.poll()
-    return seen, time.monotonic() - started
+        if seen >= totals.acked_items or time.monotonic() >= deadline:
+            break
+    return seen, max(0.0, counter.last_write() - load_ended)
+
+
+def _wait_quiet(counter: SinkCounter, deadline: float) -> None:
+    """Until no data file grew for ``SINK_QUIET_S`` (or the deadline): the sink has caught up."""
+    sizes = counter.sizes()
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = counter.sizes()
+        if now != sizes:
+            sizes, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= SINK_QUIET_S:
+            return
 
 
 def _result(plan: RoundPlan, bus: str, load: LoadSpec, totals: WorkerTotals, monitor: TreeMonitor,

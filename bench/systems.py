@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from bench.subprocs import free_port, spawn, terminate
@@ -175,8 +176,12 @@ class SinkCounter:
 
     Each :meth:`poll` parses only the whole lines written since the previous one (the sink
     appends; a line without its newline is not delivered yet), so waiting for a sink that is
-    still draining a million items costs the bench a pass over the new lines, not a re-read of
-    everything, and leaves the cores to the sink being measured.
+    still draining costs the bench a pass over the new lines, not a re-read of everything.
+
+    When the sink wrote its last line is read from the files' modification times
+    (:meth:`last_write`), not from when this counter got round to parsing them: parsing a
+    run's output takes the bench seconds of its own (hundreds of MB of JSON), which must not be
+    charged to the sink being measured.
     """
 
     def __init__(self, data_dir: Path, signals: list[Signal]) -> None:
@@ -184,6 +189,30 @@ class SinkCounter:
         self.signals = signals
         self.items = 0
         self._offsets: dict[Path, int] = {}
+
+    def _files(self) -> list[Path]:
+        return [path for sig in self.signals
+                for path in sorted(self.data_dir.glob(f"*/{sig.value}*.jsonl"))]
+
+    def sizes(self) -> dict[Path, int]:
+        """Bytes in each data file now: unchanged between two looks means the sink is quiet."""
+        out: dict[Path, int] = {}
+        for path in self._files():
+            try:
+                out[path] = path.stat().st_size
+            except FileNotFoundError:
+                continue
+        return out
+
+    def last_write(self) -> float:
+        """The latest modification time (epoch seconds) over the data files; 0.0 when none."""
+        times = [0.0]
+        for path in self._files():
+            try:
+                times.append(path.stat().st_mtime)
+            except FileNotFoundError:
+                continue
+        return max(times)
 
     def poll(self) -> int:
         for sig in self.signals:
@@ -195,7 +224,7 @@ class SinkCounter:
                 whole = chunk.rfind(b"\n") + 1
                 for line in chunk[:whole].splitlines():
                     if line.strip():
-                        self.items += count_json_items(sig, json.loads(line))
+                        self.items += count_json_items(sig, orjson.loads(line))
                 self._offsets[path] = offset + whole
         return self.items
 
