@@ -7,9 +7,12 @@ sink. Every exported item must land in the sink stamped with ``tenant.id`` and
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -31,7 +34,7 @@ from opentelemetry.sdk._logs.export import (
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -96,17 +99,10 @@ def _assert_stamped(found: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
 
 def export_spans(gw: GatewayProcess, transport: str, service: str, n: int) -> None:
     """Make ``n`` spans with the SDK and send them with the SDK's OTLP exporter."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=_resource(service))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("e2e")
-    for i in range(n):
-        with tracer.start_as_current_span(f"op-{i}", attributes={"i": i}):
-            pass
-    provider.shutdown()
+    spans = _spans(service, n)
     exporter = _exporter(gw, "traces", transport)
     try:
-        assert exporter.export(memory.get_finished_spans()) == SpanExportResult.SUCCESS
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
     finally:
         exporter.shutdown()
 
@@ -170,37 +166,114 @@ def test_received_items_are_counted(gateway: GatewayProcess) -> None:
     assert after - before == 4
 
 
+@dataclass(frozen=True)
+class _Export:
+    """One SDK export of SIGTERM_SPANS spans of ``service``: when it was sent and answered
+    (``time.monotonic()``), and whether the exporter reported SUCCESS."""
+
+    service: str
+    started: float
+    answered: float
+    ok: bool
+
+
+SIGTERM_SPANS = 256  # spans per export in the SIGTERM tests
+SIGTERM_CLIENTS = 6  # exporters sending at once, so requests are in the gateway when SIGTERM comes
+
+
+def _export_through_sigterm(gw: GatewayProcess, *, durable: bool) -> tuple[list[_Export], float]:
+    """SIGTERM_CLIENTS threads, each one service with its spans made once and one gRPC exporter
+    (one connection), export back to back; once each was answered (and, for ``durable``, the
+    gateway reports a request in flight, waiting on its batch), SIGTERM the gateway.
+
+    The batcher flushes an idle (signal, tenant) at once (group commit), so only many requests at
+    once keep data in the gateway: what it holds at SIGTERM is what the exports answered after it
+    carried. Returns every export and when SIGTERM was sent; asserts the exit code is 0.
+    """
+    done = threading.Event()
+    exports: list[_Export] = []
+
+    def client(n: int) -> None:
+        service = f"svc-{uuid.uuid4().hex[:8]}-{n}"
+        spans = _spans(service, SIGTERM_SPANS)
+        exporter = _exporter(gw, "traces", "grpc")
+        try:
+            while not done.is_set():
+                started = time.monotonic()
+                ok = exporter.export(spans) == SpanExportResult.SUCCESS
+                exports.append(_Export(service, started, time.monotonic(), ok))
+                if not ok:
+                    return  # the gateway is going away: nothing more to send
+        finally:
+            exporter.shutdown()
+
+    with ThreadPoolExecutor(SIGTERM_CLIENTS) as pool:
+        clients = [pool.submit(client, n) for n in range(SIGTERM_CLIENTS)]
+        try:
+            wait_for(lambda: len({e.service for e in exports}) == SIGTERM_CLIENTS
+                     and (not durable or gw.metric("gateway_inflight_requests") > 0),
+                     within=30, interval=0.01, what="every client answered, exports in flight")
+            sigterm_at = time.monotonic()
+            assert gw.stop() == 0, gw.log()
+        finally:
+            done.set()
+            for c in clients:
+                c.result(timeout=60)
+    return exports, sigterm_at
+
+
+def _spans(service: str, n: int) -> tuple[ReadableSpan, ...]:
+    """``n`` finished SDK spans of ``service``."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=_resource(service))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("e2e")
+    for i in range(n):
+        with tracer.start_as_current_span(f"op-{i}", attributes={"i": i}):
+            pass
+    provider.shutdown()
+    return memory.get_finished_spans()
+
+
+def _assert_every_success_landed(gw: GatewayProcess, exports: list[_Export]) -> None:
+    """Per service: at least the spans of every export answered SUCCESS, at most those of every
+    export sent (one refused while shutting down may still have been taken), whole exports only."""
+    landed: dict[str, int] = {}
+    for attrs, _item in sink_items(gw.read_sink("default", "traces"), "traces"):
+        assert attrs["tenant.id"] == "default" and attrs.get("correlation.id"), attrs
+        landed[attrs["service.name"]] = landed.get(attrs["service.name"], 0) + 1
+    for service in {e.service for e in exports}:
+        ok = sum(1 for e in exports if e.service == service and e.ok)
+        sent = sum(1 for e in exports if e.service == service)
+        n = landed.get(service, 0)
+        assert ok * SIGTERM_SPANS <= n <= sent * SIGTERM_SPANS and n % SIGTERM_SPANS == 0, \
+            f"{service}: {n} spans in the sink, {ok} exports answered SUCCESS of {sent} sent"
+
+
 def test_sigterm_flushes_accepted_data_and_exits_zero() -> None:
-    """With ``ack: accepted`` and a long batch age, data sits in the batcher when SIGTERM comes."""
-    env = {"TG_ACK": "accepted", "TG_BATCH__MAX_AGE_MS": "60000"}
-    gw = GatewayProcess(env)
+    """``ack: accepted`` answers on enqueue: exports answered while SIGTERM is handled are data the
+    gateway still held (batcher or memory bus). Exit 0, and every accepted span is in the sink."""
+    gw = GatewayProcess({"TG_ACK": "accepted"})
     try:
         gw.start()
-        service = f"svc-{uuid.uuid4().hex[:8]}"
-        export_spans(gw, "grpc", service, 10)
-        export_spans(gw, "http", service, 10)
-        assert _landed(gw, "traces", service) == []  # still in the open batch
-        assert gw.stop() == 0, gw.log()
-        found = _landed(gw, "traces", service)
-        assert len(found) == 20
-        _assert_stamped(found)
+        exports, sigterm_at = _export_through_sigterm(gw, durable=False)
+        held = [e for e in exports if e.ok and e.started < sigterm_at < e.answered]
+        assert held, f"no export in flight at SIGTERM was accepted: {exports[-SIGTERM_CLIENTS:]}"
+        _assert_every_success_landed(gw, exports)
     finally:
         gw.cleanup()
 
 
 def test_sigterm_answers_durable_requests_in_flight() -> None:
-    """ack: durable with a 60 s batch age: the export waits on its batch when SIGTERM comes; the
-    shutdown flushes it, the exporter gets its success, and the spans are in the sink."""
-    gw = GatewayProcess({"TG_BATCH__MAX_AGE_MS": "60000"})
+    """ack: durable: exports in flight when SIGTERM comes are answered (SUCCESS once their batch
+    is on the bus), the gateway exits 0, and every span answered SUCCESS is in the sink."""
+    gw = GatewayProcess()
     try:
         gw.start()
-        service = f"svc-{uuid.uuid4().hex[:8]}"
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(export_spans, gw, "grpc", service, 5)
-            wait_for(lambda: gw.metric("gateway_inflight_requests") == 1, within=15,
-                     what="the export waiting on its batch")
-            assert gw.stop() == 0, gw.log()
-            pending.result(timeout=15)  # export_spans asserts SUCCESS
-        assert len(_landed(gw, "traces", service)) == 5
+        exports, sigterm_at = _export_through_sigterm(gw, durable=True)
+        in_flight = [e for e in exports if e.started < sigterm_at < e.answered]
+        assert in_flight, "no export was in flight at SIGTERM"
+        assert any(e.ok for e in in_flight), f"none in flight at SIGTERM was answered SUCCESS: {in_flight}"
+        _assert_every_success_landed(gw, exports)
     finally:
         gw.cleanup()
