@@ -38,12 +38,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import aiohttp
 
 from bus.contract import BusRecord
 from otlp.signals import TENANT_HEADER, Signal
-from pipelines.convert.remote_write import encode, split, to_write_requests
+from pipelines.convert.remote_write import Conversion, encode, split, to_write_requests
 from pipelines.metrics import (
     REMOTE_WRITE_DROPPED_EXEMPLAR_LABELS,
     REMOTE_WRITE_DROPPED_EXEMPLARS,
@@ -163,7 +164,25 @@ class PrometheusSink:
             await self._post(tenant, part)
 
     async def write(self, records: Sequence[BusRecord]) -> None:
-        conv = to_write_requests((r.value, r.tenant) for r in records)
+        """Write every series of ``records``; raise what the pipeline needs to settle the rest.
+
+        Parts that do not decode are rejected alone (``PermanentSinkError``, each an Export
+        request of just that part) after the record's other series were written; a store
+        failure raises ``TransientSinkError`` and the whole batch is retried (remote write is
+        idempotent for samples already stored).
+        """
+        await self.send(await self.prepare(records))
+
+    async def prepare(self, records: Sequence[BusRecord]) -> _Prepared:
+        """The conversion half of ``write`` (CPU only, no store): one WriteRequest per tenant.
+
+        With ``send``, what a pipeline overlaps with the previous batch's write (the
+        ``PreparingSink`` split of ``pipelines.sinks.base``)."""
+        return _Prepared(records, to_write_requests((r.value, r.tenant) for r in records))
+
+    async def send(self, prepared: _Prepared) -> None:
+        """The store half of ``write``: post each tenant's request, count drops, raise as ``write``."""
+        records, conv = prepared.records, prepared.conv
         await asyncio.gather(*(self._post_tenant(tenant, req) for tenant, req in conv.requests.items()
                                if req.timeseries))
         # Counted only once the batch went through, so a retried batch does not count twice.
@@ -177,6 +196,14 @@ class PrometheusSink:
             # Only the parts that do not decode: the record's other series were just written.
             raise PermanentSinkError([part_rejection(records[i], part.value, part.reason)
                                       for i, part in conv.bad])
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A batch converted by ``PrometheusSink.prepare``: its records and their WriteRequests."""
+
+    records: Sequence[BusRecord]
+    conv: Conversion
 
 
 def make_sink(cfg: Config) -> PrometheusSink:
