@@ -12,7 +12,9 @@ before the body arrives, and a chunked body is cut off when it passes it.
 Requests on one connection are answered in order: reading pauses while a request is handled,
 which also gives per-connection back-pressure. Deadlines (``Timeouts``, the Go/Collector
 confighttp ones): a request head must arrive within ``read_header_s`` of its first byte and the
-whole request within ``read_s``, else 408 and close; a connection with no request open is closed
+whole request within ``read_s``, else 408 and close (a head not complete when either passes is
+reported as the head, stage "head", in plain text; a late body gets a ``google.rpc.Status`` in the
+request's encoding, as every other refusal); a connection with no request open is closed
 after ``idle_s``. Request heads over ``MAX_HEAD_BYTES`` are refused with 431. So idle or slow
 clients cannot pile up. ``shutdown`` stops listening, closes idle connections, lets requests in
 flight be answered (with ``Connection: close``) and then closes the rest.
@@ -42,8 +44,10 @@ from http import HTTPStatus
 from typing import cast
 
 import httptools
+from google.rpc import code_pb2, status_pb2
 
 from gateway import correlation, metrics
+from gateway.receivers import encodings
 from gateway.receivers.tls import HttpTls, http_client_names
 from otlp.signals import CORRELATION_HEADER
 
@@ -287,8 +291,12 @@ class HttpProtocol(asyncio.Protocol):
         if self._begun is None:
             if now - self._last_active >= t.idle_s:
                 self.close()
-        elif not self._head_done and now - self._begun > t.read_header_s:
-            self._timed_out("head", t.read_header_s)
+        elif not self._head_done:
+            # read_s bounds the whole request, so it also bounds the head when it is the shorter:
+            # an unfinished head is reported as the head whichever deadline it missed.
+            head_limit = min(t.read_header_s, t.read_s)
+            if now - self._begun > head_limit:
+                self._timed_out("head", head_limit)
         elif now - self._begun > t.read_s:
             self._timed_out("body", t.read_s)
 
@@ -403,8 +411,16 @@ class HttpProtocol(asyncio.Protocol):
     def _timed_out(self, stage: str, limit_s: float) -> None:
         metrics.incomplete_requests.labels(self._server.transport_label, stage, "timeout").inc()
         log.warning("closing %s: request %s not received within %.1f s (408)", self._peer, stage, limit_s)
-        message = f"request {stage} not received within {limit_s:g} s\n"
-        self._respond_and_close(Response(408, message.encode()))
+        message = f"request {stage} not received within {limit_s:g} s"
+        if not self._head_done:
+            # No complete head, so no Content-Type to answer in: a plain-text answer.
+            self._respond_and_close(Response(408, (message + "\n").encode()))
+            return
+        # As every other refusal (OTLP/HTTP spec, "Failures"): a google.rpc.Status in the
+        # request's own encoding, DEADLINE_EXCEEDED as gRPC says a missed deadline.
+        encoding = encodings.answering(self._headers)
+        st = status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=message)
+        self._respond_and_close(Response(408, encoding.status(st), encoding.content_type))
 
     def _abandoned(self, stage: str, cause: str, exc: Exception | None) -> None:
         metrics.incomplete_requests.labels(self._server.transport_label, stage, cause).inc()
