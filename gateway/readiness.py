@@ -37,16 +37,27 @@ PERIOD_S = 1.0
 STALE_AFTER_PERIODS = 3
 
 
+# Worker indexes whose ``gateway_ready`` child reads a function (``expose``).
+_functions: set[int] = set()
+
+
 def _set_ready(index: int, value: float) -> None:
     """Set ``gateway_ready{worker=index}`` to a value, replacing a function an ``expose`` of the
-    same worker index installed (a value set on a child that reads a function is never seen)."""
-    with contextlib.suppress(KeyError):  # once a second: cheap, and no function survives it
-        metrics.ready.remove(str(index))
+    same worker index installed (a value set on a child that reads a function is never seen).
+
+    The child is removed only then: in multiprocess mode (``--workers N``, where ``expose`` is
+    not used) prometheus_client warns on every ``remove``, and the value lives in the worker's
+    file whatever the child object, so setting it is all that is needed there."""
+    if index in _functions:
+        _functions.discard(index)
+        with contextlib.suppress(KeyError):
+            metrics.ready.remove(str(index))
     metrics.ready.labels(worker=str(index)).set(value)
 
 
 def expose(own: Readiness, index: int = 0) -> None:
     """A gateway of one process: ``gateway_ready`` reads ``own`` at each scrape."""
+    _functions.add(index)
     metrics.ready.labels(worker=str(index)).set_function(lambda: 1.0 if own()[0] else 0.0)
 
 

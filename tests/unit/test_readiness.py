@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
+from gateway.metrics import MULTIPROC_ENV
 from gateway.readiness import STALE_AFTER_PERIODS, SharedReadiness, expose
 
 
@@ -110,3 +113,26 @@ def test_one_process_gauge_reads_its_state_at_each_scrape() -> None:
     assert _gauge(7) == 1.0
     own.state = (False, "receivers not listening")
     assert _gauge(7) == 0.0
+
+
+def test_reports_in_multiprocess_mode_warn_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers N``: prometheus_client warns on every label removal in multiprocess mode."""
+    clock = Clock()
+    (own0, _own1), (w0, _w1) = _pair(tmp_path, clock)
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w0.publish()
+        own0.state = (False, "bus unavailable")
+        w0.publish()
+    assert _gauge(0) == 0.0
+
+
+def test_a_report_replaces_a_function_exposed_for_the_same_worker(tmp_path: Path) -> None:
+    own = Worker()
+    expose(own, index=1)
+    clock = Clock()
+    (_own0, own1), (_w0, w1) = _pair(tmp_path, clock)
+    own1.state = (False, "bus unavailable")
+    w1.publish()
+    assert own() == (True, "bus ready") and _gauge(1) == 0.0
