@@ -20,6 +20,8 @@
  *
  * check(buffer, message index, max nesting, max items) -> the number of items (fields flagged ITEM:
  * spans, log records, data points), or (code, message index, field number, offset).
+ *
+ * span_buckets(payload, partitions): the traces split of otlp/partitioning.py (see below).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -368,13 +370,426 @@ static PyObject *check(PyObject *self, PyObject *args) {
     return Py_BuildValue("(iiIn)", err.code, err.msg, err.field, err.offset);
 }
 
+/* ---- span_buckets: the traces case of otlp/wire.py group_spans, over bytes ------------------
+ *
+ * span_buckets(payload, partitions) -> {bucket: ExportTraceServiceRequest} | None, byte for byte
+ * what wire.group_spans(payload, lambda t: zlib.crc32(t) % partitions) returns (wire.py is the
+ * reference: same grouping, same order of resources, scopes and spans, resource and scope
+ * headers repeated once per bucket before their scopes / spans). None for any payload the
+ * Python walk would refuse (the caller then runs it, which raises WireError with a path), and
+ * for partitions outside 1..65536. CRC-32 is zlib's (IEEE, reflected 0xEDB88320).
+ */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32_ieee(const uint8_t *p, size_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    while (n--)
+        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* wire.read_varint: at most 10 bytes, the 10th without a continuation bit. *big when the value
+   needs more than 64 bits (Python keeps it whole: such a tag is some huge field number, such a
+   length is past any end). 0, or -1 for a truncated or too long varint. */
+static int sb_varint(const uint8_t *b, size_t pos, size_t end, uint64_t *val, int *big, size_t *after) {
+    uint64_t v = 0;
+    int shift = 0;
+    *big = 0;
+    while (pos < end) {
+        uint8_t c = b[pos++];
+        if (shift == 63 && (c & 0x7F) > 1)
+            *big = 1;
+        v |= (uint64_t)(c & 0x7F) << shift;
+        if (c < 0x80) {
+            *val = v;
+            *after = pos;
+            return 0;
+        }
+        shift += 7;
+        if (shift >= 70)
+            return -1;
+    }
+    return -1;
+}
+
+/* One field as wire._fields reads it: num (SB_BIG for a tag over 64 bits), wire type, value
+   start and end. -1 where _fields raises WireError. */
+#define SB_BIG UINT64_MAX
+static int sb_field(const uint8_t *b, size_t pos, size_t end, uint64_t *num, int *wt, size_t *vstart,
+                    size_t *after) {
+    uint64_t tag, v;
+    int big;
+    if (sb_varint(b, pos, end, &tag, &big, &pos) < 0)
+        return -1;
+    *num = big ? SB_BIG : tag >> 3;
+    *wt = (int)(tag & 7);
+    if (*num == 0)
+        return -1;
+    switch (*wt) {
+    case 0:
+        if (sb_varint(b, pos, end, &v, &big, &pos) < 0)
+            return -1;
+        *vstart = *after = pos;
+        return 0;
+    case 1:
+    case 5: {
+        size_t n = *wt == 1 ? 8 : 4;
+        if (n > end - pos)
+            return -1;
+        *vstart = pos;
+        *after = pos + n;
+        return 0;
+    }
+    case 2:
+        if (sb_varint(b, pos, end, &v, &big, &pos) < 0 || big || v > end - pos)
+            return -1;
+        *vstart = pos;
+        *after = pos + (size_t)v;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+typedef struct { size_t s, e; } SbRange;
+typedef struct { size_t s, e; int32_t scope, group, next; } SbSpan;
+typedef struct { int32_t res; size_t head_first, head_count, head_len; } SbScope;
+typedef struct { size_t head_first, head_count, head_len; } SbRes;
+
+typedef struct {
+    SbRange *heads; size_t n_heads, cap_heads;
+    SbSpan *spans; size_t n_spans, cap_spans;
+    SbScope *scopes; size_t n_scopes, cap_scopes;
+    SbRes *res; size_t n_res, cap_res;
+} SbParse;
+
+/* Grow *arr (of *cap elements of size sz) to hold one more; 0 or -1 (no memory). */
+static int sb_grow(void **arr, size_t *cap, size_t n, size_t sz) {
+    if (n < *cap)
+        return 0;
+    size_t nc = *cap ? *cap * 2 : 64;
+    void *p = realloc(*arr, nc * sz);
+    if (p == NULL)
+        return -1;
+    *arr = p;
+    *cap = nc;
+    return 0;
+}
+#define SB_PUSH(P, ARR, N, CAP) (sb_grow((void **)&(P)->ARR, &(P)->CAP, (P)->N, sizeof(*(P)->ARR)) < 0 ? -1 : 0)
+
+/* A header field [s, e) of a resource or scope, counted in its *count and *len (which are not in
+   the heads array, so growing it leaves them in place); 0, or -1 (no memory). */
+static int sb_add_head(SbParse *p, size_t s, size_t e, size_t *count, size_t *len) {
+    if (SB_PUSH(p, heads, n_heads, cap_heads) < 0)
+        return -1;
+    p->heads[p->n_heads].s = s;
+    p->heads[p->n_heads++].e = e;
+    (*count)++;
+    *len += e - s;
+    return 0;
+}
+
+static size_t sb_varint_len(size_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *sb_put_varint(uint8_t *o, size_t v) {
+    while (v >= 0x80) {
+        *o++ = (uint8_t)((v & 0x7F) | 0x80);
+        v >>= 7;
+    }
+    *o++ = (uint8_t)v;
+    return o;
+}
+
+/* Walk a message as wire._fields does: -1 where it raises, else 0 with [*vs, *ve) the value of the
+   last length-delimited field numbered `want` (left as it was when there is none). */
+static int sb_walk(const uint8_t *b, size_t pos, size_t end, uint64_t want, size_t *vs, size_t *ve) {
+    while (pos < end) {
+        uint64_t num;
+        int wt;
+        size_t fvs, after;
+        if (sb_field(b, pos, end, &num, &wt, &fvs, &after) < 0)
+            return -1;
+        if (num == want && wt == 2) {
+            *vs = fvs;
+            *ve = after;
+        }
+        pos = after;
+    }
+    return 0;
+}
+
+/* wire._trace_id: field 1 (length-delimited) of a span body, the last occurrence; empty when
+   the body cannot be walked. Returns its CRC-32. */
+static uint32_t sb_trace_crc(const uint8_t *b, size_t pos, size_t end) {
+    size_t vs = 0, ve = 0;
+    if (sb_walk(b, pos, end, 1, &vs, &ve) < 0)
+        return 0; /* crc32(b"") */
+    return crc32_ieee(b + vs, ve - vs);
+}
+
+/* The next length-delimited field numbered `want` from *pos in a message already walked without
+   fault: 1 with its value [*vs, *ve) and *pos after it, or 0 at the end. */
+static int sb_next_len(const uint8_t *b, size_t *pos, size_t end, uint64_t want, size_t *vs, size_t *ve) {
+    while (*pos < end) {
+        uint64_t num;
+        int wt;
+        sb_field(b, *pos, end, &num, &wt, vs, ve);
+        *pos = *ve;
+        if (num == want && wt == 2)
+            return 1;
+    }
+    return 0;
+}
+
+/* The walk of group_spans: -1 where it raises WireError, -2 when out of memory. */
+static int sb_parse(const uint8_t *b, size_t len, uint64_t partitions, int32_t *slot, int32_t *n_groups,
+                    int32_t *group_bucket, int32_t *last_span, int32_t *first_span, SbParse *p) {
+    size_t pos = 0, unused_s = 0, unused_e = 0;
+    /* The whole top level is walked before anything, as group_spans does (field 0 is never one). */
+    if (sb_walk(b, 0, len, 0, &unused_s, &unused_e) < 0)
+        return -1;
+    size_t rvs, rve;
+    while (sb_next_len(b, &pos, len, 1, &rvs, &rve)) {
+        uint64_t num;
+        int wt;
+        /* Resource fields: all walked first; every one but scope_spans is the header. */
+        if (SB_PUSH(p, res, n_res, cap_res) < 0)
+            return -2;
+        SbRes *r = &p->res[p->n_res];
+        r->head_first = p->n_heads;
+        r->head_count = 0;
+        r->head_len = 0;
+        int32_t ri = (int32_t)p->n_res++;
+        size_t q = rvs;
+        while (q < rve) {
+            size_t vs, after;
+            if (sb_field(b, q, rve, &num, &wt, &vs, &after) < 0)
+                return -1;
+            if (!(num == 2 && wt == 2) && sb_add_head(p, q, after, &p->res[ri].head_count, &p->res[ri].head_len) < 0)
+                return -2;
+            q = after;
+        }
+        q = rvs;
+        size_t svs, sve;
+        while (sb_next_len(b, &q, rve, 2, &svs, &sve)) {
+            if (SB_PUSH(p, scopes, n_scopes, cap_scopes) < 0)
+                return -2;
+            int32_t si = (int32_t)p->n_scopes++;
+            SbScope *sc = &p->scopes[si];
+            sc->res = ri;
+            sc->head_first = p->n_heads;
+            sc->head_count = 0;
+            sc->head_len = 0;
+            size_t s = svs;
+            while (s < sve) {
+                size_t start = s, after, vs;
+                if (b[s] != 0x12) { /* not a span: part of the scope's header */
+                    if (sb_field(b, s, sve, &num, &wt, &vs, &after) < 0)
+                        return -1;
+                    if (sb_add_head(p, start, after, &p->scopes[si].head_count, &p->scopes[si].head_len) < 0)
+                        return -2;
+                    s = after;
+                    continue;
+                }
+                uint64_t length;
+                int big;
+                if (start + 1 >= sve || sb_varint(b, start + 1, sve, &length, &big, &s) < 0 || big ||
+                    length > sve - s)
+                    return -1;
+                size_t body = s;
+                s += (size_t)length;
+                uint32_t crc;
+                if (length >= 18 && b[body] == 0x0A && b[body + 1] == 16)
+                    crc = crc32_ieee(b + body + 2, 16); /* SDKs write trace_id first */
+                else
+                    crc = sb_trace_crc(b, body, s);
+                int32_t bucket = (int32_t)((uint64_t)crc % partitions);
+                int32_t g = slot[bucket];
+                if (g < 0) {
+                    g = slot[bucket] = (*n_groups)++;
+                    group_bucket[g] = bucket;
+                    first_span[g] = -1;
+                    last_span[g] = -1;
+                }
+                if (SB_PUSH(p, spans, n_spans, cap_spans) < 0)
+                    return -2;
+                int32_t k = (int32_t)p->n_spans++;
+                SbSpan *sp = &p->spans[k];
+                sp->s = start;
+                sp->e = s;
+                sp->scope = si;
+                sp->group = g;
+                sp->next = -1;
+                if (last_span[g] < 0)
+                    first_span[g] = k;
+                else
+                    p->spans[last_span[g]].next = k;
+                last_span[g] = k;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Size of the scope_spans field of scope si holding the spans of one group from span k on
+   (while they are in scope si); *next_k is the first span after them. */
+static size_t sb_scope_size(const SbParse *p, int32_t k, int32_t *next_k, size_t *body_len) {
+    int32_t si = p->spans[k].scope;
+    size_t n = p->scopes[si].head_len;
+    while (k >= 0 && p->spans[k].scope == si) {
+        n += p->spans[k].e - p->spans[k].s;
+        k = p->spans[k].next;
+    }
+    *next_k = k;
+    *body_len = n;
+    return 1 + sb_varint_len(n) + n;
+}
+
+/* Size of the resource_spans body for the group's spans from k on (while in the resource). */
+static size_t sb_res_body(const SbParse *p, int32_t k, int32_t *next_k) {
+    int32_t ri = p->scopes[p->spans[k].scope].res;
+    size_t n = p->res[ri].head_len, body;
+    while (k >= 0 && p->scopes[p->spans[k].scope].res == ri)
+        n += sb_scope_size(p, k, &k, &body);
+    *next_k = k;
+    return n;
+}
+
+static uint8_t *sb_put_heads(uint8_t *o, const uint8_t *b, const SbParse *p, size_t first, size_t count) {
+    for (size_t i = first; i < first + count; i++) {
+        memcpy(o, b + p->heads[i].s, p->heads[i].e - p->heads[i].s);
+        o += p->heads[i].e - p->heads[i].s;
+    }
+    return o;
+}
+
+static PyObject *sb_group_bytes(const uint8_t *b, const SbParse *p, int32_t first) {
+    size_t total = 0;
+    int32_t k = first;
+    while (k >= 0) {
+        size_t body = sb_res_body(p, k, &k);
+        total += 1 + sb_varint_len(body) + body;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    k = first;
+    while (k >= 0) {
+        int32_t end_k;
+        const SbRes *r = &p->res[p->scopes[p->spans[k].scope].res];
+        size_t body = sb_res_body(p, k, &end_k);
+        *o++ = 0x0A;
+        o = sb_put_varint(o, body);
+        o = sb_put_heads(o, b, p, r->head_first, r->head_count);
+        while (k != end_k) {
+            const SbScope *sc = &p->scopes[p->spans[k].scope];
+            int32_t si = p->spans[k].scope, after;
+            size_t sbody;
+            sb_scope_size(p, k, &after, &sbody);
+            *o++ = 0x12;
+            o = sb_put_varint(o, sbody);
+            o = sb_put_heads(o, b, p, sc->head_first, sc->head_count);
+            while (k >= 0 && p->spans[k].scope == si) {
+                memcpy(o, b + p->spans[k].s, p->spans[k].e - p->spans[k].s);
+                o += p->spans[k].e - p->spans[k].s;
+                k = p->spans[k].next;
+            }
+        }
+    }
+    return out;
+}
+
+#define SB_MAX_PARTITIONS 65536
+
+static PyObject *span_buckets(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    long long partitions;
+    if (!PyArg_ParseTuple(args, "y*L", &view, &partitions))
+        return NULL;
+    if (partitions < 1 || partitions > SB_MAX_PARTITIONS || view.len > INT32_MAX / 2) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    const uint8_t *b = (const uint8_t *)view.buf;
+    size_t len = (size_t)view.len;
+    SbParse p;
+    memset(&p, 0, sizeof p);
+    int32_t *ints = malloc(sizeof(int32_t) * (size_t)partitions * 4);
+    PyObject *result = NULL;
+    if (ints == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int32_t *slot = ints, *group_bucket = ints + partitions, *first_span = ints + 2 * partitions,
+            *last_span = ints + 3 * partitions;
+    for (long long i = 0; i < partitions; i++)
+        slot[i] = -1;
+    int32_t n_groups = 0;
+    int rc = sb_parse(b, len, (uint64_t)partitions, slot, &n_groups, group_bucket, last_span, first_span, &p);
+    if (rc == -2) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (rc < 0) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    result = PyDict_New();
+    if (result == NULL)
+        goto done;
+    for (int32_t g = 0; g < n_groups; g++) {
+        PyObject *key = PyLong_FromLong(group_bucket[g]);
+        PyObject *val = key ? sb_group_bytes(b, &p, first_span[g]) : NULL;
+        if (val == NULL || PyDict_SetItem(result, key, val) < 0) {
+            Py_XDECREF(key);
+            Py_XDECREF(val);
+            Py_CLEAR(result);
+            goto done;
+        }
+        Py_DECREF(key);
+        Py_DECREF(val);
+    }
+done:
+    free(ints);
+    free(p.heads);
+    free(p.spans);
+    free(p.scopes);
+    free(p.res);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS, "setup(table: bytes) -> None: install the descriptor tables."},
     {"check", check, METH_VARARGS,
      "check(buffer, message_index, max_nesting, max_items) -> items | (code, message_index, field, offset)."},
+    {"span_buckets", span_buckets, METH_VARARGS,
+     "span_buckets(payload, partitions) -> {bucket: request} | None: wire.group_spans by crc32(trace_id) % partitions."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_otlpcheck", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__otlpcheck(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__otlpcheck(void) {
+    crc_init();
+    return PyModule_Create(&module);
+}

@@ -19,6 +19,9 @@ partition and one pipeline worker does all of it. Spread instead, over bytes
 - **logs** freely: the whole batch to the partition ``turn % partitions``, turns counted by the
   caller (round robin over batches).
 
+Traces are split in C (``_otlpcheck.span_buckets``, byte for byte ``wire.group_spans`` with
+``trace_bucket``, which stay the reference and the fallback for a payload the C walk turns down).
+
 Buckets are indexes into the topic's partitions in ascending id order. The hash (zlib's CRC-32,
 IEEE) is fixed: changing it, or the partition count, moves traces and series to other partitions,
 so points in flight during that change may arrive out of order once.
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import zlib
 
-from otlp import wire
+from otlp import _otlpcheck, wire
 from otlp.signals import Signal
 
 __all__ = ["METRIC_IDENTITY_KEYS", "buckets", "metric_bucket", "trace_bucket"]
@@ -52,6 +55,11 @@ def buckets(signal: Signal, payload: bytes, partitions: int, turn: int = 0) -> d
     if partitions == 1 or not payload:
         return {0: payload} if payload else {}
     if signal is Signal.TRACES:
+        # C first (same bytes, ~20x less CPU); the Python walk is the reference and names the
+        # fault of a payload the C walk turns down.
+        fast = _otlpcheck.span_buckets(payload, partitions)
+        if fast is not None:
+            return fast
         return wire.group_spans(payload, lambda trace_id: trace_bucket(trace_id, partitions))
     if signal is Signal.METRICS:
         return wire.group_resources(payload, METRIC_IDENTITY_KEYS,

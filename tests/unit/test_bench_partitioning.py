@@ -4,7 +4,8 @@ batch with ``partition_by: spread``), beside the tenant-keyed path it replaces.
 Run with figures:
     .venv/bin/pytest tests/unit/test_bench_partitioning.py --benchmark-enable --benchmark-only
 Batches are 1 MiB-class (the default ``batch.max_bytes``) of one tenant; items/s per core =
-items per round / mean. Six partitions is ``bus.kafka.partitions``' default.
+items per round / mean. Six partitions is ``bus.kafka.partitions``' default. Traces are split in C
+(``_otlpcheck.span_buckets``); the Python reference ``wire.group_spans`` is measured beside it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from bus.contract import Batch
 from bus.kafka.producer import message_pieces
-from otlp.partitioning import buckets
+from otlp import wire
+from otlp.partitioning import buckets, trace_bucket
 from otlp.signals import Signal
 from tests import otlp_payloads
 
@@ -51,3 +53,9 @@ def test_bench_message_pieces_4000_points(benchmark: BenchmarkFixture, partition
     batch = Batch(Signal.METRICS, "acme", METRICS, 4000, ["cid"] * 5)
     pieces = benchmark(message_pieces, batch, partitions, 1_000_000, batch.headers())
     assert len(pieces) == (1 if not partitions else 6)
+
+
+def test_bench_group_spans_python_2048_spans(benchmark: BenchmarkFixture) -> None:
+    """The pure-Python split that ``buckets`` falls back to, for the C version's speed-up."""
+    out = benchmark(wire.group_spans, TRACES, lambda trace_id: trace_bucket(trace_id, 6))
+    assert out == buckets(Signal.TRACES, TRACES, 6)
