@@ -141,8 +141,10 @@ class _ClientGone:
             return
         self._counted = True
         metrics.incomplete_requests.labels(TRANSPORT, self.stage, "client_closed").inc()
-        log.warning("client %s cancelled its %s export during the request %s", self._context.peer(),
-                    self._signal.value, self.stage)
+        # grpc gives an empty peer once the transport is gone (a cancelled call often is).
+        peer = self._context.peer()
+        log.warning("%s cancelled its %s export during the request %s",
+                    f"client {peer}" if peer else "a client", self._signal.value, self.stage)
 
 
 async def _one_message(context: grpc.aio.ServicerContext) -> bytes | str | None:
