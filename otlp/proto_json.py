@@ -1,7 +1,8 @@
 """Protobuf Export request bytes -> OTLP/JSON, in C where it can, else the Python reference.
 
-``otlp/_otlpjson.c`` writes the JSON straight from the wire bytes (about 1.5 ms of CPU for a
-512-span request against 13 ms for ``json_mapping.proto_to_json``, and with the GIL released),
+``otlp/_otlpjson.c`` writes the JSON straight from the wire bytes (about 1 ms of CPU for a
+512-span, 230 KB ``bench.payloads.traces_request()`` against 13 ms for
+``json_mapping.proto_to_json``, and with the GIL released),
 byte for byte what the reference gives. For a request it cannot be sure of without looking back
 (a field or oneof set twice, a repeated field split by others, a wire type that does not match
 its declaration, invalid UTF-8, bad framing: see the C file's header) it answers None, and
