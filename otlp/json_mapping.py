@@ -201,7 +201,10 @@ def _scalar(f: Any) -> tuple[Callable[[Any], Any], Callable[[Any], bytes], int]:
         def to_str(v: Any) -> bytes:
             if not isinstance(v, str):
                 raise _PathError(f"{v!r} is not a string")
-            return v.encode()
+            try:
+                return v.encode()
+            except UnicodeEncodeError as e:  # a lone surrogate, see _load
+                raise _PathError(_not_utf8(e)) from None
         return to_str, lambda b: encode_varint(len(b)) + b, 2
     if t == FD.TYPE_BYTES:
         id_size = _HEX_ID_FIELDS.get(f.name, 0)
@@ -273,20 +276,24 @@ def _key_value_list(tag: bytes) -> Callable[[Any], bytes | None]:
                 if type(key) is str and type(value) is dict and len(value) == 1:
                     ((vname, x),) = value.items()
                     anyv = None
-                    if (vname == "stringValue" or vname == "string_value") and type(x) is str:
-                        vb = x.encode()
-                        anyv = b"\x0a" + encode_varint(len(vb)) + vb
-                    elif vname == "intValue" or vname == "int_value":
-                        # Only plain ASCII decimals of int64 length; anything else ("--5", "²",
-                        # thousands of digits) goes the generic way, which says what is wrong.
-                        if type(x) is str and len(x) <= 20 and x.isascii() and x.removeprefix("-").isdigit():
-                            x = int(x)
-                        if type(x) is int and -(1 << 63) <= x < 1 << 63:
-                            anyv = b"\x18" + encode_varint(x & _MASK64)
-                    if anyv is not None:
-                        kb = key.encode()
-                        head = b"\x0a" + encode_varint(len(kb)) + kb if kb else b""
-                        body = head + b"\x12" + encode_varint(len(anyv)) + anyv
+                    try:
+                        if (vname == "stringValue" or vname == "string_value") and type(x) is str:
+                            vb = x.encode()
+                            anyv = b"\x0a" + encode_varint(len(vb)) + vb
+                        elif vname == "intValue" or vname == "int_value":
+                            # Only plain ASCII decimals of int64 length; anything else ("--5",
+                            # "²", thousands of digits) goes the generic way, which says what is wrong.
+                            if (type(x) is str and len(x) <= 20 and x.isascii()
+                                    and x.removeprefix("-").isdigit()):
+                                x = int(x)
+                            if type(x) is int and -(1 << 63) <= x < 1 << 63:
+                                anyv = b"\x18" + encode_varint(x & _MASK64)
+                        if anyv is not None:
+                            kb = key.encode()
+                            head = b"\x0a" + encode_varint(len(kb)) + kb if kb else b""
+                            body = head + b"\x12" + encode_varint(len(anyv)) + anyv
+                    except UnicodeEncodeError:  # a lone surrogate: the generic way names its field
+                        body = None
             if body is None:
                 try:
                     body = generic.encode(obj)
@@ -324,14 +331,22 @@ def _reject_constant(word: str) -> Any:
     raise WireError(f"invalid JSON: {word} is not a JSON value")
 
 
-def _loads_keeping_minus_zero(body: bytes) -> Any:
-    """The slow path for the rare body with ``-0`` in it: Python's reader, where each integer's
-    text can be seen, with ``-0`` read as -0.0 (which every integer field takes as 0)."""
+def _loads_python(body: bytes | str) -> Any:
+    """The slow path for the rare body orjson cannot read as the mapping needs (see ``_load``):
+    Python's reader, where each integer's text can be seen, with ``-0`` read as -0.0 (which
+    every integer field takes as 0), and which keeps lone surrogates in strings."""
     try:
         return json.loads(body, parse_int=lambda t: -0.0 if t == "-0" else int(t),
                           parse_constant=_reject_constant)
     except ValueError as e:  # JSONDecodeError, or invalid UTF-8
         raise WireError(f"invalid JSON: {e}") from None
+    except RecursionError:  # orjson stops at 1024 levels; Python's reader at its stack
+        raise WireError("invalid JSON: nested too deeply") from None
+
+
+def _not_utf8(e: UnicodeEncodeError) -> str:
+    """The reason for a string holding a lone surrogate, in ``otlp.validate``'s words."""
+    return f"not valid UTF-8 (character {e.start} of the string)"
 
 
 def json_to_proto(signal: Signal, body: bytes) -> bytes:
@@ -411,12 +426,28 @@ def _json_items(signal: Signal, rx: Any) -> int:
 
 
 def _load(signal: Signal, body: bytes) -> dict[str, Any]:
+    """The parsed body; WireError if it is not JSON.
+
+    Text that is not Unicode inside a JSON string (bytes that are not UTF-8, or a ``\\ud800``
+    escape without its pair) is a fault of that string, not of the JSON: orjson refuses the
+    whole body for it, so such a body is read again by Python's reader from the text decoded
+    with ``surrogateescape``, which keeps each bad byte or lone escape as a lone surrogate. The
+    string's encoder then refuses it (``_not_utf8``) and only its ResourceX is dropped, as
+    protobuf's content check (``otlp.validate``) drops the ResourceX of a string that is not
+    UTF-8. A body that is still not JSON is refused with Python's message, which gives the
+    right position (orjson checks UTF-8 first and reports character 0).
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise WireError(f"invalid JSON: {e}") from None
-    if b"-0" in body and _MINUS_ZERO.search(body):
-        doc = _loads_keeping_minus_zero(body)
+        # orjson's messages for both faults: "str is not valid UTF-8: surrogates not allowed",
+        # "no low surrogate in string", "invalid high/low surrogate in string".
+        if "surrogate" not in str(e):
+            raise WireError(f"invalid JSON: {e}") from None
+        doc = _loads_python(body.decode("utf-8", "surrogateescape"))
+    else:
+        if b"-0" in body and _MINUS_ZERO.search(body):
+            doc = _loads_python(body)
     if not isinstance(doc, dict):
         raise WireError(f"OTLP/JSON {signal.value} request must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -427,11 +458,17 @@ def _encode(signal: Signal, doc: dict[str, Any]) -> bytes:
     try:
         return _json_encoder(signal.spec.request.DESCRIPTOR).encode(doc)
     except _PathError as e:
-        raise WireError(f"{e.where()}: {e.message}") from None
+        raise WireError(_printable(f"{e.where()}: {e.message}")) from None
     except RecursionError:  # AnyValue nests without bound; a hostile body must not cost more
         raise WireError("values nested too deeply") from None
     except Exception as e:  # a value a converter did not anticipate is still the client's 400, not a 500
-        raise WireError(f"{type(e).__name__}: {str(e)[:200]}") from None
+        raise WireError(_printable(f"{type(e).__name__}: {str(e)[:200]}")) from None
+
+
+def _printable(message: str) -> str:
+    """``message`` with any lone surrogate (from a client's string) as a ``\\udcff`` escape: the
+    answer that carries it must encode as UTF-8, in JSON and in protobuf alike."""
+    return message.encode("utf-8", "backslashreplace").decode()
 
 
 def proto_to_json(signal: Signal, payload: bytes) -> bytes:
