@@ -8,7 +8,8 @@ Every check ends with a good request of the same tenant (which must land after t
 nothing of the bad part can still be on its way) and one of another tenant, and /readyz 200.
 
 The content rules come from ``tests.otlp_mutate``: varints at most 10 bytes and below 2^64,
-each known field in its own wire type, 32-bit fields holding 32-bit values, strings UTF-8,
+each known field in its own wire type, 32-bit fields holding 32-bit values, strings UTF-8
+(in JSON: no raw bytes that are not UTF-8, no \\ud800 escape without its pair),
 AnyValue nesting at most 16 arrays/kvlists (16 lands, 17 is refused). Request size: a body
 that inflates within ``server.max_decompressed_bytes`` but holds more than
 ``server.max_items_per_request`` items is refused as too large (413, gRPC RESOURCE_EXHAUSTED or
@@ -26,14 +27,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
-from google.protobuf import json_format
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs
-from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
+from otlp.json_mapping import proto_to_json
 from otlp.signals import Signal
 from tests.gateway_process import GatewayProcess, running_gateway
 from tests.otlp_mutate import (
@@ -65,8 +64,6 @@ MAX_TREE_RSS_MIB = 400
 ENV = {"TG_AUTH__TRUST_TENANT_HEADER": "true", "TG_BATCH__MAX_AGE_MS": "5"}
 _RX_JSON_KEY = {Signal.TRACES: "resourceSpans", Signal.LOGS: "resourceLogs",
                 Signal.METRICS: "resourceMetrics"}
-_RX_CLASS: dict[Signal, Any] = {Signal.TRACES: ResourceSpans, Signal.LOGS: ResourceLogs,
-                                Signal.METRICS: ResourceMetrics}
 
 
 # --- building requests ---------------------------------------------------------------------
@@ -105,15 +102,19 @@ def good_rx(signal: Signal, service: str, n: int = GOOD_ITEMS) -> bytes:
 
 
 def rx_json(signal: Signal, body: bytes) -> dict[str, Any]:
-    """A valid ResourceX body as OTLP/JSON (json_format: no ids are involved, so no hex twist)."""
-    msg = _RX_CLASS[signal]()
-    msg.ParseFromString(body)
-    out: dict[str, Any] = json_format.MessageToDict(msg)
+    """A valid ResourceX body as OTLP/JSON (trace and span ids in hex, as OTLP/JSON has them)."""
+    out: dict[str, Any] = orjson.loads(proto_to_json(signal, request(body)))[_RX_JSON_KEY[signal]][0]
     return out
 
 
-def json_request(signal: Signal, rxs: list[dict[str, Any]]) -> bytes:
-    return json.dumps({_RX_JSON_KEY[signal]: rxs}).encode()
+def json_request(signal: Signal, rxs: list[dict[str, Any]], raw: bool = False) -> bytes:
+    """The request as OTLP/JSON; ``raw``: strings holding U+DC80..U+DCFF are written as the bytes
+    0x80..0xff they stand for (Python's ``surrogateescape``), to send text that is not UTF-8.
+    Otherwise every non-ASCII character is a ``\\uXXXX`` escape, a lone surrogate too."""
+    doc = {_RX_JSON_KEY[signal]: rxs}
+    if raw:
+        return json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogateescape")
+    return json.dumps(doc).encode()
 
 
 def nested_json(depth: int, kind: str) -> dict[str, Any]:
@@ -156,12 +157,16 @@ def json_rx(signal: Signal, service: str, items: list[dict[str, Any]]) -> dict[s
 @dataclass(frozen=True)
 class Poison:
     """Bad ResourceX parts (bodies with items only of this kind); ``json``: the same as
-    OTLP/JSON ResourceX objects, or None where JSON cannot say it."""
+    OTLP/JSON ResourceX objects, or None where JSON cannot say it; ``json_raw``: written with
+    ``json_request(raw=True)`` (bytes that are not UTF-8 in its strings); ``reason``: what a
+    partial success must say of it, over every transport and encoding alike."""
 
     name: str
     signal: Signal
     items: list[list[bytes]]  # per bad ResourceX, its items
     json: list[list[dict[str, Any]]] | None = None
+    json_raw: bool = False
+    reason: str = ""
 
     @property
     def bad_items(self) -> int:
@@ -173,6 +178,19 @@ def _span(name: bytes) -> bytes:
     return len_field(1, uuid.uuid4().bytes) + len_field(2, uuid.uuid4().bytes[:8]) + len_field(5, name)
 
 
+def _json_span(name: str) -> dict[str, Any]:
+    return {"traceId": uuid.uuid4().hex, "spanId": uuid.uuid4().hex[:16], "name": name}
+
+
+def _gauge_metric(name: bytes) -> bytes:
+    point = fixed64_field(3, BASE_NS) + fixed64_field(6, 1)  # as_int
+    return len_field(1, name) + len_field(5, len_field(1, point))
+
+
+def _json_gauge_metric(name: str) -> dict[str, Any]:
+    return {"name": name, "gauge": {"dataPoints": [{"timeUnixNano": str(BASE_NS), "asInt": "1"}]}}
+
+
 def _exp_histogram_metric(scale: bytes) -> bytes:
     """A Metric with one ExponentialHistogramDataPoint whose ``scale`` (sint32, field 6 in
     opentelemetry-proto) is the varint bytes ``scale``."""
@@ -181,6 +199,7 @@ def _exp_histogram_metric(scale: bytes) -> bytes:
 
 
 _DEEP = 100
+_NOT_UTF8 = "not valid UTF-8"  # otlp.validate's reason, which OTLP/JSON gives too
 POISONS = [
     # a. AnyValue.double_value (field 4, fixed64) as a varint: >= 2^64, and a plain wrong wire type
     Poison("double_as_varint_over_2_64", Signal.LOGS, [[log_with_attr(varint_field(4, over_64_bits()))]]),
@@ -203,11 +222,25 @@ POISONS = [
     Poison("deep_beside_malformed", Signal.LOGS,
            [[log_with_attr(nested_any(_DEEP, "array"))], [tag(5, 2) + varint(9) + b"\x0a\x07abc"]],
            [[json_log(attr=nested_json(_DEEP, "array"))], [{"timeUnixNano": "not a number"}]]),
-    # e. strings that are not UTF-8: a span name, a log body, an attribute key
-    Poison("span_name_not_utf8", Signal.TRACES, [[_span(b"GET /cart\xff\xfe")]]),
-    Poison("log_body_not_utf8", Signal.LOGS, [[log_with_body(string_any(b"order \xc3\x28 placed"))]]),
+    # e. strings that are not UTF-8: a span name, a log body, an attribute key; in JSON the same
+    # bytes raw in the body (U+DCxx in these strings stands for byte 0xxx, see json_request)
+    Poison("span_name_not_utf8", Signal.TRACES, [[_span(b"GET /cart\xff\xfe")]],
+           [[_json_span("GET /cart\udcff\udcfe")]], json_raw=True, reason=_NOT_UTF8),
+    Poison("log_body_not_utf8", Signal.LOGS, [[log_with_body(string_any(b"order \xc3\x28 placed"))]],
+           [[json_log(body={"stringValue": "order \udcc3\x28 placed"})]], json_raw=True, reason=_NOT_UTF8),
     Poison("attribute_key_not_utf8", Signal.LOGS,
-           [[fixed64_field(1, BASE_NS) + len_field(6, key_value(b"k\xed\xa0\x80", string_any(b"v")))]]),
+           [[fixed64_field(1, BASE_NS) + len_field(6, key_value(b"k\xed\xa0\x80", string_any(b"v")))]],
+           [[{"timeUnixNano": str(BASE_NS),
+              "attributes": [{"key": "k\udced\udca0\udc80", "value": {"stringValue": "v"}}]}]],
+           json_raw=True, reason=_NOT_UTF8),
+    # f. a lone surrogate: in JSON a \ud800 escape without its pair, in protobuf its UTF-8-like
+    # bytes (which UTF-8 forbids); a string value, a metric name
+    Poison("span_attribute_lone_surrogate", Signal.TRACES,
+           [[_span(b"ok") + len_field(9, key_value(b"user", string_any(b"ann\xed\xa0\x80")))]],
+           [[{**_json_span("ok"), "attributes": [{"key": "user", "value": {"stringValue": "ann\ud800"}}]}]],
+           reason=_NOT_UTF8),
+    Poison("metric_name_lone_surrogate", Signal.METRICS, [[_gauge_metric(b"bad.m\xed\xb0\x80")]],
+           [[_json_gauge_metric("bad.m\udc00")]], reason=_NOT_UTF8),
 ]
 
 
@@ -281,7 +314,7 @@ def body_for(case: Poison, transport: str, beside_good: bool) -> bytes:
         parts = [json_rx(case.signal, f"bad-{i}", items) for i, items in enumerate(case.json)]
         if beside_good:
             parts.append(rx_json(case.signal, good_rx(case.signal, "good")))
-        return json_request(case.signal, parts)
+        return json_request(case.signal, parts, raw=case.json_raw)
     bad = [rx(f"bad-{i}", items) for i, items in enumerate(case.items)]
     return request(*bad, *([good_rx(case.signal, "good")] if beside_good else []))
 
@@ -308,6 +341,7 @@ def test_poison_is_refused_and_the_rest_lands(gateway: GatewayProcess, client: C
         assert answer.ok, f"{case.name} beside a good part must be a partial success, got {answer}"
         assert answer.rejected == case.bad_items, f"rejected count: {answer}"
         assert answer.message, f"a partial success names what it rejected: {answer}"
+        assert case.reason in answer.message, f"the reason is {case.reason!r}: {answer}"
     else:
         assert answer.invalid_argument, f"{case.name} alone must be 400 / INVALID_ARGUMENT, got {answer}"
         assert not answer.retry_hint, f"a malformed request must not be retried: {answer}"
