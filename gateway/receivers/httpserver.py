@@ -17,7 +17,8 @@ reported as the head, stage "head", in plain text; a late body gets a ``google.r
 request's encoding, as every other refusal); a connection with no request open is closed
 after ``idle_s``. Request heads over ``MAX_HEAD_BYTES`` are refused with 431. So idle or slow
 clients cannot pile up. ``shutdown`` stops listening, closes idle connections, lets requests in
-flight be answered (with ``Connection: close``) and then closes the rest.
+flight (being received or handled) be answered (with ``Connection: close``) and then closes the
+rest.
 
 Protocol details (RFC 9110/9112):
 
@@ -37,6 +38,7 @@ Protocol details (RFC 9110/9112):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -142,6 +144,7 @@ class HttpServer:
         self.transport_label = transport_label  # the ``transport`` label of the metrics it counts
         self.connections: set[HttpProtocol] = set()
         self.closing = False
+        self.settled = asyncio.Event()  # set when a connection may have stopped being busy
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -173,7 +176,13 @@ class HttpServer:
         self._sweeper = loop.call_later(self.timeouts.sweep_interval(), self._sweep)
 
     async def shutdown(self, grace_s: float) -> None:
-        """Stop accepting; answer requests in flight (up to ``grace_s``); close every connection."""
+        """Stop accepting; close idle connections; answer every request begun, being received or
+        being handled (up to ``grace_s``, with ``Connection: close``); close every connection.
+
+        As Go's ``http.Server.Shutdown``: a connection with a request partly received is not cut
+        (its client would get a reset or broken pipe for a request it was sending in good
+        faith) but left to finish, and answered by the handler like any other.
+        """
         self.closing = True
         if self.tls is not None:
             self.tls.stop()
@@ -181,15 +190,17 @@ class HttpServer:
             self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
-        busy = []
         for conn in list(self.connections):
-            task = conn.in_flight()
-            if task is None:
+            if not conn.busy():
                 conn.close()
-            else:
-                busy.append(task)
-        if busy:
-            await asyncio.wait(busy, timeout=grace_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        # A request still being received has no task to wait on yet: connections report each
+        # change (answered, refused, closed) through ``settled`` instead.
+        while any(conn.busy() for conn in self.connections) and loop.time() < deadline:
+            self.settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.settled.wait(), deadline - loop.time())
         for conn in list(self.connections):
             conn.close()
 
@@ -238,6 +249,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._server.connections.discard(self)
+        self._server.settled.set()
         self._release_body()
         if self._closed_by_us or self._refused:
             return
@@ -282,6 +294,11 @@ class HttpProtocol(asyncio.Protocol):
     # -- for HttpServer -----------------------------------------------------------------------
     def in_flight(self) -> asyncio.Task[None] | None:
         return self._task if self._task is not None and not self._task.done() else None
+
+    def busy(self) -> bool:
+        """A request is being received (not refused) or handled: closing now would cut it."""
+        return self._transport is not None and (
+            self.in_flight() is not None or (self._begun is not None and not self._refused))
 
     def check_deadlines(self, now: float) -> None:
         """Close if idle too long; answer 408 and close if the request being received is late."""
@@ -430,6 +447,7 @@ class HttpProtocol(asyncio.Protocol):
     def _respond_and_close(self, resp: Response) -> None:
         """Answer an error before the request is fully read, half-close, drain, then close."""
         self._refused = True
+        self._server.settled.set()
         self._release_body()
         transport = self._transport
         if transport is None:
@@ -469,6 +487,7 @@ class HttpProtocol(asyncio.Protocol):
             self._server.buffered -= held
         if prev is not None:
             await asyncio.wait((prev,))
+        self._server.settled.set()  # no await from here on: done when a waiter looks
         transport = self._transport
         if transport is None or transport.is_closing() or self._refused:
             return  # gone, or an error already answered (a pipelined request after it is dropped)

@@ -5,16 +5,21 @@ every process of the cgroup, so the file sink's helper process gets the signal t
 runs a real gateway (embedded default: memory bus, file sink) in its own process group, sends
 requests until acknowledged, signals, and checks every acknowledged span is in the file sink
 exactly once and the exit code: 0 when all was written, 1 (and the count in the log) otherwise.
+Under load, every request in flight at the signal is answered, OK or a retryable refusal.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
+import threading
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -137,3 +142,81 @@ def test_acknowledged_data_that_cannot_be_written_makes_the_exit_code_say_so(gw:
     os.killpg(gw.proc.pid, signal.SIGTERM)
     assert wait_exit(gw) == 1, gw.log()
     assert f"{REQUESTS * SPANS} item(s), were not written" in gw.log()
+
+
+# Ctrl-C under load: HTTP (keep-alive) and gRPC clients send continuously, each until its first
+# refusal after the signal, while the whole group gets SIGINT.
+_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+CLIENTS = 4  # of each transport
+
+
+class Load:
+    """Clients sending until they meet an error after the stop; outcomes and acknowledged spans."""
+
+    def __init__(self, gateway: GatewayProcess) -> None:
+        self.gw = gateway
+        self.lock = threading.Lock()
+        self.outcomes: Counter[str] = Counter()
+        self.acked: set[str] = set()
+        self.sent = 0
+
+    def _next(self, prefix: str) -> tuple[bytes, set[str]]:
+        with self.lock:
+            i = self.sent
+            self.sent += 1
+        body = request(i % 200, f"{prefix}{i}-")
+        return body, {f"{prefix}{i}-{i % 200}-s{j}" for j in range(50)}
+
+    def _record(self, outcome: str, names: set[str] | None = None) -> None:
+        with self.lock:
+            self.outcomes[outcome] += 1
+            if names:
+                self.acked |= names
+
+    def http_client(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.gw.http_port, timeout=10)
+        while True:
+            body, names = self._next("h")
+            try:
+                conn.request("POST", "/v1/traces", body, {"content-type": "application/x-protobuf"})
+                resp = conn.getresponse()
+                resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._record(f"http {type(exc).__name__}")
+                conn.close()
+                return
+            self._record(f"http {resp.status}", names if resp.status == 200 else None)
+            if resp.status != 200:
+                return
+
+    def grpc_client(self) -> None:
+        with grpc.insecure_channel(self.gw.grpc_target) as channel:
+            export = channel.unary_unary(_EXPORT)
+            while True:
+                body, names = self._next("g")
+                try:
+                    export(body, timeout=10)
+                except grpc.RpcError as exc:
+                    self._record(f"grpc {exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
+                    return
+                self._record("grpc OK", names)
+
+
+def test_ctrl_c_under_load_answers_every_request_and_loses_nothing(gw: GatewayProcess) -> None:
+    gw.start()
+    load = Load(gw)
+    threads = [threading.Thread(target=load.http_client) for _ in range(CLIENTS)]
+    threads += [threading.Thread(target=load.grpc_client) for _ in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: load.outcomes["http 200"] >= 20 and load.outcomes["grpc OK"] >= 20,
+             what="both transports under load")
+    assert gw.proc is not None
+    os.killpg(gw.proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+    for t in threads:
+        t.join(30)
+    assert wait_exit(gw) == 0, gw.log()
+    answers = {"http 200", "http 503", "grpc OK", "grpc UNAVAILABLE: gateway is shutting down"}
+    assert set(load.outcomes) <= answers, dict(load.outcomes)
+    names = written(gw)
+    assert len(names) == len(set(names)) and load.acked <= set(names), gw.log()
