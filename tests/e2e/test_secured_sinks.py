@@ -186,11 +186,13 @@ def test_sdk_to_secured_stores_through_sasl_ssl_kafka(
         clients.round()  # spans and logs with ids, over both transports, for Elasticsearch
         assert clients.sent.refused_exports == 0
         spans = es_before[Signal.TRACES] + len(clients.sent.spans) + len(trace_ids) * 4
-        logs = es_before[Signal.LOGS] + len(clients.sent.logs)
+        # Each trace's root span has one event, which is also a log document (as the Collector's
+        # Elasticsearch exporter writes span events).
+        logs = es_before[Signal.LOGS] + len(clients.sent.logs) + len(trace_ids)
         wait_for(lambda: _es_count(elasticsearch, Signal.TRACES) == spans, within=TIMEOUT,
                  what=f"{spans} spans in the HTTPS Elasticsearch:\n{ep.log()}")
         wait_for(lambda: _es_count(elasticsearch, Signal.LOGS) == logs, within=TIMEOUT,
-                 what=f"{logs} log records in the HTTPS Elasticsearch")
+                 what=f"{logs} log records and span events in the HTTPS Elasticsearch")
         for trace_id in trace_ids:
             wait_for(partial(lambda t: _jaeger_spans(jaeger, t) == 4, trace_id), within=TIMEOUT,
                      what=f"trace {trace_id} whole in the mTLS Jaeger:\n{jp.log()}")
