@@ -119,7 +119,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     s.add_argument("--collector-config", type=Path, default=None,
                    help="base Collector config (default: bench/collector-otlp-kafka.yaml; "
                         "bench/collector-otlp-kafka-durable.yaml acks after Kafka like the gateway)")
-    s.add_argument("--keep-topics", action="store_true", help="leave each round's Kafka topics in place")
+    s.add_argument("--keep-topics", action="store_true",
+                   help="leave each round's Kafka topics (memory bus: its file sink output) in place")
     s.add_argument("--gateway-env", action="append", default=[], metavar="TG_KEY=VALUE",
                    help="extra gateway configuration override, e.g. TG_BATCH__MAX_AGE_MS=5 (repeatable)")
     o = p.add_argument_group("output")

@@ -8,6 +8,7 @@ belong to that round alone; rounds of the two systems alternate so a drift of th
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -119,6 +120,10 @@ def run_round(env: Environment, plan: RoundPlan, index: int, total: int = 0) -> 
         system.stop()
         if bus == "kafka" and not env.keep_topics:
             asyncio.run(delete_topics(env.bootstrap, topics))
+        elif isinstance(system, GatewaySystem) and not env.keep_topics:
+            # The embedded file sink writes about 1 GB of OTLP/JSON per saturated round: counted
+            # above, then removed, or a compare run leaves gigabytes behind.
+            shutil.rmtree(system.data_dir, ignore_errors=True)
     result = _result(plan, bus, load, totals, monitor, delivered, prefix)
     result.sink_drain_s = round(drain_s, 2)
     if bus != "kafka":
