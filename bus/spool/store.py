@@ -56,6 +56,8 @@ class SpoolLog:
         self._next_seq = 1
         self._acked_through = 0
         self._ledger_written = 0
+        # One ledger write at a time: they share the temporary file the rename publishes.
+        self._ledger_lock = asyncio.Lock()
         # read cursor: index into _segments and byte offset in it
         self._read_seg = 0
         self._read_off = 0
@@ -329,12 +331,24 @@ class SpoolLog:
         self.bytes = 0
 
     async def write_ledger(self) -> None:
-        """Persist how far acknowledgements reached, so a restart does not resend it."""
-        acked = self._acked_through
-        if acked == self._ledger_written:
-            return
-        await asyncio.to_thread(fmt.write_ledger, self.dir, acked, self._fsync)
-        self._ledger_written = acked
+        """Persist how far acknowledgements reached, so a restart does not resend it.
+
+        Writes are serialised, also across cancellation: cancelling the caller does not stop
+        the thread that writes, so a cancelled write is waited out before the next may start
+        (two at once would rename each other's temporary file away: FileNotFoundError).
+        """
+        async with self._ledger_lock:
+            acked = self._acked_through
+            if acked == self._ledger_written:
+                return
+            write = asyncio.ensure_future(asyncio.to_thread(fmt.write_ledger, self.dir, acked, self._fsync))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await write
+                raise
+            self._ledger_written = acked
 
 
 def claim(base: Path, *, fsync: bool, segment_bytes: int) -> tuple[SpoolLog, list[SpoolLog]]:

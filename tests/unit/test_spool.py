@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from bus.contract import Batch, BusUnavailable
 from bus.factory import make_bus
 from bus.spool import log as fmt
 from bus.spool.bus import SpoolBus
+from bus.spool.store import SpoolLog
 from otlp.signals import Signal
 from settings.config import Config, SpoolConfig
 from tests.waiting import await_for
@@ -342,3 +344,30 @@ async def test_a_publish_failing_part_way_counts_as_a_possible_duplicate(tmp_pat
     await bus.publish(batch(2))
     await bus.stop()
     assert ambiguous() == before + batch(2).items
+
+
+async def test_a_cancelled_ledger_write_is_waited_out_before_the_next(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping cancels the periodic ledger write while its thread still runs; the close that
+    follows writes the ledger again. The two must not overlap (they share the temporary file)."""
+    spool = SpoolLog(tmp_path / "worker-0", writable=True, fsync=False, segment_bytes=1 << 20)
+    spool.dir.mkdir(parents=True)
+    real = fmt.write_ledger
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_write(directory: Path, acked: int, sync: bool = True) -> None:
+        loop.call_soon_threadsafe(started.set)
+        time.sleep(0.2)  # the thread outlives its cancelled caller
+        real(directory, acked, sync)
+
+    monkeypatch.setattr(fmt, "write_ledger", slow_write)
+    spool._acked_through = 5
+    periodic = asyncio.create_task(spool.write_ledger())
+    await asyncio.wait_for(started.wait(), 5)
+    periodic.cancel()
+    spool._acked_through = 7
+    await spool.write_ledger()  # FileNotFoundError here when the two writes overlap
+    with pytest.raises(asyncio.CancelledError):
+        await periodic
+    assert fmt.read_ledger(spool.dir) == 7
