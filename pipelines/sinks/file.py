@@ -130,10 +130,12 @@ def _path(data_dir: Path, tenant: str, signal_name: str, suffix: str, subdir: st
 def complete_lines(path: Path) -> Iterator[bytes]:
     """The lines of a sink file that are whole: a reader may look while a line is being written,
     and a line without its newline is not delivered yet."""
-    with path.open("rb") as f:
-        for line in f:
-            if line.endswith(b"\n"):
-                yield line
+    # One read, cut at the last newline: iterating the file instead would, after reaching an end
+    # that was mid-line, go on reading once the writer had appended, and yield the rest of that
+    # line as a line of its own.
+    data = path.read_bytes()
+    for line in data[:data.rfind(b"\n") + 1].split(b"\n")[:-1]:
+        yield line + b"\n"
 
 
 def _describe(exc: BaseException) -> str:

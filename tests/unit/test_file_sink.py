@@ -18,7 +18,7 @@ from otlp.signals import HEADER_TENANT, Signal
 from otlp.wire import encode_varint
 from pipelines.metrics import FILE_REJECTED_PARTS as REJECTED_PARTS
 from pipelines.sinks.base import Rejection, TransientSinkError
-from pipelines.sinks.file import FileSink, safe_name, tenant_of
+from pipelines.sinks.file import FileSink, complete_lines, safe_name, tenant_of
 
 
 def record(tenant: str, value: bytes, offset: int, signal: Signal = Signal.TRACES) -> BusRecord:
@@ -245,3 +245,11 @@ async def _until(check: Callable[[], bool]) -> None:
         return check()
 
     await await_for(ok, within=5, what="the pipeline to write everything")
+
+
+def test_complete_lines_reads_once_and_leaves_a_line_being_written(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    path.write_bytes(b'{"a":1}\n{"b":2}\n{"c":')
+    assert list(complete_lines(path)) == [b'{"a":1}\n', b'{"b":2}\n']
+    path.write_bytes(b'{"c":')
+    assert list(complete_lines(path)) == []
