@@ -42,7 +42,13 @@ def test_otlp_grpc_export_is_readable_from_query_api() -> None:
         trace_id = f"{parent.get_span_context().trace_id:032x}"
     provider.shutdown()
 
-    traces = wait_for(lambda: _traces(service), within=20, what=f"trace of {service} in Jaeger")
+    # The SDK exports the child before the parent, in two requests, and Jaeger's writer may
+    # index them in different flushes: wait for the whole trace, not its first span.
+    def _whole_trace() -> list[dict[str, Any]]:
+        found = _traces(service)
+        return found if sum(len(t["spans"]) for t in found) >= 2 else []
+
+    traces = wait_for(_whole_trace, within=20, what=f"both spans of {service} in Jaeger")
     assert [t["traceID"] for t in traces] == [trace_id]
     assert sorted(s["operationName"] for s in traces[0]["spans"]) == ["child", "parent"]
     process = next(iter(traces[0]["processes"].values()))
