@@ -8,11 +8,17 @@ only after the bus acknowledged (``ack: durable``) or turns a bus failure into 5
 Group commit (database group commit; Martin Thompson's "smart batching"): a request
 for a (signal, tenant) with nothing being published waits for no timer; its batch is flushed
 in the next loop turn, so requests that arrived in the same turn share it. While
-``max_inflight_per_key`` publishes of that key are in flight, what arrives gathers in one open
-batch that is flushed the moment one of them completes. So at low load a request waits only for
-its own publish, and under load batches grow with the bus's round trip. ``max_bytes`` and
-``max_age_s`` are caps, not the normal path: a full batch, or one that waited ``max_age_s``
-behind a slow publish, is flushed even while its key is busy.
+``max_inflight_per_key`` (``batch.max_inflight_per_key``, default 1) publishes of that key are in
+flight, what arrives gathers in one open batch that is flushed the moment one of them completes.
+So at low load a request waits only for its own publish, and under load batches grow with the
+bus's round trip. ``max_bytes`` and ``max_age_s`` are caps, not the normal path: a full batch, or
+one that waited ``max_age_s`` behind a slow publish, is flushed even while its key is busy.
+
+Ordering: with one publish per key in flight, a key's batches reach the bus in the order they were
+flushed. With more, a later batch's publish can enqueue its messages before an earlier one's
+(whose ``send`` still waits for topic metadata or producer buffer space), so one partition may
+hold them out of order. The producer itself never reorders: it is idempotent and aiokafka sends
+one produce request per broker at a time (``bus/kafka/client.py``).
 
 Publishes run as tasks so a slow publish does not stop the next batch from filling, but at
 most ``max_inflight`` at once over all keys: beyond that, flushed batches queue on the semaphore. In
@@ -32,16 +38,11 @@ from dataclasses import dataclass, field
 from bus.contract import Batch, BusUnavailable
 from gateway import metrics
 from otlp.signals import Signal
+from settings.config import BatchConfig
 
-__all__ = ["MAX_INFLIGHT_PER_KEY", "Batcher"]
+__all__ = ["Batcher", "batcher_for"]
 
 log = logging.getLogger(__name__)
-
-# Publishes of one (signal, tenant) in flight before arrivals gather for the next batch. 1 and 2
-# measured alike within the noise of a shared machine (docs/architecture.md, "Latency budget"):
-# aiokafka keeps one produce request in flight per broker, so a second batch mostly queues in the
-# producer. 1 keeps the batches that gather larger, so fewer publishes per item under load.
-MAX_INFLIGHT_PER_KEY = 1
 
 
 @dataclass(slots=True)
@@ -69,7 +70,7 @@ class Batcher:
 
     def __init__(self, publish: Callable[[Batch], Awaitable[None]], max_bytes: int, max_age_s: float,
                  on_flush: Callable[[Batch, float], None] | None = None, *, max_inflight: int = 8,
-                 max_inflight_per_key: int = MAX_INFLIGHT_PER_KEY,
+                 max_inflight_per_key: int = 1,
                  on_error: Callable[[Batch, BaseException], None] | None = None) -> None:
         if max_bytes <= 0 or max_age_s < 0 or max_inflight <= 0 or max_inflight_per_key <= 0:
             raise ValueError("max_bytes, max_inflight and max_inflight_per_key must be > 0, max_age_s >= 0")
@@ -210,3 +211,11 @@ class Batcher:
         self.flush_all()
         while self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+
+
+def batcher_for(cfg: BatchConfig, publish: Callable[[Batch], Awaitable[None]],
+                on_flush: Callable[[Batch, float], None] | None = None) -> Batcher:
+    """The gateway's batcher as ``batch`` configures it: ``max_bytes``, ``max_age_ms`` (in ms, as
+    configured) and ``max_inflight_per_key``; ``settings.config.load`` has validated them."""
+    return Batcher(publish, cfg.max_bytes, cfg.max_age_ms / 1000, on_flush,
+                   max_inflight_per_key=cfg.max_inflight_per_key)

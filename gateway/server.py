@@ -72,7 +72,7 @@ class Worker(lifecycle.Composite):
     def __init__(self, cfg: Config, index: int, stop: asyncio.Event, ready_dir: Path | None = None) -> None:
         # Imported here, in the worker, after any fork (grpc) and after PROMETHEUS_MULTIPROC_DIR.
         from bus.factory import make_bus
-        from gateway.batcher import Batcher
+        from gateway.batcher import batcher_for
         from gateway.ingest import Ingest, observe_flush
         from gateway.readiness import SharedReadiness, expose
         from gateway.tenancy import Authenticator, RateLimiter
@@ -89,8 +89,7 @@ class Worker(lifecycle.Composite):
             embedded = Embedded(cfg, index, on_failure=self._pipeline_failed)
         self._embedded = embedded
         self.bus = make_bus(cfg, base=embedded.bus if embedded is not None else None)
-        self.batcher = Batcher(self.bus.publish, cfg.batch.max_bytes, cfg.batch.max_age_ms / 1000,
-                               observe_flush)
+        self.batcher = batcher_for(cfg.batch, self.bus.publish, observe_flush)
         self.ingest = Ingest(cfg, self.batcher, Authenticator(cfg.auth), RateLimiter(cfg.limits),
                              max_item_bytes=self.bus.max_item_bytes)
         # With several workers /readyz answers for all of them (gateway.readiness).
