@@ -24,12 +24,16 @@ import orjson
 import yaml
 
 from bench.subprocs import free_port, spawn, terminate
+from otlp import wire
 from otlp.signals import Signal
+from pipelines.sinks.file import whole_frames
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_COLLECTOR_CONFIG = Path(__file__).resolve().parent / "collector-otlp-kafka.yaml"
 # The same pipeline acknowledging after Kafka has the data (batching in the exporter's queue).
 DURABLE_COLLECTOR_CONFIG = BENCH_COLLECTOR_CONFIG.with_name("collector-otlp-kafka-durable.yaml")
+# The file sink's data files by format (pipelines/sinks/file.py): JSON lines, framed protobuf.
+SINK_EXTENSIONS = (".jsonl", ".binpb")
 
 
 def stack_cache() -> Path:
@@ -172,13 +176,17 @@ class GatewaySystem(_Subprocess):
 
 
 class SinkCounter:
-    """Items in the file sink's OTLP/JSON lines under ``data_dir``, counted incrementally.
+    """Items in the file sink's output under ``data_dir``, counted incrementally: OTLP/JSON lines
+    (``<signal>*.jsonl``, the default) and, for ``pipelines.file.format: proto``,
+    length-prefixed protobuf messages (``<signal>*.binpb``, framed as
+    ``pipelines/sinks/file.py`` says).
 
-    Each :meth:`poll` parses only the whole lines written since the previous one (the sink
-    appends; a line without its newline is not delivered yet), so waiting for a sink that is
-    still draining costs the bench a pass over the new lines, not a re-read of everything.
+    Each :meth:`poll` parses only the whole lines or messages written since the previous one (the
+    sink appends; a line without its newline, or a message not all written, is not delivered
+    yet), so waiting for a sink that is still draining costs the bench a pass over the new
+    output, not a re-read of everything.
 
-    When the sink wrote its last line is read from the files' modification times
+    When the sink wrote its last record is read from the files' modification times
     (:meth:`last_write`), not from when this counter got round to parsing them: parsing a
     run's output takes the bench seconds of its own (hundreds of MB of JSON), which must not be
     charged to the sink being measured.
@@ -190,9 +198,12 @@ class SinkCounter:
         self.items = 0
         self._offsets: dict[Path, int] = {}
 
+    def _signal_files(self) -> list[tuple[Signal, Path]]:
+        return [(sig, path) for sig in self.signals for ext in SINK_EXTENSIONS
+                for path in sorted(self.data_dir.glob(f"*/{sig.value}*{ext}"))]
+
     def _files(self) -> list[Path]:
-        return [path for sig in self.signals
-                for path in sorted(self.data_dir.glob(f"*/{sig.value}*.jsonl"))]
+        return [path for _, path in self._signal_files()]
 
     def sizes(self) -> dict[Path, int]:
         """Bytes in each data file now: unchanged between two looks means the sink is quiet."""
@@ -215,17 +226,21 @@ class SinkCounter:
         return max(times)
 
     def poll(self) -> int:
-        for sig in self.signals:
-            for path in sorted(self.data_dir.glob(f"*/{sig.value}*.jsonl")):
-                offset = self._offsets.get(path, 0)
-                with path.open("rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
+        for sig, path in self._signal_files():
+            offset = self._offsets.get(path, 0)
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            if path.suffix == ".binpb":
+                messages, whole = whole_frames(chunk)
+                # Framing only, as the Kafka count: the sink wrote what the bus acknowledged.
+                self.items += sum(wire.prepare(sig, m, (), check=False).items for m in messages)
+            else:
                 whole = chunk.rfind(b"\n") + 1
                 for line in chunk[:whole].splitlines():
                     if line.strip():
                         self.items += count_json_items(sig, orjson.loads(line))
-                self._offsets[path] = offset + whole
+            self._offsets[path] = offset + whole
         return self.items
 
 

@@ -197,14 +197,23 @@ def _reject_line(rec: BusRecord, reason: str, payload: bytes) -> bytes:
 def read_frames(path: Path) -> Iterator[bytes]:
     """The whole protobuf messages of a ``format="proto"`` sink file, in order: a message whose
     bytes are not all written yet is not delivered yet."""
-    data = path.read_bytes()
+    messages, _ = whole_frames(path.read_bytes())
+    yield from messages
+
+
+def whole_frames(data: bytes) -> tuple[list[bytes], int]:
+    """The messages framed whole at the start of ``data`` (each a 4-byte big-endian length, then
+    that many bytes: the ``format="proto"`` framing) and the bytes they take, so a reader that
+    looked while a message was being appended resumes at that offset."""
+    out: list[bytes] = []
     pos = 0
     while pos + _LENGTH.size <= len(data):
         (size,) = _LENGTH.unpack_from(data, pos)
         if pos + _LENGTH.size + size > len(data):
-            return
-        yield data[pos + _LENGTH.size:pos + _LENGTH.size + size]
+            break
+        out.append(data[pos + _LENGTH.size:pos + _LENGTH.size + size])
         pos += _LENGTH.size + size
+    return out, pos
 
 
 class RecordWriter:

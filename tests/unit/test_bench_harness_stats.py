@@ -14,7 +14,7 @@ from bench.loadgen import WorkerTotals
 from bench.payloads import PayloadShape, build, build_ring, item_count
 from bench.procstat import machine_cpu, parse_stat, parse_status_kib
 from bench.schedule import intended_times, offset_for, per_process_rate
-from bench.systems import SinkCounter, count_json_items
+from bench.systems import count_json_items
 from otlp.signals import Signal
 
 
@@ -144,19 +144,6 @@ def test_json_item_count_follows_the_otlp_json_mapping() -> None:
     assert count_json_items(Signal.METRICS, metrics) == 3
     logs: dict[str, Any] = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{}]}]}]}
     assert count_json_items(Signal.LOGS, logs) == 1
-
-
-def test_sink_counter_counts_whole_lines_once_as_the_sink_appends(tmp_path: Path) -> None:
-    (tmp_path / "default").mkdir()
-    path = tmp_path / "default" / "traces.jsonl"
-    line = b'{"resourceSpans": [{"scopeSpans": [{"spans": [{}, {}]}]}]}\n'
-    path.write_bytes(line + line[:20])  # a line being written is not delivered yet
-    counter = SinkCounter(tmp_path, [Signal.TRACES])
-    assert counter.poll() == 2
-    with path.open("ab") as f:
-        f.write(line[20:] + line)
-    assert counter.poll() == 6
-    assert counter.poll() == 6
 
 
 def test_worker_totals_add_and_round_trip() -> None:
