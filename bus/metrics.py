@@ -26,6 +26,16 @@ BATCH_BYTES = Histogram(
     buckets=(1024, 4096, 16384, 65536, 262144, 524288, 1048576, 4194304),
 )
 
+# kafka/client: every client (the gateway's producer, the pipelines' consumers and dead-letter producer,
+# topic admin), served by the process that runs it
+KAFKA_AUTH_FAILURES = Counter(
+    "gateway_kafka_auth_failures_total",
+    "Connection attempts of a Kafka client that failed on security, by client (producer, consumer, "
+    "admin) and reason (sasl: the broker refused the SASL credentials; tls: the TLS handshake failed, "
+    "the broker's certificate untrusted or ours refused). The client keeps retrying.",
+    ["client", "reason"],
+)
+
 # kafka/consumer
 CONSUMER_LAG = Gauge(
     "pipeline_consumer_lag",

@@ -26,6 +26,15 @@ ISOLATED_BATCHES = Counter(
     "Batches written one record at a time after repeated unexpected sink errors.", ["sink"],
 )
 
+# credentials (pipelines/sinks/answers.py: credentials_refused)
+SINK_AUTH_FAILURES = Counter(
+    "pipeline_sink_auth_failures_total",
+    "Requests a store refused for our credentials, by sink and answer (HTTP 401 / 403, gRPC "
+    "UNAUTHENTICATED / PERMISSION_DENIED). Retried like any transient error: the data waits in Kafka "
+    "until the credential is fixed.",
+    ["sink", "code"],
+)
+
 # file
 FILE_REJECTED_PARTS = Counter(
     "pipeline_file_sink_rejected_parts_total",

@@ -10,7 +10,8 @@ The SASL password comes from a file or an environment variable, read when a clie
 rotated Secret is picked up by the next connection); it is handed to the client and never put
 in a message. ``start`` starts a client and, when it cannot connect and security is on, asks
 one connection why, so logs and ``/readyz`` say which credential the broker refused (aiokafka
-itself only says it could not bootstrap).
+itself only says it could not bootstrap), and counts that refusal in
+``gateway_kafka_auth_failures_total{client, reason}`` so it can be alerted on.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import ssl
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailed
 from aiokafka.helpers import create_ssl_context
 
+from bus.metrics import KAFKA_AUTH_FAILURES
 from settings.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -114,21 +117,45 @@ class _Startable(Protocol):
     async def start(self) -> None: ...
 
 
-async def start(client: _Startable, cfg: KafkaConfig) -> None:
+def role_of(client: object) -> str:
+    """The ``client`` label of ``gateway_kafka_auth_failures_total`` for an aiokafka client:
+    consumer, admin or producer (in a pipelines worker, its dead-letter producer)."""
+    if isinstance(client, AIOKafkaConsumer):
+        return "consumer"
+    if isinstance(client, AIOKafkaAdminClient):
+        return "admin"
+    return "producer"
+
+
+async def start(client: _Startable, cfg: KafkaConfig, *, role: str | None = None) -> None:
     """``client.start()``; when it cannot connect, raise an error that says why in words an
-    operator can act on (which credential was refused), never containing a secret."""
+    operator can act on (which credential was refused), never containing a secret.
+
+    A refusal on security (SASL or TLS) also counts once in ``gateway_kafka_auth_failures_total``
+    with ``role`` (default: ``role_of(client)``) and its reason, so it can be alerted on; the
+    caller still retries (a rotated secret is read by its next attempt)."""
     try:
         await client.start()
     except KafkaConnectionError as exc:
-        why = await diagnose(cfg)
-        if why is None:
+        found = await _diagnosis(cfg)
+        if found is None:
             raise
+        reason, why = found
+        if reason:
+            KAFKA_AUTH_FAILURES.labels(role or role_of(client), reason).inc()
         raise CredentialError(why) from exc
 
 
 async def diagnose(cfg: KafkaConfig) -> str | None:
     """Why one connection to the first bootstrap server fails, when it is the security set-up
     (TLS or SASL refused, a credential unreadable); None when it is not that or security is off."""
+    found = await _diagnosis(cfg)
+    return None if found is None else found[1]
+
+
+async def _diagnosis(cfg: KafkaConfig) -> tuple[str, str] | None:
+    """``diagnose``'s answer with its reason for the metric: ``sasl`` or ``tls`` (the broker side
+    refused), ``""`` for a credential of ours that cannot be read."""
     if cfg.security_protocol == "PLAINTEXT":
         return None
     host, _, port = cfg.bootstrap_servers.split(",")[0].strip().rpartition(":")
@@ -137,17 +164,26 @@ async def diagnose(cfg: KafkaConfig) -> str | None:
             create_conn(host, int(port), client_id=cfg.client_id, request_timeout_ms=cfg.request_timeout_ms,
                         **security(cfg)), _DIAGNOSE_TIMEOUT_S)
     except CredentialError as exc:
-        return str(exc)
-    except SaslAuthenticationFailed as exc:
-        return (f"Kafka refused the SASL {cfg.sasl_mechanism} credentials of user {cfg.sasl_username!r} "
-                f"(bus.kafka.sasl_username, password from {password_source(cfg)}): {_server_says(exc)}")
-    except ssl.SSLCertVerificationError as exc:
-        return f"the broker's certificate is not trusted ({_tls_source(cfg)}): {exc.verify_message}"
-    except ssl.SSLError as exc:
-        return f"TLS with the broker failed ({_tls_source(cfg)}): {exc.reason or exc}"
-    except (KafkaError, OSError, TimeoutError, ValueError):
-        return None
+        return "", str(exc)
+    except (KafkaError, OSError, TimeoutError, ValueError) as exc:
+        return refusal(exc, cfg)
     conn.close()
+    return None
+
+
+def refusal(exc: BaseException, cfg: KafkaConfig) -> tuple[str, str] | None:
+    """A connection error's reason (``sasl`` | ``tls``) and words naming the setting to check;
+    None when the error is not about security (a broker down, a timeout). Pure: the real
+    aiokafka / ssl exception types in, no I/O."""
+    if isinstance(exc, SaslAuthenticationFailed):
+        return "sasl", (f"Kafka refused the SASL {cfg.sasl_mechanism} credentials of user "
+                        f"{cfg.sasl_username!r} (bus.kafka.sasl_username, password from "
+                        f"{password_source(cfg)}): {_server_says(exc)}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls", f"the broker's certificate is not trusted ({_tls_source(cfg)}): {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        why = getattr(exc, "reason", None) or exc  # set by OpenSSL's errors, not by every SSLError
+        return "tls", f"TLS with the broker failed ({_tls_source(cfg)}): {why}"
     return None
 
 

@@ -14,6 +14,10 @@ Three verdicts:
   decode before the service's code runs). A retry cannot help: the sink isolates the refused
   parts for the dead letters (or, where the protocol cannot say which, drops and counts them).
 
+``credentials_refused`` picks out the answers refusing our credentials (401 / 403,
+UNAUTHENTICATED / PERMISSION_DENIED: retried, as above), which ``count_credentials_refused``
+counts per sink in ``pipeline_sink_auth_failures_total``, so a refused secret can be alerted on.
+
 ``Throttle`` keeps a sink from sending again before the time a store asked for.
 """
 
@@ -30,11 +34,18 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from pipelines.metrics import SINK_AUTH_FAILURES
+
 # Longest wait a store may ask for that is honoured; a larger one is cut to this.
 MAX_RETRY_AFTER_S = 60.0
 
 # 4xx answers about the endpoint or the connection, not the data.
 RETRY_HTTP_4XX = frozenset({401, 403, 404, 405, 407, 408, 421, 425, 429})
+
+# Answers that refuse our credentials (not the data): counted in pipeline_sink_auth_failures_total
+# and retried (an operator fixes or rotates the secret while the data waits in Kafka).
+REFUSED_CREDENTIALS = frozenset({"401", "403", grpc.StatusCode.UNAUTHENTICATED.name,
+                                 grpc.StatusCode.PERMISSION_DENIED.name})
 
 # grpc-go's answer (as INTERNAL) when the request bytes do not decode.
 GRPC_UNMARSHAL_ERROR = "grpc: error unmarshalling request"
@@ -95,6 +106,24 @@ def classify_http(status: int, headers: Mapping[str, str] | None = None, detail:
         return Answer(Verdict.REJECT, detail or f"http {status}")
     wait = retry_after((headers or {}).get("Retry-After")) if status in (429, 503) else None
     return Answer(Verdict.RETRY, detail or f"http {status}", wait)
+
+
+def credentials_refused(code: int | str | grpc.StatusCode) -> bool:
+    """Whether a store's answer refuses our credentials: HTTP 401 / 403 (an int or its text) or
+    gRPC UNAUTHENTICATED / PERMISSION_DENIED (a ``StatusCode`` or its name)."""
+    if isinstance(code, grpc.StatusCode):
+        code = code.name
+    return str(code) in REFUSED_CREDENTIALS
+
+
+def count_credentials_refused(sink: str, code: int | str | grpc.StatusCode) -> bool:
+    """Count ``code`` in ``pipeline_sink_auth_failures_total{sink, code}`` when it refuses our
+    credentials (``credentials_refused``); whether it did. Once per answer: call it where the
+    answer of one request is read."""
+    if not credentials_refused(code):
+        return False
+    SINK_AUTH_FAILURES.labels(sink, code.name if isinstance(code, grpc.StatusCode) else str(code)).inc()
+    return True
 
 
 def grpc_retry_delay(metadata: Iterable[tuple[str, str | bytes]] | None) -> float | None:

@@ -62,7 +62,7 @@ from pipelines.convert.es_docs import INDEX_PREFIX, BulkItem, bulk_body, item_pa
 from pipelines.convert.es_templates import index_template
 from pipelines.metrics import ES_DOCUMENTS
 from pipelines.sinks import backend_auth
-from pipelines.sinks.answers import Answer, Throttle, Verdict, classify_http
+from pipelines.sinks.answers import Answer, Throttle, Verdict, classify_http, count_credentials_refused
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from pipelines.sinks.parts import part_rejection, refuses_whole
 from settings.config import Config, ElasticsearchSinkConfig
@@ -194,7 +194,7 @@ class ElasticsearchSink:
         except (EsConnectionError, ConnectionTimeout) as exc:
             raise TransientSinkError(f"elasticsearch unreachable: {exc}") from exc
         except ApiError as exc:
-            if exc.meta.status in (401, 403):
+            if count_credentials_refused(self.name, exc.meta.status):
                 raise TransientSinkError(self._refused(exc.meta.status)) from exc
             raise TransientSinkError(f"installing index templates failed: {exc}") from exc
         self._ready = True
@@ -330,7 +330,7 @@ class ElasticsearchSink:
             except ApiError as exc:
                 status = exc.meta.status
                 answer = classify_http(status, exc.meta.headers, f"{status}: {exc}")
-                if status in (401, 403):
+                if count_credentials_refused(self.name, status):
                     raise TransientSinkError(self._refused(status)) from exc
                 if answer.verdict is Verdict.RETRY:
                     self._throttle.note(answer)

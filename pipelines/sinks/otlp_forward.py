@@ -40,7 +40,7 @@ from otlp.signals import Signal
 from otlp.wire import top_level_fields
 from pipelines.convert.parts import isolate, item_requests
 from pipelines.metrics import OTLP_EXPORT_REQUESTS, OTLP_REJECTED_ITEMS
-from pipelines.sinks.answers import Answer, Throttle, Verdict
+from pipelines.sinks.answers import Answer, Throttle, Verdict, count_credentials_refused
 from pipelines.sinks.base import PermanentSinkError, Rejection, TransientSinkError
 from pipelines.sinks.parts import part_rejection, refuses_whole
 
@@ -138,6 +138,7 @@ class OtlpForwardSink(ABC):
 
     def _count(self, signal: Signal, sent: Sent) -> None:
         OTLP_EXPORT_REQUESTS.labels(self.name, signal.value, sent.code).inc()
+        count_credentials_refused(self.name, sent.code)
 
     async def _call(self, signal: Signal, tenant: str, payload: bytes) -> Sent:
         await self._throttle.wait()

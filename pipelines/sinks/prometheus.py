@@ -53,7 +53,7 @@ from pipelines.metrics import (
     REMOTE_WRITE_SAMPLES,
 )
 from pipelines.sinks import backend_auth
-from pipelines.sinks.answers import Throttle, Verdict, classify_http
+from pipelines.sinks.answers import Throttle, Verdict, classify_http, count_credentials_refused
 from pipelines.sinks.base import PermanentSinkError, TransientSinkError
 from pipelines.sinks.parts import part_rejection
 from protos import remote_pb2
@@ -148,7 +148,7 @@ class PrometheusSink:
         except (aiohttp.ClientError, TimeoutError) as exc:
             REMOTE_WRITE_REQUESTS.labels("error").inc()
             raise TransientSinkError(f"remote write to {self.cfg.url} failed: {exc!r}") from exc
-        if resp.status in (401, 403):
+        if count_credentials_refused(self.name, resp.status):
             raise TransientSinkError(backend_auth.refused(f"remote write to {self.cfg.url}", resp.status,
                                                           self._credential))
         if answer.verdict is Verdict.RETRY and sample_refusal(text) is None:
