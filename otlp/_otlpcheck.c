@@ -22,6 +22,7 @@
  * spans, log records, data points), or (code, message index, field number, offset).
  *
  * span_buckets(payload, partitions): the traces split of otlp/partitioning.py (see below).
+ * metric_buckets(payload, partitions): its metrics split (see below).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -391,11 +392,16 @@ static void crc_init(void) {
     }
 }
 
-static uint32_t crc32_ieee(const uint8_t *p, size_t n) {
-    uint32_t c = 0xFFFFFFFFu;
+/* zlib.crc32(p[:n], crc): the CRC-32 of what crc covered followed by p[:n]. */
+static uint32_t crc32_more(uint32_t crc, const uint8_t *p, size_t n) {
+    uint32_t c = crc ^ 0xFFFFFFFFu;
     while (n--)
         c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
     return c ^ 0xFFFFFFFFu;
+}
+
+static uint32_t crc32_ieee(const uint8_t *p, size_t n) {
+    return crc32_more(0, p, n);
 }
 
 /* wire.read_varint: at most 10 bytes, the 10th without a continuation bit. *big when the value
@@ -778,12 +784,264 @@ done:
     return result;
 }
 
+/* ---- metric_buckets: the metrics case of otlp/wire.py group_resources, over bytes -------------
+ *
+ * metric_buckets(payload, partitions) -> {bucket: ExportMetricsServiceRequest} | None, byte for
+ * byte what wire.group_resources(payload, partitioning.METRIC_IDENTITY_KEYS,
+ * lambda a: partitioning.metric_bucket(a, partitions)) returns (the Python is the reference):
+ * each ResourceMetrics whole, in order, in the bucket crc32(job NUL instance) % partitions, with
+ * job = service.namespace "/" service.name (service.name alone when the namespace is empty) and
+ * instance = service.instance.id, each the text of a string AnyValue (else its bytes), the last
+ * occurrence winning; top-level fields other than resource_metrics go first in the first bucket.
+ * None where the Python walk raises WireError and for partitions outside 1..65536.
+ */
+
+typedef struct { size_t s, e; int32_t next; } MbRes;
+
+enum { MB_NAME = 0, MB_NAMESPACE = 1, MB_INSTANCE = 2, MB_KEYS = 3 };
+static const char *const mb_keys[MB_KEYS] = {"service.name", "service.namespace", "service.instance.id"};
+
+/* Index in mb_keys of the key b[s, e), or -1. */
+static int mb_key_index(const uint8_t *b, size_t s, size_t e) {
+    for (int k = 0; k < MB_KEYS; k++) {
+        size_t n = strlen(mb_keys[k]);
+        if (e - s == n && memcmp(b + s, mb_keys[k], n) == 0)
+            return k;
+    }
+    return -1;
+}
+
+static int mb_contains(const uint8_t *h, size_t n, const char *needle) {
+    size_t m = strlen(needle);
+    const uint8_t *end = h + n;
+    while (m <= (size_t)(end - h)) {
+        const uint8_t *at = memchr(h, needle[0], (size_t)(end - h) - m + 1);
+        if (at == NULL)
+            return 0;
+        if (memcmp(at, needle, m) == 0)
+            return 1;
+        h = at + 1;
+    }
+    return 0;
+}
+
+/* wire._resource_attributes over one ResourceMetrics body [pos, end): the AnyValue body of each
+   identity key into vs/ve (left as they were when absent); -1 where the Python walk raises. */
+static int mb_attributes(const uint8_t *b, size_t len, size_t pos, size_t end, size_t *vs, size_t *ve) {
+    while (pos < end) {
+        uint64_t num;
+        int wt;
+        size_t rvs, rve;
+        if (sb_field(b, pos, end, &num, &wt, &rvs, &rve) < 0)
+            return -1;
+        pos = rve;
+        if (num != 1 || wt != 2)
+            continue;
+        /* Resources without the text of any key are not walked (service.name covers namespace). */
+        if (!mb_contains(b + rvs, rve - rvs, "service.name") && !mb_contains(b + rvs, rve - rvs, "service.instance.id"))
+            continue;
+        size_t q = rvs;
+        while (q < rve) {
+            size_t avs, ave;
+            if (sb_field(b, q, rve, &num, &wt, &avs, &ave) < 0)
+                return -1;
+            q = ave;
+            if (num != 1 || wt != 2)
+                continue;
+            if (ave - avs > 2 && b[avs] == 0x0A && b[avs + 1] < 0x80) {
+                /* SDKs write the key first. As Python's slice, the compared key may run past the
+                   attribute (to the end of the payload); the walk below then refuses it. */
+                size_t ks = avs + 2, ke = (ks + b[avs + 1] < len) ? ks + b[avs + 1] : len;
+                if (mb_key_index(b, ks, ke) < 0)
+                    continue;
+            }
+            size_t kvs = 0, kve = 0, vvs = 0, vve = 0;
+            int has_key = 0;
+            size_t r = avs;
+            while (r < ave) {
+                size_t fvs, fve;
+                if (sb_field(b, r, ave, &num, &wt, &fvs, &fve) < 0)
+                    return -1;
+                r = fve;
+                if (num == 1 && wt == 2) {
+                    kvs = fvs;
+                    kve = fve;
+                    has_key = 1;
+                } else if (num == 2 && wt == 2) {
+                    vvs = fvs;
+                    vve = fve;
+                }
+            }
+            int k = has_key ? mb_key_index(b, kvs, kve) : -1;
+            if (k >= 0) {
+                vs[k] = vvs;
+                ve[k] = vve;
+            }
+        }
+    }
+    return 0;
+}
+
+/* partitioning._label: [*s, *e) narrowed to the text of an AnyValue holding only a string_value. */
+static void mb_label(const uint8_t *b, size_t *s, size_t *e) {
+    uint64_t n;
+    int big;
+    size_t start;
+    if (*e > *s && b[*s] == 0x0A && sb_varint(b, *s + 1, *e, &n, &big, &start) == 0 && !big &&
+        n == *e - start)
+        *s = start;
+}
+
+/* partitioning.metric_bucket's CRC-32 of job NUL instance from the AnyValue bodies. */
+static uint32_t mb_identity_crc(const uint8_t *b, size_t *vs, size_t *ve) {
+    for (int k = 0; k < MB_KEYS; k++)
+        mb_label(b, &vs[k], &ve[k]);
+    uint32_t crc = 0;
+    if (ve[MB_NAMESPACE] > vs[MB_NAMESPACE]) {
+        crc = crc32_more(crc, b + vs[MB_NAMESPACE], ve[MB_NAMESPACE] - vs[MB_NAMESPACE]);
+        crc = crc32_more(crc, (const uint8_t *)"/", 1);
+    }
+    crc = crc32_more(crc, b + vs[MB_NAME], ve[MB_NAME] - vs[MB_NAME]);
+    crc = crc32_more(crc, (const uint8_t *)"", 1); /* the NUL */
+    return crc32_more(crc, b + vs[MB_INSTANCE], ve[MB_INSTANCE] - vs[MB_INSTANCE]);
+}
+
+static PyObject *metric_buckets(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    long long partitions;
+    if (!PyArg_ParseTuple(args, "OL", &obj, &partitions))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (partitions < 1 || partitions > SB_MAX_PARTITIONS || view.len > INT32_MAX / 2) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    const uint8_t *b = (const uint8_t *)view.buf;
+    size_t len = (size_t)view.len;
+    MbRes *res = NULL, *others = NULL;
+    size_t *group_len = NULL;
+    size_t n_res = 0, cap_res = 0, n_others = 0, cap_others = 0, others_len = 0;
+    PyObject *result = NULL;
+    int32_t *ints = malloc(sizeof(int32_t) * (size_t)partitions * 4);
+    if (ints == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* per bucket: its group; per group: its bucket, first and last resource, and byte count */
+    int32_t *slot = ints, *group_bucket = ints + partitions, *first = ints + 2 * partitions,
+            *last = ints + 3 * partitions;
+    group_len = calloc((size_t)partitions, sizeof(size_t));
+    if (group_len == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (long long i = 0; i < partitions; i++)
+        slot[i] = -1;
+    int32_t n_groups = 0;
+    size_t pos = 0, unused_s = 0, unused_e = 0;
+    int failed = sb_walk(b, 0, len, 0, &unused_s, &unused_e) < 0; /* the top level, as _fields */
+    while (!failed && pos < len) {
+        uint64_t num;
+        int wt;
+        size_t vs, after;
+        sb_field(b, pos, len, &num, &wt, &vs, &after);
+        size_t start = pos;
+        pos = after;
+        if (num != 1 || wt != 2) {
+            if (sb_grow((void **)&others, &cap_others, n_others, sizeof *others) < 0) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            others[n_others].s = start;
+            others[n_others++].e = after;
+            others_len += after - start;
+            continue;
+        }
+        size_t avs[MB_KEYS] = {0, 0, 0}, ave[MB_KEYS] = {0, 0, 0};
+        if (mb_attributes(b, len, vs, after, avs, ave) < 0) {
+            failed = 1;
+            break;
+        }
+        int32_t bucket = (int32_t)((uint64_t)mb_identity_crc(b, avs, ave) % (uint64_t)partitions);
+        int32_t g = slot[bucket];
+        if (g < 0) {
+            g = slot[bucket] = n_groups++;
+            group_bucket[g] = bucket;
+            first[g] = -1;
+            last[g] = -1;
+        }
+        if (sb_grow((void **)&res, &cap_res, n_res, sizeof *res) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        int32_t k = (int32_t)n_res++;
+        res[k].s = start;
+        res[k].e = after;
+        res[k].next = -1;
+        if (last[g] < 0)
+            first[g] = k;
+        else
+            res[last[g]].next = k;
+        last[g] = k;
+        group_len[g] += after - start;
+    }
+    if (failed) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    result = PyDict_New();
+    if (result == NULL)
+        goto done;
+    for (int32_t g = 0; g < n_groups; g++) {
+        PyObject *key = PyLong_FromLong(group_bucket[g]);
+        PyObject *val = NULL;
+        size_t extra = g == 0 ? others_len : 0;
+        if (key != NULL && n_groups == 1 && n_others == 0 && group_len[g] == len && PyBytes_CheckExact(obj)) {
+            val = obj; /* every resource to one bucket, in order: the payload itself */
+            Py_INCREF(val);
+        } else if (key != NULL) {
+            val = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(extra + group_len[g]));
+        }
+        if (val != NULL && val != obj) {
+            uint8_t *o = (uint8_t *)PyBytes_AS_STRING(val);
+            for (size_t i = 0; g == 0 && i < n_others; i++) {
+                memcpy(o, b + others[i].s, others[i].e - others[i].s);
+                o += others[i].e - others[i].s;
+            }
+            for (int32_t k = first[g]; k >= 0; k = res[k].next) {
+                memcpy(o, b + res[k].s, res[k].e - res[k].s);
+                o += res[k].e - res[k].s;
+            }
+        }
+        if (val == NULL || PyDict_SetItem(result, key, val) < 0) {
+            Py_XDECREF(key);
+            Py_XDECREF(val);
+            Py_CLEAR(result);
+            goto done;
+        }
+        Py_DECREF(key);
+        Py_DECREF(val);
+    }
+done:
+    free(ints);
+    free(group_len);
+    free(res);
+    free(others);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS, "setup(table: bytes) -> None: install the descriptor tables."},
     {"check", check, METH_VARARGS,
      "check(buffer, message_index, max_nesting, max_items) -> items | (code, message_index, field, offset)."},
     {"span_buckets", span_buckets, METH_VARARGS,
      "span_buckets(payload, partitions) -> {bucket: request} | None: wire.group_spans by crc32(trace_id) % partitions."},
+    {"metric_buckets", metric_buckets, METH_VARARGS,
+     "metric_buckets(payload, partitions) -> {bucket: request} | None: wire.group_resources by job and instance."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,8 +19,10 @@ partition and one pipeline worker does all of it. Spread instead, over bytes
 - **logs** freely: the whole batch to the partition ``turn % partitions``, turns counted by the
   caller (round robin over batches).
 
-Traces are split in C (``_otlpcheck.span_buckets``, byte for byte ``wire.group_spans`` with
-``trace_bucket``, which stay the reference and the fallback for a payload the C walk turns down).
+Traces and metrics are split in C (``_otlpcheck.span_buckets``, byte for byte ``wire.group_spans``
+with ``trace_bucket``; ``_otlpcheck.metric_buckets``, byte for byte ``wire.group_resources`` with
+``metric_bucket``); the Python stays the reference and the fallback for a payload the C walk turns
+down, and names its fault.
 
 Buckets are indexes into the topic's partitions in ascending id order. The hash (zlib's CRC-32,
 IEEE) is fixed: changing it, or the partition count, moves traces and series to other partitions,
@@ -62,6 +64,10 @@ def buckets(signal: Signal, payload: bytes, partitions: int, turn: int = 0) -> d
             return fast
         return wire.group_spans(payload, lambda trace_id: trace_bucket(trace_id, partitions))
     if signal is Signal.METRICS:
+        # C first (same bytes, whole resources as slices); the Python walk is the reference.
+        fast = _otlpcheck.metric_buckets(payload, partitions)
+        if fast is not None:
+            return fast
         return wire.group_resources(payload, METRIC_IDENTITY_KEYS,
                                     lambda attrs: metric_bucket(attrs, partitions))
     return {turn % partitions: payload}

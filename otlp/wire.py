@@ -640,6 +640,9 @@ def group_resources(payload: bytes, keys: frozenset[bytes],
     ResourceX is copied whole and in order, so a group's request is valid. Top-level fields other
     than ResourceX (none in OTLP today) go with the first group. Raises WireError when the
     framing down to the resource attributes is broken.
+
+    The reference for ``_otlpcheck.metric_buckets``, the C walk of the metrics case
+    (``otlp.partitioning``): a change here changes it too (tests/unit/test_metric_buckets_c.py).
     """
     buf = bytes(payload)
     view = memoryview(buf)

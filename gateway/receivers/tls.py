@@ -1,17 +1,25 @@
 """Server TLS for the OTLP receivers and the admin port (``server.tls.*``, ``admin.tls.*``).
 
-One certificate source (``CertSource``) feeds both shapes the servers take:
+One certificate source (``CertSource``: certificate, key and, with mTLS, the client CA bundle)
+feeds both shapes the servers take:
 
 - OTLP/gRPC: ``grpc_credentials`` gives grpc ``dynamic_ssl_server_credentials``, whose fetcher
   grpc calls at the start of every handshake; it re-reads the files at most every
-  ``reload_interval_s`` and hands grpc the new pair when they changed.
+  ``reload_interval_s`` and hands grpc the new pair and client CA when they changed.
 - OTLP/HTTP and admin: ``HttpTls`` holds the ``ssl.SSLContext`` given to ``create_server``; a
-  timer on the event loop re-reads the files every ``reload_interval_s`` and loads a changed pair
-  into that context, which new connections then use (handshakes run on the same loop, so none
-  sees a half-loaded pair).
+  timer on the event loop re-reads the files every ``reload_interval_s`` and builds a new context
+  from a changed set, which that listener context's ``sni_callback`` hands to every new handshake
+  (called for each ClientHello, with or without SNI). A fresh context is needed because OpenSSL
+  can add CAs to a context's trust store but never drop one, so a rotated-out client CA would
+  otherwise stay trusted. Handshakes run on the same loop as the timer, so none sees a half-built
+  context.
 
-A new pair is only taken after it loads as a matching certificate and key; while a replacement
-is half written the old pair stays in service and the reload is retried at the next interval.
+A new set is only taken after it loads: a certificate and key that match, and a client CA file
+holding at least one certificate. While a replacement is half written, or the new file is
+broken, the old set stays in service, the failure is logged and counted
+(``gateway_tls_reload_failures_total``), and the reload is retried at the next interval. The
+Collector's configtls does the same for the client CA (``clientCAsFileReloader``: a failed
+reload keeps the previous pool).
 
 With ``client_ca_file`` (mTLS) a client must present a certificate that CA signed; one without,
 an expired one, or one from another CA is refused in the handshake. The names of a verified
@@ -39,6 +47,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter
+
 from gateway import metrics
 from settings.config import TlsServerConfig
 
@@ -50,15 +60,27 @@ log = logging.getLogger(__name__)
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
+# Defined beside its only user; with --workers N the multiprocess registry sums the workers.
+reload_failures = Counter(
+    "gateway_tls_reload_failures", "Reloads of changed TLS files that did not load, so the previous "
+    "certificate, key and client CA stay in service; listener: server or admin.", ["listener"],
+)
+
+
 class CertSource:
-    """The configured certificate and key files, and whether they changed since last read."""
+    """The configured certificate, key and client CA files, and whether they changed since last read.
+
+    ``cert_pem``/``key_pem`` are the PEM bytes served; ``client_ca_pem`` the PEM bundle that
+    verifies clients (None without ``client_ca_file``). All three are replaced together, and
+    only by a set that loads. Raises ``OSError``/``ssl.SSLError``/``ValueError`` at construction
+    if the files do not load.
+    """
 
     def __init__(self, cfg: TlsServerConfig, what: str) -> None:
         self.cfg = cfg
         self.what = what  # "server.tls", "admin.tls": named in every log line
         self._stamp = self._stat()
-        self.cert_pem, self.key_pem = self._read_checked()
-        self.client_ca_pem = Path(cfg.client_ca_file).read_bytes() if cfg.client_ca_file else None
+        self.cert_pem, self.key_pem, self.client_ca_pem = self._read_checked()
         self._observe_expiry()
 
     def _observe_expiry(self) -> None:
@@ -70,39 +92,67 @@ class CertSource:
             return
         metrics.tls_certificate_expiry.labels(listener=self.what.removesuffix(".tls")).set(expiry)
 
+    def _paths(self) -> tuple[str, ...]:
+        cfg = self.cfg
+        return (cfg.cert_file, cfg.key_file, cfg.client_ca_file) if cfg.client_ca_file else (
+            cfg.cert_file, cfg.key_file)
+
     def _stat(self) -> tuple[tuple[int, int, int], ...]:
         out = []
-        for path in (self.cfg.cert_file, self.cfg.key_file):
+        for path in self._paths():
             st = os.stat(path)
             out.append((st.st_mtime_ns, st.st_size, st.st_ino))
         return tuple(out)
 
-    def _read_checked(self) -> tuple[bytes, bytes]:
-        """Both files' bytes, once they load as a matching pair (else ``ssl.SSLError``/``OSError``)."""
+    def _read_checked(self) -> tuple[bytes, bytes, bytes | None]:
+        """The files' bytes, once the pair loads as a matching certificate and key and the client CA
+        file (if any) holds a certificate; else ``OSError``, ``ssl.SSLError`` or ``ValueError``
+        (an empty or non-ASCII CA file)."""
         cert, key = Path(self.cfg.cert_file).read_bytes(), Path(self.cfg.key_file).read_bytes()
+        ca = Path(self.cfg.client_ca_file).read_bytes() if self.cfg.client_ca_file else None
+        check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         with _PairFiles(cert, key) as (cert_path, key_path):
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
-        return cert, key
+            check.load_cert_chain(cert_path, key_path)
+        if ca is not None:
+            check.load_verify_locations(cadata=ca.decode("ascii"))
+        return cert, key, ca
 
     def refresh(self) -> bool:
-        """Re-read the pair if the files changed; True when a new, valid pair was taken."""
+        """Re-read the files if any changed; True when a new set that loads was taken."""
         try:
             stamp = self._stat()
             if stamp == self._stamp:
                 return False
-            cert, key = self._read_checked()
-        except (OSError, ssl.SSLError) as exc:
-            # Mid-replacement (one file new, the other old) or a bad file: keep serving the old.
-            log.warning("%s: the certificate or key file changed but does not load (%s); still serving "
-                        "the previous one, retrying", self.what, type(exc).__name__)
+            cert, key, ca = self._read_checked()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            # Mid-replacement (one file new, another old) or a bad file: keep serving the old set.
+            reload_failures.labels(listener=self.what.removesuffix(".tls")).inc()
+            log.warning("%s: the certificate, key or client CA file changed but does not load (%s: %s); "
+                        "still using the previous ones, retrying", self.what, type(exc).__name__,
+                        _reason(exc))
             return False
         self._stamp = stamp
-        if (cert, key) == (self.cert_pem, self.key_pem):
+        if (cert, key, ca) == (self.cert_pem, self.key_pem, self.client_ca_pem):
             return False
-        self.cert_pem, self.key_pem = cert, key
-        self._observe_expiry()
-        log.info("%s: serving the new certificate from %s to new connections", self.what, self.cfg.cert_file)
+        if (cert, key) != (self.cert_pem, self.key_pem):
+            self.cert_pem, self.key_pem = cert, key
+            self._observe_expiry()
+            log.info("%s: serving the new certificate from %s to new connections", self.what,
+                     self.cfg.cert_file)
+        if ca != self.client_ca_pem:
+            self.client_ca_pem = ca
+            log.info("%s: verifying new connections' client certificates with the new CA bundle from %s",
+                     self.what, self.cfg.client_ca_file)
         return True
+
+
+def _reason(exc: BaseException) -> str:
+    """What failed, without file contents: an OSError's file name and reason, OpenSSL's reason code."""
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason)
+    return "not a PEM certificate bundle"
 
 
 def _der_element(der: bytes, pos: int) -> tuple[int, int, int]:
@@ -193,7 +243,7 @@ def grpc_credentials(cfg: TlsServerConfig, what: str = "server.tls") -> grpc.Ser
         if interval <= 0 or now < next_check:
             return None
         next_check = now + interval
-        return configuration() if source.refresh() else None
+        return configuration() if source.refresh() else None  # new pair and/or client CA
 
     return grpc.dynamic_ssl_server_credentials(configuration(), fetch,
                                                require_client_authentication=source.client_ca_pem is not None)
@@ -210,24 +260,36 @@ def grpc_client_names(auth_context: Mapping[str, Any]) -> tuple[str, ...]:
 
 # -- OTLP/HTTP and admin -----------------------------------------------------------------------
 class HttpTls:
-    """The ``ssl.SSLContext`` of an HTTP listener, kept current with the files on disk."""
+    """The ``ssl.SSLContext`` of an HTTP listener (``context``, for ``create_server``), whose
+    handshakes are switched to a context built from the files now on disk (see the docstring)."""
 
     def __init__(self, cfg: TlsServerConfig, what: str) -> None:
         self._source = CertSource(cfg, what)
         self._interval = cfg.reload_interval_s
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = _VERSIONS[cfg.min_version]
-        ctx.set_alpn_protocols(["http/1.1"])
-        self._load(ctx)
-        if cfg.client_ca_file:
-            ctx.load_verify_locations(cafile=cfg.client_ca_file)
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        self.context = ctx
+        self.context = self._build()
+        self._current = self.context
+        self.context.sni_callback = self._select
         self._timer: asyncio.TimerHandle | None = None
 
-    def _load(self, ctx: ssl.SSLContext) -> None:
-        with _PairFiles(self._source.cert_pem, self._source.key_pem) as (cert_path, key_path):
+    def _build(self) -> ssl.SSLContext:
+        """A server context from the source's current certificate, key and client CA."""
+        source = self._source
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = _VERSIONS[source.cfg.min_version]
+        ctx.set_alpn_protocols(["http/1.1"])
+        with _PairFiles(source.cert_pem, source.key_pem) as (cert_path, key_path):
             ctx.load_cert_chain(cert_path, key_path)
+        if source.client_ca_pem is not None:
+            ctx.load_verify_locations(cadata=source.client_ca_pem.decode("ascii"))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def _select(self, conn: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None,
+                ctx: ssl.SSLContext) -> None:
+        # OpenSSL's servername callback: runs for every ClientHello, before the certificate is
+        # sent and the client's is verified, so the switched-to context decides both.
+        if self._current is not ctx:
+            conn.context = self._current
 
     def start(self) -> None:
         """Begin re-reading the files every ``reload_interval_s`` (a no-op when it is 0)."""
@@ -242,9 +304,10 @@ class HttpTls:
     def _reload(self) -> None:
         try:
             if self._source.refresh():
-                self._load(self.context)
-        except (OSError, ssl.SSLError) as exc:  # checked already: only a full disk or the like
-            log.warning("%s: cannot load the new certificate: %s", self._source.what, type(exc).__name__)
+                self._current = self._build()
+        except (OSError, ssl.SSLError, ValueError) as exc:  # checked already: only a full disk or the like
+            log.warning("%s: cannot load the new certificate or client CA: %s", self._source.what,
+                        type(exc).__name__)
         self._timer = asyncio.get_running_loop().call_later(self._interval, self._reload)
 
 

@@ -5,7 +5,8 @@ of all three signals lands. With a client CA (mTLS) a client with no certificate
 one or one from another CA is refused in the handshake on both OTLP ports, and a certificate
 mapped in ``auth.client_cert_tenants`` decides the tenant over ``tenant.id`` and X-Scope-OrgID.
 A certificate replaced on disk is served to new connections without a restart, on the gRPC,
-HTTP and admin ports. Certificates come from trustme, made here.
+HTTP and admin ports, and so is a replaced client CA (a broken one keeps the previous CA).
+Certificates come from trustme, made here.
 """
 
 from __future__ import annotations
@@ -177,6 +178,56 @@ def test_replaced_certificate_is_served_without_restart(pki: Pki, tmp_path: Path
         _export_all(gw, "grpc", pki)
         _export_all(gw, "http", pki)
         _landed(gw, "default", {s: 2 * n for s, n in EXPECTED.items()})
+        assert gw.readyz()[0] == 200
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Put ``src``'s bytes at ``dst`` by an atomic rename, as a secret or ConfigMap update does."""
+    tmp = dst.with_suffix(dst.suffix + ".new")
+    tmp.write_bytes(src.read_bytes())
+    tmp.replace(dst)
+
+
+_PROBE = b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_replaced_client_ca_verifies_new_connections_without_restart(pki: Pki, tmp_path: Path) -> None:
+    rotated = Pki(tmp_path, "rotated")
+    ca_file = tmp_path / "client-ca.pem"
+    _replace(pki.ca_file, ca_file)
+    env = _tls_env("SERVER", pki.server(), client_ca=ca_file, reload_s=0.2)
+    old_client, new_client = pki.client("old.example"), rotated.client("new.example")
+    with running_gateway(env) as gw:
+        ports = {"grpc": (gw.grpc_port, "h2"), "http": (gw.http_port, "http/1.1")}
+        for name, (port, alpn) in ports.items():
+            refusal = handshake_refused(port, pki.client_context(new_client, alpn), _PROBE)
+            assert refusal is not None, f"{name}: a client of the CA not yet installed got an answer"
+        _export_all(gw, "grpc", pki, old_client)
+        _export_all(gw, "http", pki, old_client)
+
+        _replace(rotated.ca_file, ca_file)
+        for name, (port, alpn) in ports.items():
+            wait_for(lambda p=port, a=alpn: handshake_refused(p, pki.client_context(new_client, a),  # type: ignore[misc]
+                                                              _PROBE) is None,
+                     within=10, what=f"a client of the new CA accepted on the {name} port")
+            refusal = handshake_refused(port, pki.client_context(old_client, alpn), _PROBE)
+            assert refusal is not None, f"{name}: the rotated-out CA still verifies clients"
+        _export_all(gw, "grpc", pki, new_client)
+        _export_all(gw, "http", pki, new_client)
+        _landed(gw, "default", {s: 4 * n for s, n in EXPECTED.items()})
+
+        # A broken replacement: counted and logged, and the CA in service stays.
+        ca_file.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n")
+        wait_for(lambda: gw.metric("gateway_tls_reload_failures_total", listener="server") >= 1,
+                 within=10, what="the broken client CA file counted as a failed reload")
+        assert "client CA file changed but does not load" in gw.log()
+        # The exports above took longer than the interval, so gRPC's per-handshake fetcher re-reads
+        # (and rejects) the broken file on this first handshake; HTTP's timer did so already.
+        for name, (port, alpn) in ports.items():
+            assert handshake_refused(port, pki.client_context(new_client, alpn), _PROBE) is None, \
+                f"{name}: a broken client CA file replaced the one in service"
+        _export_all(gw, "grpc", pki, new_client)
+        _export_all(gw, "http", pki, new_client)
         assert gw.readyz()[0] == 200
 
 

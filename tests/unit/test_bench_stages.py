@@ -18,7 +18,8 @@ Stages, in the order a request meets them:
 - publish to Kafka ack: ``test_stage_publish_encode_*``, the part of a publish that runs on the
   event loop (the split into partition messages and the Kafka record batch with its
   compression), per codec. The broker's round trip is the rest; it needs a broker, so the
-  bench's ``gateway_kafka_produce_seconds`` measures it, not a unit benchmark.
+  bench's ``gateway_kafka_produce_seconds`` measures it, not a unit benchmark. The split alone for
+  metrics: ``test_stage_publish_split_metrics`` (C, and the Python reference it replaced).
 - answer: ``test_stage_answer_grpc_ok``, the Export response the receiver serializes.
 """
 
@@ -36,8 +37,10 @@ from bus.kafka.producer import message_pieces
 from gateway.batcher import Batcher
 from gateway.receivers import compression
 from gateway.receivers.encodings import export_response
+from otlp import partitioning, wire
 from otlp.signals import Signal
 from otlp.wire import prepare
+from tests import otlp_payloads
 from tests.unit.test_bench_ingest_path import (
     ATTRS,
     SPANS,
@@ -107,6 +110,29 @@ def test_stage_publish_encode(benchmark: BenchmarkFixture, codec: str) -> None:
         assert sent > len(PREPARED.payload)
     else:
         assert 0 < sent < len(PREPARED.payload)
+
+
+# 520 data points (5 kinds x 13) over 8 resources, one service instance each: the split's unit of
+# work is a ResourceMetrics, so several per request.
+METRICS_8_RESOURCES = otlp_payloads.payload(Signal.METRICS, points=13, resources=8,
+                                            resource_extra={"service.instance.id": "i-1"})
+
+
+def _metrics_split_python(payload: bytes) -> dict[int, bytes]:
+    return wire.group_resources(payload, partitioning.METRIC_IDENTITY_KEYS,
+                                lambda attrs: partitioning.metric_bucket(attrs, len(PARTITIONS)))
+
+
+@pytest.mark.parametrize("impl", ["c", "python"])
+def test_stage_publish_split_metrics(benchmark: BenchmarkFixture, impl: str) -> None:
+    """A metrics request split into partition messages by job/instance: ``partitioning.buckets``
+    (C, ``_otlpcheck.metric_buckets``) and the Python reference ``wire.group_resources``."""
+    if impl == "c":
+        out = benchmark(partitioning.buckets, Signal.METRICS, METRICS_8_RESOURCES, len(PARTITIONS))
+    else:
+        out = benchmark(_metrics_split_python, METRICS_8_RESOURCES)
+    assert out == _metrics_split_python(METRICS_8_RESOURCES)
+    assert sum(otlp_payloads.item_count(Signal.METRICS, v) for v in out.values()) == 520
 
 
 def test_stage_answer_grpc_ok(benchmark: BenchmarkFixture) -> None:

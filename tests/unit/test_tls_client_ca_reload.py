@@ -1,0 +1,155 @@
+"""The client CA bundle (mTLS) re-read like the certificate and key: ``CertSource.refresh`` takes a
+replaced CA file, keeps the one in service when the new file does not load (and counts that), and
+``HttpTls`` (OTLP/HTTP and admin) verifies new handshakes with the new CA and no longer with the
+old. Real files and real TLS handshakes over loopback; certificates from trustme."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+from prometheus_client import REGISTRY
+
+from gateway.receivers.tls import CertSource, HttpTls
+from settings.config import TlsServerConfig
+from tests.waiting import await_for
+
+
+def _failures(listener: str) -> float:
+    return REGISTRY.get_sample_value("gateway_tls_reload_failures_total", {"listener": listener}) or 0.0
+
+
+def _replace(data: bytes, dst: Path) -> None:
+    """Write ``dst`` by an atomic rename (a new inode: the change is seen whatever the mtime)."""
+    tmp = dst.with_suffix(".new")
+    tmp.write_bytes(data)
+    tmp.replace(dst)
+
+
+class _Files:
+    """A server certificate and key from ``server_ca`` and a client CA file holding ``first``."""
+
+    def __init__(self, directory: Path, server_ca: trustme.CA, first: trustme.CA) -> None:
+        leaf = server_ca.issue_cert("127.0.0.1")
+        self.cert, self.key, self.ca = directory / "tls.crt", directory / "tls.key", directory / "ca.pem"
+        self.cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(self.key))
+        _replace(first.cert_pem.bytes(), self.ca)
+
+    def config(self, reload_interval_s: float = 0.0) -> TlsServerConfig:
+        return TlsServerConfig(cert_file=str(self.cert), key_file=str(self.key), client_ca_file=str(self.ca),
+                               reload_interval_s=reload_interval_s)
+
+
+@pytest.fixture()
+def cas() -> tuple[trustme.CA, trustme.CA, trustme.CA]:
+    return trustme.CA(), trustme.CA(), trustme.CA()  # the server's, the first client CA, the next
+
+
+def test_refresh_takes_a_replaced_client_ca(tmp_path: Path, cas: tuple[trustme.CA, ...]) -> None:
+    server_ca, first, second = cas
+    files = _Files(tmp_path, server_ca, first)
+    source = CertSource(files.config(), "server.tls")
+    pair = (source.cert_pem, source.key_pem)
+    assert source.client_ca_pem == first.cert_pem.bytes()
+    assert not source.refresh()  # nothing changed
+
+    _replace(second.cert_pem.bytes(), files.ca)
+    assert source.refresh()
+    assert source.client_ca_pem == second.cert_pem.bytes()
+    assert (source.cert_pem, source.key_pem) == pair  # the pair is untouched
+
+
+@pytest.mark.parametrize("broken", [b"", b"not a certificate\n", b"-----BEGIN CERTIFICATE-----\nMIIB\n",
+                                    b"\xff\xfe binary"])
+def test_broken_client_ca_keeps_the_one_in_service_and_is_counted(
+        tmp_path: Path, cas: tuple[trustme.CA, ...], broken: bytes) -> None:
+    server_ca, first, second = cas
+    files = _Files(tmp_path, server_ca, first)
+    source = CertSource(files.config(), "admin.tls")
+    before = _failures("admin")
+
+    _replace(broken, files.ca)
+    assert not source.refresh()
+    assert source.client_ca_pem == first.cert_pem.bytes()
+    assert _failures("admin") == before + 1
+
+    # Once the file is whole, the next reload takes it.
+    _replace(second.cert_pem.bytes(), files.ca)
+    assert source.refresh()
+    assert source.client_ca_pem == second.cert_pem.bytes()
+    assert _failures("admin") == before + 1
+
+
+def test_missing_client_ca_file_keeps_the_one_in_service(tmp_path: Path, cas: tuple[trustme.CA, ...]) -> None:
+    server_ca, first, _ = cas
+    files = _Files(tmp_path, server_ca, first)
+    source = CertSource(files.config(), "server.tls")
+    before = _failures("server")
+    files.ca.unlink()  # mid-rotation by delete-then-create
+    assert not source.refresh()
+    assert source.client_ca_pem == first.cert_pem.bytes()
+    assert _failures("server") == before + 1
+
+
+async def _handshake(port: int, server_ca: trustme.CA, client: trustme.LeafCert) -> bool:
+    """True when the server answers a client presenting ``client`` (TLS 1.3 reports a refused
+    client certificate as an alert on the first read, so a byte is exchanged)."""
+    ctx = ssl.create_default_context()
+    server_ca.configure_trust(ctx)
+    client.configure_cert(ctx)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                                       server_hostname="127.0.0.1")
+    except (ssl.SSLError, ConnectionError):
+        return False
+    try:
+        writer.write(b"?")
+        await writer.drain()
+        return await reader.read(1) == b"!"
+    except (ssl.SSLError, ConnectionError):
+        return False
+    finally:
+        writer.close()
+
+
+def test_http_listener_verifies_new_handshakes_with_the_replaced_ca(
+        tmp_path: Path, cas: tuple[trustme.CA, ...]) -> None:
+    server_ca, first, second = cas
+    files = _Files(tmp_path, server_ca, first)
+    old_client, new_client = first.issue_cert("old.example"), second.issue_cert("new.example")
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if await reader.read(1):
+                writer.write(b"!")
+                await writer.drain()
+        except (ssl.SSLError, ConnectionError):
+            pass  # a refused client
+        finally:
+            writer.close()
+
+    async def scenario() -> None:
+        tls = HttpTls(files.config(reload_interval_s=0.05), "admin.tls")
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=tls.context)
+        port = server.sockets[0].getsockname()[1]
+        tls.start()
+        try:
+            assert await _handshake(port, server_ca, old_client)
+            assert not await _handshake(port, server_ca, new_client)
+            _replace(second.cert_pem.bytes(), files.ca)
+
+            async def new_accepted() -> bool:
+                return await _handshake(port, server_ca, new_client)
+
+            await await_for(new_accepted, within=10, what="a client of the new CA accepted")
+            assert not await _handshake(port, server_ca, old_client), "the rotated-out CA still verifies"
+        finally:
+            tls.stop()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
