@@ -33,8 +33,8 @@ class TlsServerConfig:
     """TLS on a listening port, named as the Collector's ``configtls`` server settings.
 
     Off while ``cert_file`` is empty. With ``client_ca_file`` (mTLS) a client must present a
-    certificate that CA signed, else its handshake is refused. A certificate and key replaced on
-    disk are served to new connections after at most ``reload_interval_s`` (0: never re-read).
+    certificate that CA signed, else its handshake is refused. A certificate, key or client CA
+    replaced on disk reaches new connections after at most ``reload_interval_s`` (0: never re-read).
     """
 
     cert_file: str = ""
