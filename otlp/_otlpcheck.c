@@ -725,6 +725,17 @@ static PyObject *sb_group_bytes(const uint8_t *b, const SbParse *p, int32_t firs
 
 #define SB_MAX_PARTITIONS 65536
 
+/* dict[bucket] = val, taking val's reference (NULL: an error already set); 0, or -1 on error. */
+static int sb_dict_put(PyObject *dict, int32_t bucket, PyObject *val) {
+    if (val == NULL)
+        return -1;
+    PyObject *key = PyLong_FromLong(bucket);
+    int rc = key == NULL ? -1 : PyDict_SetItem(dict, key, val);
+    Py_XDECREF(key);
+    Py_DECREF(val);
+    return rc;
+}
+
 static PyObject *span_buckets(PyObject *self, PyObject *args) {
     Py_buffer view;
     long long partitions;
@@ -763,16 +774,10 @@ static PyObject *span_buckets(PyObject *self, PyObject *args) {
     if (result == NULL)
         goto done;
     for (int32_t g = 0; g < n_groups; g++) {
-        PyObject *key = PyLong_FromLong(group_bucket[g]);
-        PyObject *val = key ? sb_group_bytes(b, &p, first_span[g]) : NULL;
-        if (val == NULL || PyDict_SetItem(result, key, val) < 0) {
-            Py_XDECREF(key);
-            Py_XDECREF(val);
+        if (sb_dict_put(result, group_bucket[g], sb_group_bytes(b, &p, first_span[g])) < 0) {
             Py_CLEAR(result);
             goto done;
         }
-        Py_DECREF(key);
-        Py_DECREF(val);
     }
 done:
     free(ints);
@@ -906,130 +911,131 @@ static uint32_t mb_identity_crc(const uint8_t *b, size_t *vs, size_t *ve) {
     return crc32_more(crc, b + vs[MB_INSTANCE], ve[MB_INSTANCE] - vs[MB_INSTANCE]);
 }
 
+/* The bytes of one bucket: the n_others fields of others (others_len bytes), then the resources
+   linked from first (res_len bytes). */
+static PyObject *mb_group_bytes(const uint8_t *b, const MbRes *others, size_t n_others, size_t others_len,
+                                const MbRes *res, int32_t first, size_t res_len) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(others_len + res_len));
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    for (size_t i = 0; i < n_others; i++) {
+        memcpy(o, b + others[i].s, others[i].e - others[i].s);
+        o += others[i].e - others[i].s;
+    }
+    for (int32_t k = first; k >= 0; k = res[k].next) {
+        memcpy(o, b + res[k].s, res[k].e - res[k].s);
+        o += res[k].e - res[k].s;
+    }
+    return out;
+}
+
+/* What the walk of metric_buckets finds: per bucket its group (slot, -1 for none); per group its
+   bucket, first and last resource and byte count; the resources (linked per group) and the other
+   top-level fields, as ranges of the payload. */
+typedef struct {
+    int32_t *slot, *group_bucket, *first, *last, n_groups;
+    size_t *group_len;
+    MbRes *res, *others;
+    size_t n_res, cap_res, n_others, cap_others, others_len;
+} MbParse;
+
+static void mb_free(MbParse *m) {
+    free(m->slot);
+    free(m->group_len);
+    free(m->res);
+    free(m->others);
+}
+
+/* The walk of group_resources: 0, -1 where it raises WireError, -2 when out of memory. */
+static int mb_parse(const uint8_t *b, size_t len, int32_t partitions, MbParse *m) {
+    m->slot = malloc(sizeof(int32_t) * (size_t)partitions * 4);
+    m->group_len = calloc((size_t)partitions, sizeof(size_t));
+    if (m->slot == NULL || m->group_len == NULL)
+        return -2;
+    m->group_bucket = m->slot + partitions;
+    m->first = m->slot + 2 * partitions;
+    m->last = m->slot + 3 * partitions;
+    for (int32_t i = 0; i < partitions; i++)
+        m->slot[i] = -1;
+    size_t pos = 0, unused_s = 0, unused_e = 0;
+    if (sb_walk(b, 0, len, 0, &unused_s, &unused_e) < 0) /* the whole top level first, as _fields */
+        return -1;
+    while (pos < len) {
+        uint64_t num;
+        int wt;
+        size_t vs, after, start = pos;
+        sb_field(b, pos, len, &num, &wt, &vs, &after);
+        pos = after;
+        if (num != 1 || wt != 2) {
+            if (sb_grow((void **)&m->others, &m->cap_others, m->n_others, sizeof *m->others) < 0)
+                return -2;
+            m->others[m->n_others].s = start;
+            m->others[m->n_others++].e = after;
+            m->others_len += after - start;
+            continue;
+        }
+        size_t avs[MB_KEYS] = {0, 0, 0}, ave[MB_KEYS] = {0, 0, 0};
+        if (mb_attributes(b, len, vs, after, avs, ave) < 0)
+            return -1;
+        int32_t bucket = (int32_t)(mb_identity_crc(b, avs, ave) % (uint32_t)partitions);
+        int32_t g = m->slot[bucket];
+        if (g < 0) {
+            g = m->slot[bucket] = m->n_groups++;
+            m->group_bucket[g] = bucket;
+            m->first[g] = m->last[g] = -1;
+        }
+        if (sb_grow((void **)&m->res, &m->cap_res, m->n_res, sizeof *m->res) < 0)
+            return -2;
+        int32_t k = (int32_t)m->n_res++;
+        m->res[k] = (MbRes){start, after, -1};
+        if (m->last[g] < 0)
+            m->first[g] = k;
+        else
+            m->res[m->last[g]].next = k;
+        m->last[g] = k;
+        m->group_len[g] += after - start;
+    }
+    return 0;
+}
+
+/* {bucket: request} from a walk of the payload obj (bytes b[0, len)); NULL on error. */
+static PyObject *mb_dict(PyObject *obj, const uint8_t *b, size_t len, const MbParse *m) {
+    PyObject *dict = PyDict_New();
+    for (int32_t g = 0; dict != NULL && g < m->n_groups; g++) {
+        PyObject *val;
+        if (m->n_groups == 1 && m->n_others == 0 && m->group_len[g] == len && PyBytes_CheckExact(obj))
+            val = Py_NewRef(obj); /* every resource to one bucket, in order: the payload itself */
+        else
+            val = mb_group_bytes(b, m->others, g == 0 ? m->n_others : 0, g == 0 ? m->others_len : 0, m->res,
+                                 m->first[g], m->group_len[g]);
+        if (sb_dict_put(dict, m->group_bucket[g], val) < 0)
+            Py_CLEAR(dict);
+    }
+    return dict;
+}
+
 static PyObject *metric_buckets(PyObject *self, PyObject *args) {
     PyObject *obj;
     long long partitions;
     if (!PyArg_ParseTuple(args, "OL", &obj, &partitions))
         return NULL;
+    if (partitions < 1 || partitions > SB_MAX_PARTITIONS)
+        Py_RETURN_NONE;
     Py_buffer view;
     if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (partitions < 1 || partitions > SB_MAX_PARTITIONS || view.len > INT32_MAX / 2) {
-        PyBuffer_Release(&view);
-        Py_RETURN_NONE;
-    }
-    const uint8_t *b = (const uint8_t *)view.buf;
-    size_t len = (size_t)view.len;
-    MbRes *res = NULL, *others = NULL;
-    size_t *group_len = NULL;
-    size_t n_res = 0, cap_res = 0, n_others = 0, cap_others = 0, others_len = 0;
-    PyObject *result = NULL;
-    int32_t *ints = malloc(sizeof(int32_t) * (size_t)partitions * 4);
-    if (ints == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    /* per bucket: its group; per group: its bucket, first and last resource, and byte count */
-    int32_t *slot = ints, *group_bucket = ints + partitions, *first = ints + 2 * partitions,
-            *last = ints + 3 * partitions;
-    group_len = calloc((size_t)partitions, sizeof(size_t));
-    if (group_len == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (long long i = 0; i < partitions; i++)
-        slot[i] = -1;
-    int32_t n_groups = 0;
-    size_t pos = 0, unused_s = 0, unused_e = 0;
-    int failed = sb_walk(b, 0, len, 0, &unused_s, &unused_e) < 0; /* the top level, as _fields */
-    while (!failed && pos < len) {
-        uint64_t num;
-        int wt;
-        size_t vs, after;
-        sb_field(b, pos, len, &num, &wt, &vs, &after);
-        size_t start = pos;
-        pos = after;
-        if (num != 1 || wt != 2) {
-            if (sb_grow((void **)&others, &cap_others, n_others, sizeof *others) < 0) {
-                PyErr_NoMemory();
-                goto done;
-            }
-            others[n_others].s = start;
-            others[n_others++].e = after;
-            others_len += after - start;
-            continue;
-        }
-        size_t avs[MB_KEYS] = {0, 0, 0}, ave[MB_KEYS] = {0, 0, 0};
-        if (mb_attributes(b, len, vs, after, avs, ave) < 0) {
-            failed = 1;
-            break;
-        }
-        int32_t bucket = (int32_t)((uint64_t)mb_identity_crc(b, avs, ave) % (uint64_t)partitions);
-        int32_t g = slot[bucket];
-        if (g < 0) {
-            g = slot[bucket] = n_groups++;
-            group_bucket[g] = bucket;
-            first[g] = -1;
-            last[g] = -1;
-        }
-        if (sb_grow((void **)&res, &cap_res, n_res, sizeof *res) < 0) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        int32_t k = (int32_t)n_res++;
-        res[k].s = start;
-        res[k].e = after;
-        res[k].next = -1;
-        if (last[g] < 0)
-            first[g] = k;
-        else
-            res[last[g]].next = k;
-        last[g] = k;
-        group_len[g] += after - start;
-    }
-    if (failed) {
-        result = Py_None;
-        Py_INCREF(result);
-        goto done;
-    }
-    result = PyDict_New();
-    if (result == NULL)
-        goto done;
-    for (int32_t g = 0; g < n_groups; g++) {
-        PyObject *key = PyLong_FromLong(group_bucket[g]);
-        PyObject *val = NULL;
-        size_t extra = g == 0 ? others_len : 0;
-        if (key != NULL && n_groups == 1 && n_others == 0 && group_len[g] == len && PyBytes_CheckExact(obj)) {
-            val = obj; /* every resource to one bucket, in order: the payload itself */
-            Py_INCREF(val);
-        } else if (key != NULL) {
-            val = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(extra + group_len[g]));
-        }
-        if (val != NULL && val != obj) {
-            uint8_t *o = (uint8_t *)PyBytes_AS_STRING(val);
-            for (size_t i = 0; g == 0 && i < n_others; i++) {
-                memcpy(o, b + others[i].s, others[i].e - others[i].s);
-                o += others[i].e - others[i].s;
-            }
-            for (int32_t k = first[g]; k >= 0; k = res[k].next) {
-                memcpy(o, b + res[k].s, res[k].e - res[k].s);
-                o += res[k].e - res[k].s;
-            }
-        }
-        if (val == NULL || PyDict_SetItem(result, key, val) < 0) {
-            Py_XDECREF(key);
-            Py_XDECREF(val);
-            Py_CLEAR(result);
-            goto done;
-        }
-        Py_DECREF(key);
-        Py_DECREF(val);
-    }
-done:
-    free(ints);
-    free(group_len);
-    free(res);
-    free(others);
+    MbParse m;
+    memset(&m, 0, sizeof m);
+    PyObject *result;
+    int rc = view.len > INT32_MAX / 2 ? -1 : mb_parse(view.buf, (size_t)view.len, (int32_t)partitions, &m);
+    if (rc == -2)
+        result = PyErr_NoMemory();
+    else if (rc == -1)
+        result = Py_NewRef(Py_None);
+    else
+        result = mb_dict(obj, view.buf, (size_t)view.len, &m);
+    mb_free(&m);
     PyBuffer_Release(&view);
     return result;
 }

@@ -7,7 +7,10 @@ byte for byte what the reference gives. For a request it cannot be sure of witho
 (a field or oneof set twice, a repeated field split by others, a wire type that does not match
 its declaration, invalid UTF-8, bad framing: see the C file's header) it answers None, and
 ``proto_to_json`` here converts that one with the reference, which also raises the same
-WireError for what does not convert.
+WireError for what does not convert. The file sink, the one user, calls ``fast_proto_to_json``
+and counts each record it then hands to the reference
+(``pipeline_file_sink_json_fallback_records_total``, ``pipelines/sinks/file.py``); this core
+module keeps no metrics of its own.
 """
 
 from __future__ import annotations

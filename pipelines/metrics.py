@@ -46,6 +46,13 @@ FILE_HELPER_RESTARTS = Counter(
     "pipeline_file_sink_helper_restarts_total",
     "Conversion helper processes started again after one died (killed, or crashed on input).",
 )
+FILE_JSON_FALLBACK_RECORDS = Counter(
+    "pipeline_file_sink_json_fallback_records_total",
+    "Records the C OTLP/JSON writer handed back to the Python reference converter (a field set "
+    "twice, a repeated field split by others, invalid UTF-8, bad framing: otlp/_otlpjson.c), by "
+    "signal. The C writer gives no reason, so none is labelled.",
+    ["signal"],
+)
 
 # prometheus
 REMOTE_WRITE_SAMPLES = Counter(

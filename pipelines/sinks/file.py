@@ -9,14 +9,15 @@ about 1 ms of CPU for a 512-span request, 13 ms in Python before). With ``offloa
 embedded gateway) it runs in a thread of its own with the GIL released, so the receivers' event
 loop stays free for clients and the conversion uses the other core. The few records the C writer
 leaves to the Python reference (a field set twice, a repeated field split by others, invalid
-UTF-8: see ``otlp/_otlpjson.c``) go to one helper process, started when the first such record
-comes: the reference can take a hostile record's time and memory, and the helper only converts
-while this process appends. So a helper that dies (killed, crashed on some input) has written
-nothing: the sink starts a new one and converts the same records again, and no line is ever
-written twice. The helper is spawned, not forked, because the gateway process runs grpc threads;
-it is spawned with SIGINT and SIGTERM blocked, and ignores them from its first instruction on,
-so a Ctrl-C or a service manager signalling the whole process group or cgroup leaves shutdown to
-the gateway.
+UTF-8: see ``otlp/_otlpjson.c``; counted per record in
+``pipeline_file_sink_json_fallback_records_total``) go to one helper process, started when the
+first such record comes: the reference can take a hostile record's time and memory, and the
+helper only converts while this process appends. So a helper that dies (killed, crashed on
+some input) has written nothing: the sink starts a new one and converts the same records again,
+and no line is ever written twice. The helper is spawned, not forked, because the gateway
+process runs grpc threads; it is spawned with SIGINT and SIGTERM blocked, and ignores them from
+its first instruction on, so a Ctrl-C or a service manager signalling the whole process group or
+cgroup leaves shutdown to the gateway.
 
 With ``format="proto"`` (the Collector file exporter's ``format: proto``) nothing is converted:
 each record is appended to ``<signal><suffix>.binpb`` as the Collector writes it, a 4-byte
@@ -65,7 +66,7 @@ from bus.contract import BusRecord
 from otlp.proto_json import fast_proto_to_json, proto_to_json
 from otlp.signals import Signal
 from otlp.wire import WireError, top_level_fields
-from pipelines.metrics import FILE_HELPER_RESTARTS, FILE_REJECTED_PARTS
+from pipelines.metrics import FILE_HELPER_RESTARTS, FILE_JSON_FALLBACK_RECORDS, FILE_REJECTED_PARTS
 from pipelines.sinks.base import Rejection, TransientSinkError
 from settings.config import Config
 
@@ -348,15 +349,23 @@ class FileSink:
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
     async def _convert(self, items: list[_Item]) -> list[_Converted]:
-        """Convert in the C writer's thread, and what it leaves in the helper."""
+        """Convert with the C writer (in its thread when offloading), and what it hands back with
+        the Python reference (in the helper when offloading), counting those records."""
         if self._thread is None:
-            return convert(items)
-        lines = await asyncio.get_running_loop().run_in_executor(self._thread, fast_lines, items)
+            lines = fast_lines(items)
+        else:
+            lines = await asyncio.get_running_loop().run_in_executor(self._thread, fast_lines, items)
         out: list[_Converted] = [(line, []) for line in lines]
         left = [i for i, line in enumerate(lines) if line is None]
         if left:
-            for i, done in zip(left, await self._convert_in_helper([items[i] for i in left]), strict=True):
-                out[i] = done
+            # Counted here, once per record, in the process whose metrics are served: the helper's
+            # own counters would not be, and the reference also runs there per part (_salvage).
+            for i in left:
+                FILE_JSON_FALLBACK_RECORDS.labels(items[i][0]).inc()
+            rest = [items[i] for i in left]
+            done = convert(rest) if self._thread is None else await self._convert_in_helper(rest)
+            for i, converted in zip(left, done, strict=True):
+                out[i] = converted
         return out
 
     async def _convert_in_helper(self, items: list[_Item]) -> list[_Converted]:

@@ -12,9 +12,8 @@ from otlp import _otlpcheck, partitioning, wire
 from otlp.signals import Signal
 from tests import otlp_payloads
 from tests.unit.test_partitioning import metrics_for
-from tests.unit.test_span_buckets_c import field, varint_field
+from tests.unit.test_span_buckets_c import PARTITIONS, damaged_copies, field, varint_field
 
-PARTITIONS = (1, 2, 6, 32)
 KEYS = (b"service.name", b"service.namespace", b"service.instance.id")
 
 
@@ -178,16 +177,8 @@ def test_truncated_and_flipped_requests_match_python_or_give_none() -> None:
     seeds.append(otlp_payloads.payload(Signal.METRICS, points=2, resources=3,
                                        resource_extra={"service.instance.id": "i"}))
     for payload in seeds:
-        for cut in range(0, len(payload), max(1, len(payload) // 60)):
-            check_damaged(payload[:cut], 6)
-        for _ in range(150):
-            damaged = bytearray(payload)
-            for _ in range(rng.randrange(1, 4)):
-                if not damaged:
-                    break
-                i = rng.randrange(len(damaged))
-                damaged[i] = rng.choice((rng.randrange(256), damaged[i] ^ 0x80, 0x12, 0x0A, 0xFF, 0x00))
-            check_damaged(bytes(damaged), rng.choice(PARTITIONS))
+        for damaged, partitions in damaged_copies(rng, payload):
+            check_damaged(damaged, partitions)
 
 
 def test_oversized_varints_and_overrunning_keys_match_python_or_give_none() -> None:

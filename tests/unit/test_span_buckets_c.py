@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -127,6 +128,21 @@ def test_partitions_out_of_range_leave_it_to_python() -> None:
 # --- bounded mutation fuzz ------------------------------------------------------------------
 
 
+def damaged_copies(rng: random.Random, payload: bytes) -> Iterator[tuple[bytes, int]]:
+    """(damaged payload, partitions): ``payload`` cut at about 60 places (6 partitions), then 150
+    copies with 1 to 3 bytes changed to framing-like or random values (any of PARTITIONS)."""
+    for cut in range(0, len(payload), max(1, len(payload) // 60)):
+        yield payload[:cut], 6
+    for _ in range(150):
+        damaged = bytearray(payload)
+        for _ in range(rng.randrange(1, 4)):
+            if not damaged:
+                break
+            i = rng.randrange(len(damaged))
+            damaged[i] = rng.choice((rng.randrange(256), damaged[i] ^ 0x80, 0x12, 0x0A, 0xFF, 0x00))
+        yield bytes(damaged), rng.choice(PARTITIONS)
+
+
 def check_damaged(payload: bytes, partitions: int) -> None:
     expected = python_buckets(payload, partitions)
     got = _otlpcheck.span_buckets(payload, partitions)
@@ -142,16 +158,8 @@ def test_truncated_and_flipped_requests_match_python_or_give_none() -> None:
     seeds.append(otlp_payloads.payload(Signal.TRACES, spans_per_request=20, resources=2, scopes=2,
                                        traces=5, seed=5))
     for payload in seeds:
-        for cut in range(0, len(payload), max(1, len(payload) // 60)):
-            check_damaged(payload[:cut], 6)
-        for _ in range(150):
-            damaged = bytearray(payload)
-            for _ in range(rng.randrange(1, 4)):
-                if not damaged:
-                    break
-                i = rng.randrange(len(damaged))
-                damaged[i] = rng.choice((rng.randrange(256), damaged[i] ^ 0x80, 0x12, 0x0A, 0xFF))
-            check_damaged(bytes(damaged), rng.choice(PARTITIONS))
+        for damaged, partitions in damaged_copies(rng, payload):
+            check_damaged(damaged, partitions)
 
 
 def test_oversized_varints_match_python_or_give_none() -> None:
