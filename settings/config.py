@@ -4,6 +4,14 @@ Environment overrides use ``TG_`` plus the key path joined by ``__``, e.g.
 ``TG_BUS__KIND=kafka`` or ``TG_BUS__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9092``. Values are
 parsed as YAML scalars, so ``TG_SERVER__WORKERS=2`` is an int and ``TG_AUTH__ENABLED=true`` a bool.
 A wrong key or type stops the start with a message naming the key, instead of a traceback later.
+
+Durations (fields typed :data:`Seconds`, named with an ``_s`` suffix) take either form: the
+``_s`` key with a number of seconds (``reload_interval_s: 300``), or the OpenTelemetry
+Collector's name for the same setting, without the suffix, with a Go duration string
+(``reload_interval: 5m``, ``settings/durations.py``). Both forms for one setting in one source
+are refused; an environment override of either form replaces the file's value in the other.
+A bare number under the Collector's name is refused unless it is 0: the Collector's confmap would
+read ``timeout: 30`` as 30 nanoseconds, a trap, so the unit has to be written.
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+
+from settings.durations import ACCEPTED_FORM, DurationError, parse_duration_s
 
 ENV_PREFIX = "TG_"
 # ``TG_STACK_*`` variables describe the dev/test stack (stack/ports.env), not this process.
@@ -26,6 +36,15 @@ _NOT_CONFIG_PREFIX = "TG_STACK_"
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+class _Duration:
+    """Marks a field as a duration in seconds (see :data:`Seconds`)."""
+
+
+# A duration in seconds, a field named ``<collector name>_s``: it also takes the Collector's name
+# with a Go duration string (the module docstring).
+Seconds = Annotated[float, _Duration()]
 
 
 @dataclass
@@ -41,7 +60,7 @@ class TlsServerConfig:
     key_file: str = ""
     client_ca_file: str = ""
     min_version: Literal["1.2", "1.3"] = "1.2"
-    reload_interval_s: float = 0.0
+    reload_interval_s: Seconds = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -58,18 +77,18 @@ class GrpcKeepaliveServerParameters:
     spread over new replicas. 0 turns a setting off (``time_s``/``timeout_s``: grpc's default).
     """
 
-    max_connection_idle_s: float = 0.0
-    max_connection_age_s: float = 120.0
-    max_connection_age_grace_s: float = 30.0
-    time_s: float = 60.0  # ping a connection idle this long ...
-    timeout_s: float = 20.0  # ... and close it if the ping is not answered within this
+    max_connection_idle_s: Seconds = 0.0
+    max_connection_age_s: Seconds = 120.0
+    max_connection_age_grace_s: Seconds = 30.0
+    time_s: Seconds = 60.0  # ping a connection idle this long ...
+    timeout_s: Seconds = 20.0  # ... and close it if the ping is not answered within this
 
 
 @dataclass
 class GrpcKeepaliveEnforcementPolicy:
     """What clients' keepalive pings may do (the Collector's ``keepalive.enforcement_policy``)."""
 
-    min_time_s: float = 10.0  # pings closer than this are strikes (too many: GOAWAY)
+    min_time_s: Seconds = 10.0  # pings closer than this are strikes (too many: GOAWAY)
     permit_without_stream: bool = True  # pings on a connection with no call open are allowed
 
 
@@ -90,7 +109,7 @@ class HttpServerConfig:
     carried ``max_requests_per_connection`` requests, the next answer carries ``Connection: close``
     and the client reconnects (possibly to another replica). 0 turns either off."""
 
-    max_connection_age_s: float = 120.0
+    max_connection_age_s: Seconds = 120.0
     max_requests_per_connection: int = 0
 
 
@@ -119,9 +138,9 @@ class ServerConfig:
     # file's unit suffix): the request head must arrive within read_header_timeout_s of its first
     # byte, the whole request within read_timeout_s; a connection with no request open is closed
     # after idle_timeout_s. A late request is answered 408 and its connection closed.
-    read_header_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-    idle_timeout_s: float = 60.0
+    read_header_timeout_s: Seconds = 10.0
+    read_timeout_s: Seconds = 60.0
+    idle_timeout_s: Seconds = 60.0
     # TLS (and mTLS) on both OTLP ports.
     tls: TlsServerConfig = field(default_factory=TlsServerConfig)
     # Connection lifetimes, so long-lived clients rebalance over replicas.
@@ -259,7 +278,7 @@ class SpoolConfig:
     # Free disk space on the spool's filesystem below which the spool counts as full.
     min_free_bytes: int = 256 * 1024 * 1024
     # The oldest unacknowledged record older than this makes the spool count as full; 0: no limit.
-    max_age_s: float = 0.0
+    max_age_s: Seconds = 0.0
     # fsync each group commit: an OK then survives power loss, not only a process crash.
     fsync: bool = True
     segment_bytes: int = 16 * 1024 * 1024
@@ -349,7 +368,7 @@ class OtlpForwardConfig:
     tls: TlsClientConfig = field(default_factory=TlsClientConfig)
     # Sent with the record's tenant as value (X-Scope-OrgID for Tempo/Mimir-style stores); empty: none.
     tenant_header: str = ""
-    timeout_s: float = 10.0
+    timeout_s: Seconds = 10.0
     concurrency: int = 4
     max_request_bytes: int = 3 * 1024 * 1024
 
@@ -378,7 +397,7 @@ class OtlpHttpSinkConfig(OtlpForwardConfig):
 @dataclass
 class PrometheusSinkConfig(BackendCredentials):
     url: str = "http://127.0.0.1:9090/api/v1/write"
-    timeout_s: float = 10.0
+    timeout_s: Seconds = 10.0
     # Instead of basic auth: a bearer token; and extra headers (plain, or secret ones from files
     # / variables).
     bearer_token_file: str = ""
@@ -438,11 +457,15 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         raw = loaded
+    from_env: set[tuple[str, ...]] = set()
     for key, value in (os.environ if env is None else env).items():
         if key.startswith(_NOT_CONFIG_PREFIX):
             continue
         if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
-            _set_path(raw, key[len(ENV_PREFIX) :].lower().split("__"), yaml.safe_load(value), key)
+            parts = key[len(ENV_PREFIX) :].lower().split("__")
+            _set_path(raw, parts, yaml.safe_load(value), key)
+            from_env.add(tuple(parts))
+    _drop_durations_overridden(raw, from_env)
     cfg: Config = _build(Config, raw, "")
     _check(cfg)
     return cfg
@@ -458,9 +481,90 @@ def _set_path(raw: dict[str, Any], parts: list[str], value: Any, origin: str) ->
     node[parts[-1]] = value
 
 
+def _drop_durations_overridden(raw: dict[str, Any], from_env: set[tuple[str, ...]]) -> None:
+    """The environment wins over the file, also across a duration's two forms: a variable
+    setting ``timeout`` removes the file's ``timeout_s`` (and the reverse), unless the environment
+    sets both (then :func:`_build` refuses the pair)."""
+    for parts in from_env:
+        seconds_name = _duration_field(parts)
+        if seconds_name is None:
+            continue
+        other = seconds_name[:-2] if parts[-1] == seconds_name else seconds_name
+        if (*parts[:-1], other) in from_env:
+            continue
+        node: Any = raw
+        for part in parts[:-1]:
+            node = node[part]
+        node.pop(other, None)
+
+
+def _duration_field(parts: tuple[str, ...]) -> str | None:
+    """The ``_s`` field a key path names in either form, if it is a :data:`Seconds` field."""
+    tp: Any = Config
+    for i, part in enumerate(parts):
+        if typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]  # this part is a key of the mapping
+            continue
+        if not dataclasses.is_dataclass(tp):
+            return None
+        hints = typing.get_type_hints(tp, include_extras=True)
+        if i == len(parts) - 1:
+            for name in (part, f"{part}_s"):
+                if name.endswith("_s") and _is_duration(hints.get(name)):
+                    return name
+            return None
+        if part not in hints:
+            return None
+        tp = typing.get_type_hints(tp)[part]
+    return None
+
+
+def _is_duration(hint: Any) -> bool:
+    return typing.get_origin(hint) is Annotated and any(isinstance(m, _Duration) for m in hint.__metadata__)
+
+
+def _collector_durations(cls: type[Any], raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """``raw`` with each duration given under the Collector's name (a Go duration string) moved to
+    its ``_s`` field in seconds. Raises ConfigError naming the key for both forms given at once,
+    a bare number other than 0, a malformed string, or a string under the ``_s`` name."""
+    out = dict(raw)
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        if not _is_duration(hint):
+            continue
+        alias, at = name[:-2], f"{where}.{name[:-2]}" if where else name[:-2]
+        seconds_at = f"{at}_s"
+        if name in out and isinstance(out[name], str):
+            raise ConfigError(f"{seconds_at}: expected a number of seconds, got {out[name]!r}; for "
+                              f"{ACCEPTED_FORM} use {alias}: {out[name]}")
+        if alias not in out:
+            continue
+        if name in out:
+            raise ConfigError(f"{at} and {seconds_at} are one setting given twice; keep one ({alias}: "
+                              f"a duration such as 30s, or {name}: a number of seconds)")
+        value = out.pop(alias)
+        out[name] = _duration_seconds(value, at, name)
+    return out
+
+
+def _duration_seconds(value: Any, where: str, seconds_name: str) -> float:
+    if isinstance(value, str):
+        try:
+            return parse_duration_s(value)
+        except DurationError as e:
+            raise ConfigError(f"{where}: {value!r} {e}; expected {ACCEPTED_FORM}") from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value == 0:
+            return 0.0
+        raise ConfigError(f"{where}: {value!r} has no unit; write it with one ({value}s, {value}ms, ...) or "
+                          f"as {seconds_name}: {value} for seconds (the Collector would read a bare "
+                          f"{value} as nanoseconds)")
+    raise ConfigError(f"{where}: expected {ACCEPTED_FORM}, got {value!r}")
+
+
 def _build(cls: type[Any], raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    raw = _collector_durations(cls, raw, where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(raw) - names
@@ -529,7 +633,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError("server.max_decompression_ratio: must be >= 0 (0: no ratio limit)")
     for name in ("read_header_timeout_s", "read_timeout_s", "idle_timeout_s"):
         if getattr(s, name) <= 0:
-            raise ConfigError(f"server.{name}: must be > 0 seconds")
+            raise ConfigError(f"server.{name} (or {name[:-2]}): must be more than 0 seconds")
     if cfg.batch.max_bytes <= 0 or cfg.batch.max_age_ms < 0:
         raise ConfigError("batch.max_bytes must be > 0 and batch.max_age_ms >= 0")
     if cfg.batch.max_pending_bytes <= 0:
