@@ -189,15 +189,17 @@ _MAGIC_BYTES = tuple(struct.pack("<I", m) for m in _MAGICS)
 def _next_valid(view: memoryview, start: int) -> int | None:
     """The offset of the next whole valid record (of either format) at or after ``start``."""
     data = view.obj if isinstance(view.obj, bytes) and len(view.obj) == len(view) else bytes(view)
-    pos = start
+    # The next hit of each magic, searched again only once passed, so a long run of one magic's
+    # false hits does not rescan the rest of the buffer for the other each time.
+    hits = [data.find(m, start) for m in _MAGIC_BYTES]
     while True:
-        found = [at for at in (data.find(m, pos) for m in _MAGIC_BYTES) if at >= 0]
+        found = [at for at in hits if at >= 0]
         if not found:
             return None
         pos = min(found)
         if isinstance(_record_at(view, pos), Record):
             return pos
-        pos += 1
+        hits = [data.find(m, pos + 1) if at == pos else at for m, at in zip(_MAGIC_BYTES, hits, strict=True)]
 
 
 # -- files --------------------------------------------------------------------------------------

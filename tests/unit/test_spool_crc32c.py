@@ -87,6 +87,19 @@ def test_the_magic_chooses_the_checksum() -> None:
         assert isinstance(item, fmt.Bad)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_scan_past_garbage_finds_the_next_record_of_either_format(version: int) -> None:
+    """Garbage full of false magic hits of both formats, then one record: the scan skips the
+    garbage as one bad span and finds the record."""
+    garbage = b"GTSC\xff\xff\x00\x00" * 500 + b"GTSP\x10\x00\x00\x00" * 500
+    frame = (format1.frame if version == 1 else fmt.encode)(9, batch(9), 1000)
+    found = list(fmt.parse(garbage + frame))
+    assert [(offset, type(item)) for offset, item in found] == [(0, fmt.Bad), (len(garbage), fmt.Record)]
+    bad, rec = found[0][1], found[1][1]
+    assert isinstance(bad, fmt.Bad) and not bad.torn and bad.length == len(garbage)
+    assert isinstance(rec, fmt.Record) and rec.batch == batch(9)
+
+
 # -- format 1 still read ---------------------------------------------------------------------------
 
 def test_format_1_records_parse_to_the_same_batch() -> None:
