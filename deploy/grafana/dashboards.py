@@ -165,6 +165,11 @@ GATEWAY_PANELS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                   "503 / UNAVAILABLE and retry.",
                   (q(zero_if_none(rate("gateway_kafka_produce_errors_total", "topic, error")),
                      "{{topic}} {{error}}"),)),
+        PanelSpec("Kafka auth failures/s", "Connection attempts the brokers refused on security, by "
+                  "client (producer, admin) and reason (sasl: user or password refused; tls: handshake "
+                  "failed). The gateway is not ready meanwhile and keeps trying.",
+                  (q(zero_if_none(rate("gateway_kafka_auth_failures_total", "client, reason")),
+                     "{{client}} {{reason}}"),)),
         PanelSpec("Kafka bytes/s by topic", "Message bytes Kafka acknowledged.",
                   (q(rate("gateway_kafka_produced_bytes_total", "topic"), "{{topic}}"),), "Bps"),
         PanelSpec("Kafka message size p99", "Each message value (a batch or a piece of one).",
@@ -184,6 +189,11 @@ PIPELINES_PANELS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                   (q(f"sum by (topic) (deriv(pipeline_consumer_lag{{{PIPELINES}}}[5m]))", "{{topic}}"),)),
         PanelSpec("Commit errors/s", "Offset commits deferred while the broker is unreachable.",
                   (q(zero_if_none(rate("pipeline_commit_errors_total", "error", PIPELINES)), "{{error}}"),)),
+        PanelSpec("Kafka auth failures/s", "Connection attempts the brokers refused on security, by "
+                  "client (consumer, admin; producer: the dead letters') and reason (sasl, tls). The data "
+                  "waits in Kafka meanwhile.",
+                  (q(zero_if_none(rate("gateway_kafka_auth_failures_total", "client, reason", PIPELINES)),
+                     "{{client}} {{reason}}"),)),
     )),
     ("Sinks", (
         PanelSpec("Sink acknowledged records/s", "Records the store acknowledged (then committed).",
@@ -197,6 +207,11 @@ PIPELINES_PANELS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                   (q(zero_if_none(f"sum by (sink) (increase(pipeline_dead_letter_records_total"
                                   f"{{{PIPELINES}}}[{RATE}]))"),
                      "{{sink}}"),)),
+        PanelSpec("Store credential refusals/s", "Requests a store refused for our credentials: 401 / "
+                  "403, UNAUTHENTICATED / PERMISSION_DENIED. Retried: the data waits in Kafka until the "
+                  "secret is fixed.",
+                  (q(zero_if_none(rate("pipeline_sink_auth_failures_total", "sink, code", PIPELINES)),
+                     "{{sink}} {{code}}"),)),
         PanelSpec("Batches isolated record by record", "After repeated unexpected sink errors.",
                   (q(zero_if_none(rate("pipeline_isolated_batches_total", "sink", PIPELINES)), "{{sink}}"),)),
     )),
