@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter as TallyCounter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -340,14 +340,27 @@ class ElasticsearchSink:
         body = resp.body
         if not body.get("errors"):
             return [Answer(Verdict.DONE)] * len(items)
-        out = []
-        for entry in body["items"]:
-            result = next(iter(entry.values()))
-            err = result.get("error") or {}
-            status = int(result.get("status", 500))
-            reason = f"{status}: {err.get('type', '')}: {err.get('reason', '')}"
-            out.append(classify_http(status, None, reason, done=_ALREADY_THERE))
+        out, statuses = item_answers(body)
+        for status in statuses:  # per bulk request, not per document (each is retried alike)
+            count_credentials_refused(self.name, status)
         return out
+
+
+def item_answers(body: Mapping[str, Any]) -> tuple[list[Answer], set[int]]:
+    """The answer per item of a ``_bulk`` response body with ``errors: true`` (``items``: one
+    ``{action: {status, error: {type, reason}}}`` each, in request order), and the set of the
+    items' HTTP statuses (a per-item 401 / 403 is a credential or privilege refusal on that
+    index, e.g. ``security_exception`` for a new tenant's data stream)."""
+    out = []
+    statuses: set[int] = set()
+    for entry in body["items"]:
+        result = next(iter(entry.values()))
+        err = result.get("error") or {}
+        status = int(result.get("status", 500))
+        statuses.add(status)
+        reason = f"{status}: {err.get('type', '')}: {err.get('reason', '')}"
+        out.append(classify_http(status, None, reason, done=_ALREADY_THERE))
+    return out, statuses
 
 
 def make_sink(cfg: Config) -> ElasticsearchSink:

@@ -16,11 +16,13 @@ from prometheus_client import REGISTRY
 
 from bus.kafka import client
 from pipelines.sinks.answers import (
+    Verdict,
     classify_grpc,
     classify_http,
     count_credentials_refused,
     credentials_refused,
 )
+from pipelines.sinks.elasticsearch import item_answers
 from settings.config import KafkaConfig
 
 REFUSING = [401, 403, "401", "403", grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
@@ -111,3 +113,18 @@ async def test_the_client_label_is_the_kind_of_client() -> None:
         await admin.close()
         await consumer.stop()
         await producer.stop()
+
+
+def test_a_bulk_item_refused_for_privileges_is_retried_and_seen_as_refusal() -> None:
+    body = {"errors": True, "items": [
+        {"create": {"status": 201}},
+        {"create": {"status": 403, "error": {"type": "security_exception", "reason": "action "
+                    "[indices:data/write/bulk[s]] is unauthorized for user [tg]"}}},
+        {"create": {"status": 409, "error": {"type": "version_conflict_engine_exception",
+                                             "reason": "exists"}}},
+        {"create": {"status": 400, "error": {"type": "document_parsing_exception", "reason": "bad"}}},
+    ]}
+    answers, statuses = item_answers(body)
+    assert [a.verdict for a in answers] == [Verdict.DONE, Verdict.RETRY, Verdict.DONE, Verdict.REJECT]
+    assert "security_exception" in answers[1].detail
+    assert {s for s in statuses if credentials_refused(s)} == {403}
