@@ -200,6 +200,13 @@ class BatchConfig:
     # Data held by the batcher (open, waiting to publish, publishing) beyond which requests are
     # refused as overloaded (503): with ``ack: accepted`` nothing else bounds it while the bus stalls.
     max_pending_bytes: int = 64 * 1024 * 1024
+    # Publishes of one (signal, tenant) in flight before arrivals gather for the next batch (no
+    # same-meaning Collector setting: exporterhelper's num_consumers bounds all keys together).
+    # 1 and 2 measured alike within the noise (docs/architecture.md, "Latency budget"): aiokafka
+    # sends one produce request per broker at a time, so a second batch mostly waits in the
+    # producer; 1 gathers larger batches and keeps a key's batches in flush order (more may reorder
+    # them within a partition: see gateway/batcher.py).
+    max_inflight_per_key: int = 1
 
 
 @dataclass
@@ -219,13 +226,6 @@ class KafkaConfig:
     # gathers what arrives while a publish is in flight, so a linger only delays every answer.
     # Measured (docs/architecture.md, "Latency budget"): p50 ~12-23 ms with 5, ~5-9 ms with 0.
     linger_ms: int = 0
-    # Publishes of one (signal, tenant) in flight before arrivals gather for the next batch (no
-    # same-meaning Collector setting: exporterhelper's num_consumers bounds all keys together).
-    # 1 and 2 measured alike within the noise (docs/architecture.md, "Latency budget"): aiokafka
-    # sends one produce request per broker at a time, so a second batch mostly waits in the
-    # producer; 1 gathers larger batches and keeps a key's batches in flush order (more may reorder
-    # them within a partition: see gateway/batcher.py).
-    max_inflight_per_key: int = 1
     request_timeout_ms: int = 30_000
     client_id: str = "telemetry-gateway"
     # Topics the gateway and the pipelines create (when ``create_topics``); a topic that exists keeps
@@ -638,6 +638,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("batch.max_bytes must be > 0 and batch.max_age_ms >= 0")
     if cfg.batch.max_pending_bytes <= 0:
         raise ConfigError("batch.max_pending_bytes must be > 0")
+    if cfg.batch.max_inflight_per_key < 1:
+        raise ConfigError("batch.max_inflight_per_key: must be at least 1")
     k = cfg.bus.kafka
     if k.partitions < 1 or k.replication_factor < 1:
         raise ConfigError("bus.kafka.partitions and bus.kafka.replication_factor must be at least 1")
@@ -657,8 +659,6 @@ def _check(cfg: Config) -> None:
     if cfg.pipelines.max_unexpected_retries < 0:
         raise ConfigError("pipelines.max_unexpected_retries: must be >= 0")
     if cfg.bus.kind == "memory" and not cfg.embedded_pipeline:
-    if cfg.batch.max_inflight_per_key < 1:
-        raise ConfigError("batch.max_inflight_per_key: must be at least 1")
         raise ConfigError("bus.kind memory needs embedded_pipeline: true: nothing else reads the in-process "
                           "log, so it would fill and every request would be refused; use bus.kind kafka "
                           "to run the pipelines separately")
