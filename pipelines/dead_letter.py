@@ -64,7 +64,7 @@ class KafkaDeadLetter:
         producer = durable_producer(self._cfg, f"{self._cfg.client_id}-dlq-{self._sink}",
                                     max_request_size=self._cfg.max_message_bytes + 64 * 1024)
         try:
-            await client.start(producer, self._cfg)
+            await client.start(producer, self._cfg, role="dead_letter")
         except BaseException:
             await producer.stop()  # the runner retries start(); leave no half-started client
             raise

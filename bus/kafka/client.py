@@ -119,7 +119,7 @@ class _Startable(Protocol):
 
 def role_of(client: object) -> str:
     """The ``client`` label of ``gateway_kafka_auth_failures_total`` for an aiokafka client:
-    consumer, admin or producer (in a pipelines worker, its dead-letter producer)."""
+    consumer, admin or producer; the dead-letter producer passes ``role="dead_letter"``."""
     if isinstance(client, AIOKafkaConsumer):
         return "consumer"
     if isinstance(client, AIOKafkaAdminClient):
