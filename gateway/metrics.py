@@ -82,6 +82,11 @@ tls_certificate_expiry = Gauge(
     "admin (admin.tls). The soonest of the workers' with --workers N.", ["listener"],
     multiprocess_mode="livemin",
 )
+tls_reload_failures = Counter(
+    "gateway_tls_reload_failures", "Reloads of changed TLS files that did not load, so the previous "
+    "certificate, key and client CA stay in service; listener: server or admin. Counted again at "
+    "each reload_interval_s while the files on disk do not load.", ["listener"],
+)
 
 
 def registry() -> CollectorRegistry:

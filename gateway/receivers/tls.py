@@ -47,8 +47,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter
-
 from gateway import metrics
 from settings.config import TlsServerConfig
 
@@ -58,13 +56,6 @@ if TYPE_CHECKING:  # grpc is imported in the worker, after any fork
 log = logging.getLogger(__name__)
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-
-
-# Defined beside its only user; with --workers N the multiprocess registry sums the workers.
-reload_failures = Counter(
-    "gateway_tls_reload_failures", "Reloads of changed TLS files that did not load, so the previous "
-    "certificate, key and client CA stay in service; listener: server or admin.", ["listener"],
-)
 
 
 class CertSource:
@@ -82,6 +73,9 @@ class CertSource:
         self._stamp = self._stat()
         self.cert_pem, self.key_pem, self.client_ca_pem = self._read_checked()
         self._observe_expiry()
+        # The series exists at 0 from the start: the first failed reload is then an increase
+        # (alert TelemetryGatewayTlsReloadFailing), and a gateway with TLS always exposes it.
+        metrics.tls_reload_failures.labels(listener=self.what.removesuffix(".tls"))
 
     def _observe_expiry(self) -> None:
         """``gateway_tls_certificate_expiry_timestamp_seconds`` for the pair now served."""
@@ -126,7 +120,7 @@ class CertSource:
             cert, key, ca = self._read_checked()
         except (OSError, ssl.SSLError, ValueError) as exc:
             # Mid-replacement (one file new, another old) or a bad file: keep serving the old set.
-            reload_failures.labels(listener=self.what.removesuffix(".tls")).inc()
+            metrics.tls_reload_failures.labels(listener=self.what.removesuffix(".tls")).inc()
             log.warning("%s: the certificate, key or client CA file changed but does not load (%s: %s); "
                         "still using the previous ones, retrying", self.what, type(exc).__name__,
                         _reason(exc))
