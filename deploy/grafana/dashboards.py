@@ -118,6 +118,13 @@ GATEWAY_PANELS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                   "Alerts at 14 days (ticket) and 2 days (page).",
                   (q(f"min by (listener) (gateway_tls_certificate_expiry_timestamp_seconds{{{GATEWAY}}})"
                      " - time()", "{{listener}}"),), "s", kind="stat"),
+        PanelSpec("TLS reload failures", "Reloads of replaced certificate, key or client CA files that "
+                  "did not load in the last 15 minutes, by listener (server, admin): the previous set "
+                  "stays in service, counted again each reload_interval_s until the files are fixed. "
+                  "Alerts (ticket) when it lasts 15 minutes.",
+                  (q(zero_if_none(f"sum by (listener) (increase(gateway_tls_reload_failures_total"
+                                  f"{{{GATEWAY}}}[15m]))"),
+                     "{{listener}}"),)),
     )),
     ("Spool", (
         PanelSpec("Spool bytes vs max", "Unacknowledged bytes in the disk spool against spool.max_bytes "
