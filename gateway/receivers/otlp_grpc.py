@@ -190,17 +190,32 @@ def handlers(ingest: Ingest, cfg: ServerConfig) -> list[grpc.GenericRpcHandler]:
     return out
 
 
+# grpc's channel arguments are C ints: a larger value fails the server's construction
+# (OverflowError), and grpc core reads INT_MAX milliseconds (about 24.8 days) as "never".
+_GRPC_MAX_MS = (1 << 31) - 1
+
+
+def _grpc_ms(seconds: float) -> int:
+    """``seconds`` as whole milliseconds in grpc's int range: a positive value at least 1 ms (0
+    means off or grpc's default to some arguments), at most INT_MAX (grpc's "never"), so a
+    Collector value such as ``max_connection_age: 720h`` starts the server."""
+    if seconds <= 0:
+        return 0
+    return max(1, min(_GRPC_MAX_MS, round(seconds * 1000)))
+
+
 def keepalive_options(cfg: ServerConfig) -> list[tuple[str, int]]:
-    """grpc channel arguments for ``server.grpc.keepalive`` (0 leaves grpc's own default)."""
+    """grpc channel arguments for ``server.grpc.keepalive`` (0 leaves grpc's own default), in
+    milliseconds, each at most 2**31 - 1 (grpc's int; longer durations mean the same: never)."""
     sp, ep = cfg.grpc.keepalive.server_parameters, cfg.grpc.keepalive.enforcement_policy
-    out = [(arg, round(seconds * 1000)) for arg, seconds in (
+    out = [(arg, _grpc_ms(seconds)) for arg, seconds in (
         ("grpc.max_connection_idle_ms", sp.max_connection_idle_s),
         ("grpc.max_connection_age_ms", sp.max_connection_age_s),
         ("grpc.max_connection_age_grace_ms", sp.max_connection_age_grace_s),
         ("grpc.keepalive_time_ms", sp.time_s),
         ("grpc.keepalive_timeout_ms", sp.timeout_s),
     ) if seconds > 0]
-    out.append(("grpc.http2.min_ping_interval_without_data_ms", round(ep.min_time_s * 1000)))
+    out.append(("grpc.http2.min_ping_interval_without_data_ms", _grpc_ms(ep.min_time_s)))
     out.append(("grpc.keepalive_permit_without_calls", 1 if ep.permit_without_stream else 0))
     return out
 

@@ -84,3 +84,27 @@ def test_connection_limits_default_to_rebalancing_within_minutes() -> None:
     assert "grpc.max_connection_age_ms" not in dict(keepalive_options(off.server))
     with pytest.raises(ConfigError, match="max_requests_per_connection"):
         load(env={"TG_SERVER__HTTP__MAX_REQUESTS_PER_CONNECTION": "-1"})
+
+
+def test_keepalive_durations_longer_than_grpcs_int_still_build_the_server() -> None:
+    # A Collector value such as max_connection_age: 720h (2.6e9 ms) is past grpc's C int: passed
+    # as is, grpc.aio.server raised OverflowError and the gateway did not start.
+    import asyncio
+
+    import grpc
+
+    from gateway.receivers.otlp_grpc import keepalive_options
+
+    cfg = load(env={"TG_SERVER__GRPC__KEEPALIVE__SERVER_PARAMETERS__MAX_CONNECTION_AGE": "720h",
+                    "TG_SERVER__GRPC__KEEPALIVE__SERVER_PARAMETERS__TIME": "1ns",
+                    "TG_SERVER__GRPC__KEEPALIVE__ENFORCEMENT_POLICY__MIN_TIME": "9000h"})
+    options = dict(keepalive_options(cfg.server))
+    assert options["grpc.max_connection_age_ms"] == 2**31 - 1  # grpc's "never"
+    assert options["grpc.keepalive_time_ms"] == 1  # positive stays on, not 0 (grpc's default)
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] == 2**31 - 1
+
+    async def build() -> None:
+        server = grpc.aio.server(options=list(options.items()))
+        await server.stop(None)
+
+    asyncio.run(build())
