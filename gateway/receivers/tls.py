@@ -63,8 +63,8 @@ class CertSource:
 
     ``cert_pem``/``key_pem`` are the PEM bytes served; ``client_ca_pem`` the PEM bundle that
     verifies clients (None without ``client_ca_file``). All three are replaced together, and
-    only by a set that loads. Raises ``OSError``/``ssl.SSLError``/``ValueError`` at construction
-    if the files do not load.
+    only by a set that loads. Raises ``OSError`` (a file not readable) or ``ValueError`` (naming
+    the setting and file that does not load, and why) at construction if the files do not load.
     """
 
     def __init__(self, cfg: TlsServerConfig, what: str) -> None:
@@ -100,15 +100,25 @@ class CertSource:
 
     def _read_checked(self) -> tuple[bytes, bytes, bytes | None]:
         """The files' bytes, once the pair loads as a matching certificate and key and the client CA
-        file (if any) holds a certificate; else ``OSError``, ``ssl.SSLError`` or ``ValueError``
-        (an empty or non-ASCII CA file)."""
-        cert, key = Path(self.cfg.cert_file).read_bytes(), Path(self.cfg.key_file).read_bytes()
-        ca = Path(self.cfg.client_ca_file).read_bytes() if self.cfg.client_ca_file else None
+        file (if any) holds a certificate; else ``OSError`` (a file not readable, naming it) or
+        ``ValueError`` naming the setting and file that does not load and why (OpenSSL's reason:
+        a key that does not match, a CA file empty, not ASCII or without a certificate)."""
+        cfg = self.cfg
+        cert, key = Path(cfg.cert_file).read_bytes(), Path(cfg.key_file).read_bytes()
+        ca = Path(cfg.client_ca_file).read_bytes() if cfg.client_ca_file else None
         check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        with _PairFiles(cert, key) as (cert_path, key_path):
-            check.load_cert_chain(cert_path, key_path)
+        try:
+            with _PairFiles(cert, key) as (cert_path, key_path):
+                check.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as exc:
+            raise ValueError(f"{self.what}.cert_file {cfg.cert_file} with key_file {cfg.key_file}: "
+                             f"{_ssl_reason(exc)}") from exc
         if ca is not None:
-            check.load_verify_locations(cadata=ca.decode("ascii"))
+            try:
+                check.load_verify_locations(cadata=ca.decode("ascii"))
+            except (ssl.SSLError, ValueError) as exc:
+                why = "not ASCII PEM" if isinstance(exc, UnicodeDecodeError) else _ssl_reason(exc)
+                raise ValueError(f"{self.what}.client_ca_file {cfg.client_ca_file}: {why}") from exc
         return cert, key, ca
 
     def refresh(self) -> bool:
@@ -141,12 +151,22 @@ class CertSource:
 
 
 def _reason(exc: BaseException) -> str:
-    """What failed, without file contents: an OSError's file name and reason, OpenSSL's reason code."""
+    """What failed, without file contents: an OSError's file name and reason, OpenSSL's reason, or
+    the setting, file and reason :meth:`CertSource._read_checked` names."""
     if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
         return f"{exc.filename}: {exc.strerror}"
     if isinstance(exc, ssl.SSLError):
+        return _ssl_reason(exc)
+    return str(exc)
+
+
+def _ssl_reason(exc: ssl.SSLError | ValueError) -> str:
+    """OpenSSL's reason code (``KEY_VALUES_MISMATCH``), or, when it has none (``cadata`` without a
+    certificate), its message without the ``(_ssl.c:NNNN)`` source position; never file bytes."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason)
-    return "not a PEM certificate bundle"
+    text = exc.strerror if isinstance(exc, ssl.SSLError) and exc.strerror else str(exc)
+    return text.split(" (_ssl.c:")[0] or type(exc).__name__
 
 
 def _der_element(der: bytes, pos: int) -> tuple[int, int, int]:

@@ -153,3 +153,35 @@ def test_http_listener_verifies_new_handshakes_with_the_replaced_ca(
             await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("broken", "why"), [
+    (b"not a certificate\n", "does not contain a certificate"),
+    (b"", "Empty certificate data"),
+    (b"\xff\xfe binary", "not ASCII PEM"),
+])
+def test_a_client_ca_that_does_not_load_is_named_with_its_reason(
+        tmp_path: Path, cas: tuple[trustme.CA, ...], broken: bytes, why: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The warning said "(SSLError: None)" for a CA file without a certificate: neither the file
+    # nor the reason. At start the same error stopped the worker with OpenSSL's bare text.
+    server_ca, first, _ = cas
+    files = _Files(tmp_path, server_ca, first)
+    source = CertSource(files.config(), "server.tls")
+    _replace(broken, files.ca)
+    with caplog.at_level("WARNING", logger="gateway.receivers.tls"):
+        assert not source.refresh()
+    message = caplog.records[-1].getMessage()
+    assert f"server.tls.client_ca_file {files.ca}: " in message and why in message, message
+    assert "None" not in message and "_ssl.c" not in message, message
+    with pytest.raises(ValueError, match=f"server.tls.client_ca_file {files.ca}: .*{why}"):
+        CertSource(files.config(), "server.tls")
+
+
+def test_a_key_that_does_not_match_is_named_at_start(tmp_path: Path, cas: tuple[trustme.CA, ...]) -> None:
+    server_ca, first, _ = cas
+    files = _Files(tmp_path, server_ca, first)
+    server_ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(files.key))  # another key
+    with pytest.raises(ValueError, match=f"admin.tls.cert_file {files.cert} with key_file {files.key}: "
+                                         "KEY_VALUES_MISMATCH"):
+        CertSource(files.config(), "admin.tls")
