@@ -17,6 +17,7 @@ read ``timeout: 30`` as 30 nanoseconds, a trap, so the unit has to be written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -526,7 +527,8 @@ def _is_duration(hint: Any) -> bool:
 def _collector_durations(cls: type[Any], raw: dict[str, Any], where: str) -> dict[str, Any]:
     """``raw`` with each duration given under the Collector's name (a Go duration string) moved to
     its ``_s`` field in seconds. Raises ConfigError naming the key for both forms given at once,
-    a bare number other than 0, a malformed string, or a string under the ``_s`` name."""
+    a bare number other than 0, a malformed string, a string under the ``_s`` name, or a number
+    of seconds that is negative, NaN or infinite."""
     out = dict(raw)
     for name, hint in typing.get_type_hints(cls, include_extras=True).items():
         if not _is_duration(hint):
@@ -543,6 +545,15 @@ def _collector_durations(cls: type[Any], raw: dict[str, Any], where: str) -> dic
                               f"a duration such as 30s, or {name}: a number of seconds)")
         value = out.pop(alias)
         out[name] = _duration_seconds(value, at, name)
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        value = out.get(name)
+        if _is_duration(hint) and isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+                math.isfinite(value) and value >= 0):
+            # YAML's .nan passes every "< 0" check after this and .inf overflows grpc's int
+            # milliseconds at start; a negative timeout means nothing (the Go form refuses it too).
+            at = f"{where}.{name}" if where else name
+            raise ConfigError(f"{at}: {value!r} is not a duration; expected a number of seconds, 0 or more "
+                              f"(or {name[:-2]}: {ACCEPTED_FORM})")
     return out
 
 

@@ -146,3 +146,14 @@ def test_the_example_config_still_loads() -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "gateway.example.yaml"
     cfg = load(example, env={})
     assert cfg.server.grpc.keepalive.server_parameters.max_connection_age_s == 120.0
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-1"])
+@pytest.mark.parametrize("path", DURATIONS, ids=".".join)
+def test_a_negative_or_non_finite_number_of_seconds_is_refused_for_every_duration(
+        path: tuple[str, ...], value: str) -> None:
+    # .nan passed every "< 0" check and crashed the gRPC server's start (round(nan)); .inf
+    # overflowed it; a negative pipelines.*.timeout_s was accepted, though "-1s" is refused.
+    key = "TG_" + "__".join(path).upper()
+    with pytest.raises(ConfigError, match=rf"^{'.'.join(path)}: .* is not a duration"):
+        load(env={key: value})
