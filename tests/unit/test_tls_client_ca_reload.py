@@ -185,3 +185,32 @@ def test_a_key_that_does_not_match_is_named_at_start(tmp_path: Path, cas: tuple[
     with pytest.raises(ValueError, match=f"admin.tls.cert_file {files.cert} with key_file {files.key}: "
                                          "KEY_VALUES_MISMATCH"):
         CertSource(files.config(), "admin.tls")
+
+
+def test_a_nanosecond_reload_interval_does_not_rearm_the_timer_at_once(
+        tmp_path: Path, cas: tuple[trustme.CA, ...]) -> None:
+    # reload_interval: 1ns (valid for the Collector, which checks at each handshake) re-armed the
+    # HTTP/admin timer at once, forever: the gateway held a whole core while idle.
+    server_ca, first, _ = cas
+    files = _Files(tmp_path, server_ca, first)
+
+    async def scenario() -> int:
+        tls = HttpTls(files.config(reload_interval_s=1e-9), "server.tls")
+        calls = 0
+        reload = tls._reload
+
+        def counted() -> None:
+            nonlocal calls
+            calls += 1
+            reload()
+
+        tls._reload = counted  # type: ignore[method-assign]
+        tls.start()
+        try:
+            await asyncio.sleep(0.2)
+        finally:
+            tls.stop()
+        return calls
+
+    calls = asyncio.run(scenario())
+    assert 1 <= calls <= 25, f"{calls} re-reads in 0.2 s"
