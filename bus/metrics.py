@@ -31,8 +31,8 @@ BATCH_BYTES = Histogram(
 KAFKA_AUTH_FAILURES = Counter(
     "gateway_kafka_auth_failures_total",
     "Connection attempts of a Kafka client that failed on security, by client (producer, consumer, "
-    "admin) and reason (sasl: the broker refused the SASL credentials; tls: the TLS handshake failed, "
-    "the broker's certificate untrusted or ours refused). The client keeps retrying.",
+    "admin, dead_letter) and reason (sasl: the broker refused the SASL credentials; tls: the TLS "
+    "handshake failed, the broker's certificate untrusted or ours refused). The client keeps retrying.",
     ["client", "reason"],
 )
 
