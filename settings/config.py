@@ -536,8 +536,8 @@ def _collector_durations(cls: type[Any], raw: dict[str, Any], where: str) -> dic
         alias, at = name[:-2], f"{where}.{name[:-2]}" if where else name[:-2]
         seconds_at = f"{at}_s"
         if name in out and isinstance(out[name], str):
-            raise ConfigError(f"{seconds_at}: expected a number of seconds, got {out[name]!r}; for "
-                              f"{ACCEPTED_FORM} use {alias}: {out[name]}")
+            raise ConfigError(f"{seconds_at}: expected a number of seconds, got {out[name]!r}; "
+                              f"{_seconds_string_hint(out[name], name, alias)}")
         if alias not in out:
             continue
         if name in out:
@@ -555,6 +555,24 @@ def _collector_durations(cls: type[Any], raw: dict[str, Any], where: str) -> dic
             raise ConfigError(f"{at}: {value!r} is not a duration; expected a number of seconds, 0 or more "
                               f"(or {name[:-2]}: {ACCEPTED_FORM})")
     return out
+
+
+def _seconds_string_hint(text: str, seconds_name: str, alias: str) -> str:
+    """What to write instead of the string ``text`` under ``seconds_name``: the Collector's name
+    when ``text`` is a duration there, the number unquoted when it is one (``"300"``), else both
+    accepted forms. Only a hint that would load is given."""
+    try:
+        parse_duration_s(text)
+        return f"for {ACCEPTED_FORM} use {alias}: {text}"
+    except DurationError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number) and number >= 0:
+        return f"write the number without quotes ({seconds_name}: {text.strip()})"
+    return f"or use {alias}: {ACCEPTED_FORM}"
 
 
 def _duration_seconds(value: Any, where: str, seconds_name: str) -> float:

@@ -157,3 +157,19 @@ def test_a_negative_or_non_finite_number_of_seconds_is_refused_for_every_duratio
     key = "TG_" + "__".join(path).upper()
     with pytest.raises(ConfigError, match=rf"^{'.'.join(path)}: .* is not a duration"):
         load(env={key: value})
+
+
+@pytest.mark.parametrize(("text", "hint"), [
+    ("300", "write the number without quotes (reload_interval_s: 300)"),
+    ("5m", "use reload_interval: 5m"),
+    ("5 m", "or use reload_interval: a duration such as"),
+    ("nan", "or use reload_interval: a duration such as"),
+])
+def test_a_string_under_the_seconds_name_gets_a_hint_that_loads(tmp_path: Path, text: str, hint: str) -> None:
+    # A quoted "300" was told to use reload_interval: 300, which is refused (a bare number).
+    path = _write(tmp_path, {"server": {"tls": {"reload_interval_s": text}}})
+    with pytest.raises(ConfigError) as caught:
+        load(path, env={})
+    assert hint in str(caught.value), str(caught.value)
+    if hint.startswith("use "):  # the Collector's name with the same string: that loads
+        assert load(_write(tmp_path, {"server": {"tls": {"reload_interval": text}}}), env={})
