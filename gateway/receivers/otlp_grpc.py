@@ -191,14 +191,15 @@ def handlers(ingest: Ingest, cfg: ServerConfig) -> list[grpc.GenericRpcHandler]:
 
 
 # grpc's channel arguments are C ints: a larger value fails the server's construction
-# (OverflowError), and grpc core reads INT_MAX milliseconds (about 24.8 days) as "never".
+# (OverflowError). INT_MAX milliseconds (about 24.8 days) is grpc core's own default for these
+# (off) and the top of their range, so a longer duration is cut to it.
 _GRPC_MAX_MS = (1 << 31) - 1
 
 
 def _grpc_ms(seconds: float) -> int:
-    """``seconds`` as whole milliseconds in grpc's int range: a positive value at least 1 ms (0
-    means off or grpc's default to some arguments), at most INT_MAX (grpc's "never"), so a
-    Collector value such as ``max_connection_age: 720h`` starts the server."""
+    """``seconds`` as whole milliseconds in grpc's int range: a positive value at least 1 ms (the
+    bottom of grpc's range; 0 means off here), at most INT_MAX, so a Collector value such as
+    ``max_connection_age: 720h`` starts the server."""
     if seconds <= 0:
         return 0
     return max(1, min(_GRPC_MAX_MS, round(seconds * 1000)))
@@ -206,7 +207,7 @@ def _grpc_ms(seconds: float) -> int:
 
 def keepalive_options(cfg: ServerConfig) -> list[tuple[str, int]]:
     """grpc channel arguments for ``server.grpc.keepalive`` (0 leaves grpc's own default), in
-    milliseconds, each at most 2**31 - 1 (grpc's int; longer durations mean the same: never)."""
+    milliseconds, each at most 2**31 - 1 (grpc's int: a longer duration is cut to it)."""
     sp, ep = cfg.grpc.keepalive.server_parameters, cfg.grpc.keepalive.enforcement_policy
     out = [(arg, _grpc_ms(seconds)) for arg, seconds in (
         ("grpc.max_connection_idle_ms", sp.max_connection_idle_s),

@@ -99,7 +99,7 @@ def test_keepalive_durations_longer_than_grpcs_int_still_build_the_server() -> N
                     "TG_SERVER__GRPC__KEEPALIVE__SERVER_PARAMETERS__TIME": "1ns",
                     "TG_SERVER__GRPC__KEEPALIVE__ENFORCEMENT_POLICY__MIN_TIME": "9000h"})
     options = dict(keepalive_options(cfg.server))
-    assert options["grpc.max_connection_age_ms"] == 2**31 - 1  # grpc's "never"
+    assert options["grpc.max_connection_age_ms"] == 2**31 - 1  # the top of grpc's int range
     assert options["grpc.keepalive_time_ms"] == 1  # positive stays on, not 0 (grpc's default)
     assert options["grpc.http2.min_ping_interval_without_data_ms"] == 2**31 - 1
 
