@@ -610,6 +610,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin is Literal:
         if isinstance(value, bool) and ("on" if value else "off") in typing.get_args(tp):
             value = "on" if value else "off"  # YAML 1.1 reads a bare off / on as false / true
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                str(value) in typing.get_args(tp)):
+            # YAML reads a bare 1.3 (min_version: 1.3, TG_SERVER__TLS__MIN_VERSION=1.3) as a float
+            value = str(value)
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value

@@ -108,3 +108,12 @@ def test_keepalive_durations_longer_than_grpcs_int_still_build_the_server() -> N
         await server.stop(None)
 
     asyncio.run(build())
+
+
+def test_a_bare_tls_version_reads_as_the_version() -> None:
+    # TG_SERVER__TLS__MIN_VERSION=1.3 (a YAML float) was refused as "1.3 is not one of ['1.2', '1.3']".
+    env = {"TG_SERVER__TLS__CERT_FILE": "c.pem", "TG_SERVER__TLS__KEY_FILE": "k.pem"}
+    assert load(env={**env, "TG_SERVER__TLS__MIN_VERSION": "1.3"}).server.tls.min_version == "1.3"
+    assert load(env={"TG_ADMIN__TLS__MIN_VERSION": "1.2"}).admin.tls.min_version == "1.2"
+    with pytest.raises(ConfigError, match="is not one of"):
+        load(env={"TG_SERVER__TLS__MIN_VERSION": "1.1"})
