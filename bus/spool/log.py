@@ -36,10 +36,12 @@ acknowledged downstream; the ledger plays the part of Vector's ledger and of the
 persistent queue's read index, so a restart does not resend what was acknowledged before the
 last ledger write.
 
-Recovery (``scan``) never raises on bad content: a record whose length runs past the end of
-the file, or which fails its checksum with no valid record after it, is a torn tail and is cut
-off (it was never acknowledged: its fsync had not completed); a bad record with valid ones
-after it is corrupt, its bytes are copied to ``quarantine/``, counted, and skipped.
+Recovery (``scan``) never raises on bad content: in the newest segment, a record whose length
+runs past the end of the file, or which fails its checksum with no valid record after it, is a
+torn tail and is cut off (it was never acknowledged: its fsync had not completed); any other
+bad record (one with valid ones after it, or the bad end of an older segment, which was
+fsynced before the next segment began) is corrupt, its bytes are copied to ``quarantine/``,
+counted, and skipped.
 """
 
 from __future__ import annotations
@@ -305,7 +307,8 @@ def recover(directory: Path, repair: bool = True) -> Recovery:
     """
     acked = read_ledger(directory)
     out = Recovery([], next_seq=acked + 1, acked=acked)
-    for path in segments(directory):
+    paths = segments(directory)
+    for path in paths:
         try:
             data = path.read_bytes()
         except OSError:
@@ -313,9 +316,13 @@ def recover(directory: Path, repair: bool = True) -> Recovery:
         info = SegmentInfo(path, _first_seq(path))
         keep: list[tuple[int, int]] = []  # (offset, length) of valid spans, to rewrite if needed
         bad_seen = False
+        # Only the newest segment can end in a write a crash interrupted: a group is fsynced
+        # before the next one starts a new segment, so the bad end of an older one was
+        # acknowledged, and is corrupt.
+        last = path == paths[-1]
         for offset, item in parse(data):
             if isinstance(item, Bad):
-                if item.torn:
+                if item.torn and last:
                     out.torn_bytes += item.length
                 else:
                     out.corrupt += 1
