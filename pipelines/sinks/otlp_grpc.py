@@ -3,12 +3,12 @@
 ``telemetry-gateway pipelines --sink otlp_grpc`` with ``pipelines.otlp_grpc.endpoint``
 (``host:port``), ``signals``, ``headers`` (sent as metadata), ``tenant_header`` (the record's
 tenant as the value of that metadata key, e.g. ``x-scope-orgid``), ``compression``
-(``none``/``gzip``), ``timeout_s``; ``tls`` (CA, client certificate) and ``headers_from_file`` /
-``headers_from_env`` for secret metadata such as an API key. Each signal's
-``<Service>/Export`` is called with an identity serializer: the bytes are never decoded on the
-way (``pipelines.sinks.otlp_forward`` joins,
-splits and isolates; ``pipelines.sinks.answers.classify_grpc`` reads the status, with
-``RetryInfo`` honoured). ``--sink jaeger`` is this sink with Jaeger's receiver as the endpoint.
+(``none``/``gzip``), ``timeout_s`` (per export; 0: no deadline); ``tls`` (CA, client
+certificate) and ``headers_from_file`` / ``headers_from_env`` for secret metadata such as an API
+key. Each signal's ``<Service>/Export`` is called with an identity serializer: the bytes are
+never decoded on the way (``pipelines.sinks.otlp_forward`` joins, splits and isolates;
+``pipelines.sinks.answers.classify_grpc`` reads the status, with ``RetryInfo`` honoured).
+``--sink jaeger`` is this sink with Jaeger's receiver as the endpoint.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ class OtlpGrpcSink(OtlpForwardSink):
         assert export is not None, "start() first"
         metadata = self._metadata + (((self.tenant_header, tenant),) if self.tenant_header and tenant else ())
         try:
-            raw = await export(payload, timeout=self.timeout_s, metadata=metadata or None,
+            # 0: no deadline, as the Collector's exporterhelper and the aiohttp sinks read it (grpc
+            # would take timeout=0 as a deadline already passed).
+            raw = await export(payload, timeout=self.timeout_s or None, metadata=metadata or None,
                                compression=self._compression)
         except grpc.aio.AioRpcError as exc:
             trailing = exc.trailing_metadata()
