@@ -475,7 +475,9 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
 def _set_path(raw: dict[str, Any], parts: list[str], value: Any, origin: str) -> None:
     node = raw
     for part in parts[:-1]:
-        nxt = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or a section left empty in the file (``server:``)
+            node[part] = {}
+        nxt = node[part]
         if not isinstance(nxt, dict):
             raise ConfigError(f"{origin}: {part} is not a section")
         node = nxt

@@ -79,3 +79,15 @@ def test_a_bare_off_in_yaml_is_the_word_off(tmp_path: Path) -> None:
     assert load(None, env={"TG_SPOOL__MODE": "off"}).spool.mode == "off"
     with pytest.raises(ConfigError, match=r"spool\.mode"):
         load(None, env={"TG_SPOOL__MODE": "true"})
+
+
+def test_an_environment_override_fills_a_section_left_empty_in_the_file(tmp_path: Path) -> None:
+    # "server:" with every key commented out is null in YAML: a TG_SERVER__* variable then
+    # stopped the start with "server is not a section".
+    path = tmp_path / "gw.yaml"
+    path.write_text("server:\n  # grpc_port: 4317\nspool:\n")
+    cfg = load(path, env={"TG_SERVER__TLS__RELOAD_INTERVAL": "5m", "TG_SERVER__GRPC_PORT": "14317"})
+    assert cfg.server.tls.reload_interval_s == 300 and cfg.server.grpc_port == 14317
+    path.write_text("server:\n  tls: 5\n")
+    with pytest.raises(ConfigError, match="tls is not a section"):
+        load(path, env={"TG_SERVER__TLS__RELOAD_INTERVAL": "5m"})
