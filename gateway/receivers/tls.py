@@ -58,13 +58,19 @@ log = logging.getLogger(__name__)
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
+class TlsFileError(OSError):
+    """A certificate, key or client CA file that does not load: the message names the setting, the
+    file and OpenSSL's reason, never file contents. An ``OSError``, as an unreadable file is, so a
+    worker that cannot start on it says so in one line (``gateway.server.run_worker``)."""
+
+
 class CertSource:
     """The configured certificate, key and client CA files, and whether they changed since last read.
 
     ``cert_pem``/``key_pem`` are the PEM bytes served; ``client_ca_pem`` the PEM bundle that
     verifies clients (None without ``client_ca_file``). All three are replaced together, and
-    only by a set that loads. Raises ``OSError`` (a file not readable) or ``ValueError`` (naming
-    the setting and file that does not load, and why) at construction if the files do not load.
+    only by a set that loads. Raises ``OSError`` at construction if the files do not load: a
+    file not readable, or :class:`TlsFileError` naming the setting and file that does not load.
     """
 
     def __init__(self, cfg: TlsServerConfig, what: str) -> None:
@@ -101,8 +107,8 @@ class CertSource:
     def _read_checked(self) -> tuple[bytes, bytes, bytes | None]:
         """The files' bytes, once the pair loads as a matching certificate and key and the client CA
         file (if any) holds a certificate; else ``OSError`` (a file not readable, naming it) or
-        ``ValueError`` naming the setting and file that does not load and why (OpenSSL's reason:
-        a key that does not match, a CA file empty, not ASCII or without a certificate)."""
+        :class:`TlsFileError` naming the setting and file that does not load and why (OpenSSL's
+        reason: a key that does not match, a CA file empty, not ASCII or without a certificate)."""
         cfg = self.cfg
         cert, key = Path(cfg.cert_file).read_bytes(), Path(cfg.key_file).read_bytes()
         ca = Path(cfg.client_ca_file).read_bytes() if cfg.client_ca_file else None
@@ -111,14 +117,14 @@ class CertSource:
             with _PairFiles(cert, key) as (cert_path, key_path):
                 check.load_cert_chain(cert_path, key_path)
         except ssl.SSLError as exc:
-            raise ValueError(f"{self.what}.cert_file {cfg.cert_file} with key_file {cfg.key_file}: "
-                             f"{_ssl_reason(exc)}") from exc
+            raise TlsFileError(f"{self.what}.cert_file {cfg.cert_file} with key_file {cfg.key_file}: "
+                               f"{_ssl_reason(exc)}") from exc
         if ca is not None:
             try:
                 check.load_verify_locations(cadata=ca.decode("ascii"))
             except (ssl.SSLError, ValueError) as exc:
                 why = "not ASCII PEM" if isinstance(exc, UnicodeDecodeError) else _ssl_reason(exc)
-                raise ValueError(f"{self.what}.client_ca_file {cfg.client_ca_file}: {why}") from exc
+                raise TlsFileError(f"{self.what}.client_ca_file {cfg.client_ca_file}: {why}") from exc
         return cert, key, ca
 
     def refresh(self) -> bool:
@@ -153,6 +159,8 @@ class CertSource:
 def _reason(exc: BaseException) -> str:
     """What failed, without file contents: an OSError's file name and reason, OpenSSL's reason, or
     the setting, file and reason :meth:`CertSource._read_checked` names."""
+    if isinstance(exc, TlsFileError):
+        return str(exc)
     if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
         return f"{exc.filename}: {exc.strerror}"
     if isinstance(exc, ssl.SSLError):

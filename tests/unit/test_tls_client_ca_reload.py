@@ -13,7 +13,7 @@ import pytest
 import trustme
 from prometheus_client import REGISTRY
 
-from gateway.receivers.tls import CertSource, HttpTls
+from gateway.receivers.tls import CertSource, HttpTls, TlsFileError
 from settings.config import TlsServerConfig
 from tests.waiting import await_for
 
@@ -174,7 +174,7 @@ def test_a_client_ca_that_does_not_load_is_named_with_its_reason(
     message = caplog.records[-1].getMessage()
     assert f"server.tls.client_ca_file {files.ca}: " in message and why in message, message
     assert "None" not in message and "_ssl.c" not in message, message
-    with pytest.raises(ValueError, match=f"server.tls.client_ca_file {files.ca}: .*{why}"):
+    with pytest.raises(TlsFileError, match=f"server.tls.client_ca_file {files.ca}: .*{why}"):
         CertSource(files.config(), "server.tls")
 
 
@@ -182,7 +182,7 @@ def test_a_key_that_does_not_match_is_named_at_start(tmp_path: Path, cas: tuple[
     server_ca, first, _ = cas
     files = _Files(tmp_path, server_ca, first)
     server_ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(files.key))  # another key
-    with pytest.raises(ValueError, match=f"admin.tls.cert_file {files.cert} with key_file {files.key}: "
+    with pytest.raises(TlsFileError, match=f"admin.tls.cert_file {files.cert} with key_file {files.key}: "
                                          "KEY_VALUES_MISMATCH"):
         CertSource(files.config(), "admin.tls")
 
@@ -214,3 +214,26 @@ def test_a_nanosecond_reload_interval_does_not_rearm_the_timer_at_once(
 
     calls = asyncio.run(scenario())
     assert 1 <= calls <= 25, f"{calls} re-reads in 0.2 s"
+
+
+@pytest.mark.parametrize("broken", [b"not a certificate\n", b"", b"\xff\xfe binary"])
+def test_a_client_ca_that_does_not_load_stops_the_start_in_one_line(
+        tmp_path: Path, cas: tuple[trustme.CA, ...], broken: bytes) -> None:
+    # An empty or non-ASCII CA file ended the start in a traceback (ValueError, which the worker
+    # does not report as it reports an OSError); so did the named error before it was an OSError.
+    from tests.gateway_process import GatewayProcess
+
+    server_ca, first, _ = cas
+    files = _Files(tmp_path, server_ca, first)
+    _replace(broken, files.ca)
+    env = {"TG_SERVER__TLS__CERT_FILE": str(files.cert), "TG_SERVER__TLS__KEY_FILE": str(files.key),
+           "TG_SERVER__TLS__CLIENT_CA_FILE": str(files.ca)}
+    gw = GatewayProcess(env, workdir=tmp_path / "gw")
+    try:
+        with pytest.raises(AssertionError, match="gateway exited with 1 during start"):
+            gw.start(within=30)
+        log = gw.log()
+    finally:
+        gw.cleanup()
+    assert f"worker 0 cannot start: server.tls.client_ca_file {files.ca}: " in log, log
+    assert "Traceback" not in log, log
