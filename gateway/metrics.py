@@ -84,8 +84,15 @@ tls_certificate_expiry = Gauge(
 )
 tls_reload_failures = Counter(
     "gateway_tls_reload_failures", "Reloads of changed TLS files that did not load, so the previous "
-    "certificate, key and client CA stay in service; listener: server or admin. Counted again at "
-    "each reload_interval_s while the files on disk do not load.", ["listener"],
+    "certificate, key and client CA stay in service; listener: server or admin. Counted once per "
+    "change on disk that does not load (gateway_tls_reload_failing says it still does not).", ["listener"],
+)
+tls_reload_failing = Gauge(
+    "gateway_tls_reload_failing", "1 while the TLS files on disk changed but do not load (the previous "
+    "certificate, key and client CA are served), 0 once a reload succeeds or the files are back to the "
+    "set served; listener: server or admin. The highest of the live workers' with --workers N, so N "
+    "workers failing read 1, not N.", ["listener"],
+    multiprocess_mode="livemax",
 )
 
 

@@ -170,7 +170,10 @@ class Receivers:
         from gateway.receivers.otlp_http import OtlpHttp
 
         cfg = self._cfg
-        self._grpc, self.grpc_port = await otlp_grpc.serve(self._ingest, cfg, reuse_port=self._reuse_port)
+        # One source for both transports: a change is read, and a failure counted, once.
+        tls_source = tls.maybe_cert_source(cfg.tls, "server.tls")
+        self._grpc, self.grpc_port = await otlp_grpc.serve(self._ingest, cfg, reuse_port=self._reuse_port,
+                                                           tls_source=tls_source)
         otlp_http = OtlpHttp(self._ingest, cfg)
         try:
             self._http = await httpserver.serve(otlp_http, cfg.host, cfg.http_port,
@@ -178,7 +181,7 @@ class Receivers:
                                                 too_large=otlp_http.too_large, reuse_port=self._reuse_port,
                                                 timeouts=otlp_http.timeouts,
                                                 max_buffered=cfg.max_buffered_request_bytes,
-                                                tls=tls.maybe_http_tls(cfg.tls, "server.tls"))
+                                                tls=tls.maybe_http_tls(cfg.tls, "server.tls", tls_source))
         except BaseException:
             await self.stop()  # the HTTP port is taken: do not leave gRPC listening
             raise

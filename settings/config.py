@@ -55,17 +55,36 @@ class TlsServerConfig:
     Off while ``cert_file`` is empty. With ``client_ca_file`` (mTLS) a client must present a
     certificate that CA signed, else its handshake is refused. A certificate, key or client CA
     replaced on disk reaches new connections after at most ``reload_interval_s`` (0: never re-read).
+
+    ``client_ca_file_reload`` (the Collector's configtls key): the client CA is re-read with the
+    certificate and key every ``reload_interval_s`` whatever it says; with ``reload_interval_s`` 0
+    and ``client_ca_file_reload: true`` all three are re-read every ``CLIENT_CA_RELOAD_DEFAULT_S``
+    (the Collector watches the CA file with fsnotify; this polls). ``false`` with an interval
+    above 0 still re-reads the CA with the pair (one set, replaced together).
     """
 
     cert_file: str = ""
     key_file: str = ""
     client_ca_file: str = ""
+    client_ca_file_reload: bool = False
     min_version: Literal["1.2", "1.3"] = "1.2"
     reload_interval_s: Seconds = 0.0
 
     @property
     def enabled(self) -> bool:
         return bool(self.cert_file)
+
+    @property
+    def reload_every_s(self) -> float:
+        """Seconds between re-reads of the files, 0 for never: ``reload_interval_s``, or
+        ``CLIENT_CA_RELOAD_DEFAULT_S`` when that is 0 and ``client_ca_file_reload`` is set."""
+        if self.reload_interval_s > 0:
+            return self.reload_interval_s
+        return CLIENT_CA_RELOAD_DEFAULT_S if self.client_ca_file_reload and self.client_ca_file else 0.0
+
+
+# How often ``client_ca_file_reload: true`` re-reads the TLS files when ``reload_interval_s`` is 0 (s).
+CLIENT_CA_RELOAD_DEFAULT_S = 60.0
 
 
 @dataclass

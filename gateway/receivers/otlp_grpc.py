@@ -194,6 +194,9 @@ def handlers(ingest: Ingest, cfg: ServerConfig) -> list[grpc.GenericRpcHandler]:
 # (OverflowError). INT_MAX milliseconds (about 24.8 days) is grpc core's own default for these
 # (off) and the top of their range, so a longer duration is cut to it.
 _GRPC_MAX_MS = (1 << 31) - 1
+# enforcement_policy.min_time 0: grpc-go's default MinTime (keepalive.EnforcementPolicy), which the
+# Collector serves with; grpc core's own 0 would allow pings at any rate.
+GRPC_GO_DEFAULT_MIN_TIME_S = 300.0
 
 
 def _grpc_ms(seconds: float) -> int:
@@ -216,13 +219,18 @@ def keepalive_options(cfg: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", sp.time_s),
         ("grpc.keepalive_timeout_ms", sp.timeout_s),
     ) if seconds > 0]
-    out.append(("grpc.http2.min_ping_interval_without_data_ms", _grpc_ms(ep.min_time_s)))
+    # grpc-go (the Collector's) takes MinTime 0 as its default, 5 minutes (keepalive.EnforcementPolicy:
+    # "The current default value is 5 minutes"); grpc core would take 0 as "any rate".
+    min_time_s = ep.min_time_s if ep.min_time_s > 0 else GRPC_GO_DEFAULT_MIN_TIME_S
+    out.append(("grpc.http2.min_ping_interval_without_data_ms", _grpc_ms(min_time_s)))
     out.append(("grpc.keepalive_permit_without_calls", 1 if ep.permit_without_stream else 0))
     return out
 
 
-async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> tuple[grpc.aio.Server, int]:
+async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool,
+                tls_source: tls.CertSource | None = None) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on ``cfg.host:cfg.grpc_port``; return it and the port it bound.
+    ``tls_source``: the ``server.tls`` files as OTLP/HTTP reads them too (else read here alone).
 
     No ``maximum_concurrent_rpcs``: grpc's refusals under it are counted nowhere, and
     ``Ingest.admit`` already refuses before the body is read, for both transports together.
@@ -241,7 +249,7 @@ async def serve(ingest: Ingest, cfg: ServerConfig, *, reuse_port: bool) -> tuple
     address = f"{cfg.host}:{cfg.grpc_port}"
     try:
         if cfg.tls.enabled:
-            bound = server.add_secure_port(address, tls.grpc_credentials(cfg.tls, "server.tls"))
+            bound = server.add_secure_port(address, tls.grpc_credentials(cfg.tls, "server.tls", tls_source))
         else:
             bound = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc's way of saying the address is in use

@@ -16,10 +16,15 @@ feeds both shapes the servers take:
 
 A new set is only taken after it loads: a certificate and key that match, and a client CA file
 holding at least one certificate. While a replacement is half written, or the new file is
-broken, the old set stays in service, the failure is logged and counted
-(``gateway_tls_reload_failures_total``), and the reload is retried at the next interval. The
-Collector's configtls does the same for the client CA (``clientCAsFileReloader``: a failed
-reload keeps the previous pool).
+broken, the old set stays in service, the failure is logged and counted once
+(``gateway_tls_reload_failures_total``, once per change on disk that does not load), the gauge
+``gateway_tls_reload_failing`` is 1 until a reload succeeds or the files are back to the set
+served, and the reload is retried at the next interval. The Collector's configtls does the same
+for the client CA (``clientCAsFileReloader``: a failed reload keeps the previous pool).
+
+One ``CertSource`` per listener: ``server.tls`` feeds both OTLP/gRPC and OTLP/HTTP (built once in
+``Receivers.start``), so a change is read, and a failure counted, once. Each consumer remembers
+the ``generation`` it built from and rebuilds when the source's moved on.
 
 With ``client_ca_file`` (mTLS) a client must present a certificate that CA signed; one without,
 an expired one, or one from another CA is refused in the handshake. The names of a verified
@@ -42,6 +47,7 @@ import os
 import shutil
 import ssl
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -78,10 +84,16 @@ class CertSource:
         self.what = what  # "server.tls", "admin.tls": named in every log line
         self._stamp = self._stat()
         self.cert_pem, self.key_pem, self.client_ca_pem = self._read_checked()
+        self.generation = 0  # +1 each time a new set is taken
+        self._failed_stamp: tuple[tuple[int, int, int], ...] | None = None
+        # gRPC's fetcher runs on grpc's threads, the HTTP timer on the event loop.
+        self._lock = threading.Lock()
         self._observe_expiry()
-        # The series exists at 0 from the start: the first failed reload is then an increase
-        # (alert TelemetryGatewayTlsReloadFailing), and a gateway with TLS always exposes it.
-        metrics.tls_reload_failures.labels(listener=self.what.removesuffix(".tls"))
+        # Both series exist at 0 from the start, so a gateway with TLS always exposes them and
+        # the first failed reload is an increase of the counter.
+        listener = self.what.removesuffix(".tls")
+        metrics.tls_reload_failures.labels(listener=listener)
+        metrics.tls_reload_failing.labels(listener=listener).set(0)
 
     def _observe_expiry(self) -> None:
         """``gateway_tls_certificate_expiry_timestamp_seconds`` for the pair now served."""
@@ -100,7 +112,11 @@ class CertSource:
     def _stat(self) -> tuple[tuple[int, int, int], ...]:
         out = []
         for path in self._paths():
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except OSError:  # missing now: a stamp of its own, so it is counted once, not per interval
+                out.append((-1, -1, -1))
+                continue
             out.append((st.st_mtime_ns, st.st_size, st.st_ino))
         return tuple(out)
 
@@ -128,22 +144,39 @@ class CertSource:
         return cert, key, ca
 
     def refresh(self) -> bool:
-        """Re-read the files if any changed; True when a new set that loads was taken."""
+        """Re-read the files if any changed; True when a new set that loads was taken (then
+        ``generation`` is one more). A changed set that does not load is counted in
+        ``gateway_tls_reload_failures_total`` once per change (not again while the files stay as
+        they are) and sets ``gateway_tls_reload_failing`` to 1; a set that loads, or the files back
+        to the set served, set it to 0. Thread-safe."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
+        listener = self.what.removesuffix(".tls")
+        stamp = self._stat()
+        if stamp == self._stamp:  # as served (or put back as they were)
+            self._failed_stamp = None
+            metrics.tls_reload_failing.labels(listener=listener).set(0)
+            return False
+        if stamp == self._failed_stamp:  # the same broken change: failing still, counted already
+            return False
         try:
-            stamp = self._stat()
-            if stamp == self._stamp:
-                return False
             cert, key, ca = self._read_checked()
         except (OSError, ssl.SSLError, ValueError) as exc:
             # Mid-replacement (one file new, another old) or a bad file: keep serving the old set.
-            metrics.tls_reload_failures.labels(listener=self.what.removesuffix(".tls")).inc()
+            self._failed_stamp = stamp
+            metrics.tls_reload_failures.labels(listener=listener).inc()
+            metrics.tls_reload_failing.labels(listener=listener).set(1)
             log.warning("%s: the certificate, key or client CA file changed but does not load (%s: %s); "
                         "still using the previous ones, retrying", self.what, type(exc).__name__,
                         _reason(exc))
             return False
-        self._stamp = stamp
+        self._stamp, self._failed_stamp = stamp, None
+        metrics.tls_reload_failing.labels(listener=listener).set(0)
         if (cert, key, ca) == (self.cert_pem, self.key_pem, self.client_ca_pem):
             return False
+        self.generation += 1
         if (cert, key) != (self.cert_pem, self.key_pem):
             self.cert_pem, self.key_pem = cert, key
             self._observe_expiry()
@@ -242,11 +275,13 @@ class _PairFiles:
 
 
 # -- OTLP/gRPC ---------------------------------------------------------------------------------
-def grpc_credentials(cfg: TlsServerConfig, what: str = "server.tls") -> grpc.ServerCredentials:
-    """Server credentials for ``add_secure_port``, re-reading changed files (see the docstring)."""
+def grpc_credentials(cfg: TlsServerConfig, what: str = "server.tls",
+                     source: CertSource | None = None) -> grpc.ServerCredentials:
+    """Server credentials for ``add_secure_port``, re-reading changed files (see the docstring);
+    ``source``: the listener's ``CertSource`` when OTLP/HTTP shares it (else one of its own)."""
     import grpc
 
-    source = CertSource(cfg, what)
+    source = source if source is not None else CertSource(cfg, what)
     if cfg.min_version != "1.2":
         log.warning("%s.min_version %s: not enforced on OTLP/gRPC (grpc-python has no setting; its floor "
                     "is TLS 1.2); enforced on OTLP/HTTP and admin", what, cfg.min_version)
@@ -255,17 +290,23 @@ def grpc_credentials(cfg: TlsServerConfig, what: str = "server.tls") -> grpc.Ser
         return grpc.ssl_server_certificate_configuration([(source.key_pem, source.cert_pem)],
                                                          root_certificates=source.client_ca_pem)
 
-    interval = cfg.reload_interval_s
+    interval = cfg.reload_every_s
     next_check = time.monotonic() + interval
+    served = source.generation
 
     def fetch() -> Any:
         # Called by grpc at the start of each handshake; None keeps the current configuration.
-        nonlocal next_check
+        nonlocal next_check, served
         now = time.monotonic()
-        if interval <= 0 or now < next_check:
+        if interval <= 0:
             return None
-        next_check = now + interval
-        return configuration() if source.refresh() else None  # new pair and/or client CA
+        if now >= next_check:
+            next_check = now + interval
+            source.refresh()
+        if source.generation == served:  # taken by the HTTP timer, or by this fetcher, already?
+            return None
+        served = source.generation
+        return configuration()  # new pair and/or client CA
 
     return grpc.dynamic_ssl_server_credentials(configuration(), fetch,
                                                require_client_authentication=source.client_ca_pem is not None)
@@ -290,11 +331,13 @@ class HttpTls:
     """The ``ssl.SSLContext`` of an HTTP listener (``context``, for ``create_server``), whose
     handshakes are switched to a context built from the files now on disk (see the docstring)."""
 
-    def __init__(self, cfg: TlsServerConfig, what: str) -> None:
-        self._source = CertSource(cfg, what)
+    def __init__(self, cfg: TlsServerConfig, what: str, source: CertSource | None = None) -> None:
+        self._source = source if source is not None else CertSource(cfg, what)
+        self._built = self._source.generation
         # A Collector value such as reload_interval: 1ns (there: check at every handshake) would
         # re-arm this timer at once, forever, holding a core; 10 ms apart costs about 0.5 % of one.
-        self._interval = max(cfg.reload_interval_s, _MIN_TIMER_S) if cfg.reload_interval_s > 0 else 0.0
+        every = cfg.reload_every_s
+        self._interval = max(every, _MIN_TIMER_S) if every > 0 else 0.0
         self.context = self._build()
         self._current = self.context
         self.context.sni_callback = self._select
@@ -333,7 +376,9 @@ class HttpTls:
 
     def _reload(self) -> None:
         try:
-            if self._source.refresh():
+            self._source.refresh()
+            if self._source.generation != self._built:  # taken here or by the gRPC fetcher
+                self._built = self._source.generation
                 self._current = self._build()
         except (OSError, ssl.SSLError, ValueError) as exc:  # checked already: only a full disk or the like
             log.warning("%s: cannot load the new certificate or client CA: %s", self._source.what,
@@ -352,6 +397,13 @@ def http_client_names(peercert: Mapping[str, Any] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def maybe_http_tls(cfg: TlsServerConfig | None, what: str) -> HttpTls | None:
-    """The listener's TLS, or None when ``cfg`` is absent or has no certificate (plaintext)."""
-    return HttpTls(cfg, what) if cfg is not None and cfg.enabled else None
+def maybe_cert_source(cfg: TlsServerConfig | None, what: str) -> CertSource | None:
+    """The listener's one ``CertSource``, or None when ``cfg`` is absent or has no certificate."""
+    return CertSource(cfg, what) if cfg is not None and cfg.enabled else None
+
+
+def maybe_http_tls(cfg: TlsServerConfig | None, what: str,
+                   source: CertSource | None = None) -> HttpTls | None:
+    """The listener's TLS, or None when ``cfg`` is absent or has no certificate (plaintext);
+    ``source``: the ``CertSource`` it shares with OTLP/gRPC, if any."""
+    return HttpTls(cfg, what, source) if cfg is not None and cfg.enabled else None

@@ -226,9 +226,15 @@ def test_replaced_client_ca_verifies_new_connections_without_restart(pki: Pki, t
         for name, (port, alpn) in ports.items():
             assert handshake_refused(port, pki.client_context(new_client, alpn), _PROBE) is None, \
                 f"{name}: a broken client CA file replaced the one in service"
+        # Both transports re-read it through one source since: counted once, and failing until fixed.
+        assert gw.metric("gateway_tls_reload_failures_total", listener="server") == 1
+        assert gw.metric("gateway_tls_reload_failing", listener="server") == 1
         _export_all(gw, "grpc", pki, new_client)
         _export_all(gw, "http", pki, new_client)
         assert gw.readyz()[0] == 200
+        _replace(rotated.ca_file, ca_file)
+        wait_for(lambda: gw.metric("gateway_tls_reload_failing", listener="server") == 0,
+                 within=10, what="the failing gauge back to 0 once the client CA loads")
 
 
 @pytest.fixture(autouse=True)

@@ -117,3 +117,33 @@ def test_a_bare_tls_version_reads_as_the_version() -> None:
     assert load(env={"TG_ADMIN__TLS__MIN_VERSION": "1.2"}).admin.tls.min_version == "1.2"
     with pytest.raises(ConfigError, match="is not one of"):
         load(env={"TG_SERVER__TLS__MIN_VERSION": "1.1"})
+
+
+def test_client_ca_file_reload_is_the_collectors_key() -> None:
+    # Refused as an unknown key before, though the Collector's configtls server settings take it.
+    env = {"TG_SERVER__TLS__CERT_FILE": "c.pem", "TG_SERVER__TLS__KEY_FILE": "k.pem",
+           "TG_SERVER__TLS__CLIENT_CA_FILE": "ca.pem"}
+    from settings.config import CLIENT_CA_RELOAD_DEFAULT_S
+
+    on = load(env={**env, "TG_SERVER__TLS__CLIENT_CA_FILE_RELOAD": "true"}).server.tls
+    assert on.client_ca_file_reload and on.reload_interval_s == 0
+    assert on.reload_every_s == CLIENT_CA_RELOAD_DEFAULT_S == 60.0  # polled, as no fsnotify here
+    timed = load(env={**env, "TG_SERVER__TLS__CLIENT_CA_FILE_RELOAD": "true",
+                      "TG_SERVER__TLS__RELOAD_INTERVAL": "5m"}).server.tls
+    assert timed.reload_every_s == 300.0
+    off = load(env={**env, "TG_SERVER__TLS__CLIENT_CA_FILE_RELOAD": "false",
+                    "TG_SERVER__TLS__RELOAD_INTERVAL_S": "30"}).server.tls
+    assert not off.client_ca_file_reload and off.reload_every_s == 30.0  # the CA still goes with the pair
+    assert load(env=env).server.tls.reload_every_s == 0.0
+    admin = load(env={"TG_ADMIN__TLS__CLIENT_CA_FILE_RELOAD": "true"}).admin.tls
+    assert admin.client_ca_file_reload
+
+
+def test_enforcement_min_time_zero_is_grpc_gos_default() -> None:
+    # 0 became grpc core's min ping interval 0 (pings at any rate); the Collector (grpc-go) reads
+    # EnforcementPolicy.MinTime 0 as its default of 5 minutes.
+    from gateway.receivers.otlp_grpc import keepalive_options
+
+    cfg = load(env={"TG_SERVER__GRPC__KEEPALIVE__ENFORCEMENT_POLICY__MIN_TIME": "0s"})
+    assert cfg.server.grpc.keepalive.enforcement_policy.min_time_s == 0
+    assert dict(keepalive_options(cfg.server))["grpc.http2.min_ping_interval_without_data_ms"] == 300_000
