@@ -118,13 +118,16 @@ GATEWAY_PANELS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                   "Alerts at 14 days (ticket) and 2 days (page).",
                   (q(f"min by (listener) (gateway_tls_certificate_expiry_timestamp_seconds{{{GATEWAY}}})"
                      " - time()", "{{listener}}"),), "s", kind="stat"),
-        PanelSpec("TLS reload failures", "Reloads of replaced certificate, key or client CA files that "
-                  "did not load in the last 15 minutes, by listener (server, admin): the previous set "
-                  "stays in service, counted again each reload_interval_s until the files are fixed. "
-                  "Alerts (ticket) when it lasts 15 minutes.",
-                  (q(zero_if_none(f"sum by (listener) (increase(gateway_tls_reload_failures_total"
+        PanelSpec("TLS reload failures", "Failing: 1 while a listener's (server, admin) replaced "
+                  "certificate, key or client CA files do not load and the previous set stays in "
+                  "service (gateway_tls_reload_failing, the highest over the instances); alerts "
+                  "(ticket) when it lasts 15 minutes. Failed: broken changes found in the last 15 "
+                  "minutes, each counted once.",
+                  (q(zero_if_none(f"max by (listener) (gateway_tls_reload_failing{{{GATEWAY}}})"),
+                     "{{listener}} failing"),
+                   q(zero_if_none(f"sum by (listener) (increase(gateway_tls_reload_failures_total"
                                   f"{{{GATEWAY}}}[15m]))"),
-                     "{{listener}}"),)),
+                     "{{listener}} failed"))),
     )),
     ("Spool", (
         PanelSpec("Spool bytes vs max", "Unacknowledged bytes in the disk spool against spool.max_bytes "
