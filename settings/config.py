@@ -108,7 +108,9 @@ class GrpcKeepaliveServerParameters:
 class GrpcKeepaliveEnforcementPolicy:
     """What clients' keepalive pings may do (the Collector's ``keepalive.enforcement_policy``)."""
 
-    min_time_s: Seconds = 10.0  # pings closer than this are strikes (too many: GOAWAY)
+    # Pings closer than this are strikes (too many: GOAWAY); 0 is grpc-go's default, 300 s, as in
+    # the Collector (grpc core's 0 would allow any rate).
+    min_time_s: Seconds = 10.0
     permit_without_stream: bool = True  # pings on a connection with no call open are allowed
 
 
