@@ -5,7 +5,9 @@ feeds both shapes the servers take:
 
 - OTLP/gRPC: ``grpc_credentials`` gives grpc ``dynamic_ssl_server_credentials``, whose fetcher
   grpc calls at the start of every handshake; it re-reads the files at most every
-  ``reload_interval_s`` and hands grpc the new pair and client CA when they changed.
+  ``reload_interval_s`` (``TlsServerConfig.reload_every_s``: 60 s when that is 0 and the
+  Collector's ``client_ca_file_reload`` is true) and hands grpc the new pair and client CA when
+  they changed.
 - OTLP/HTTP and admin: ``HttpTls`` holds the ``ssl.SSLContext`` given to ``create_server``; a
   timer on the event loop re-reads the files every ``reload_interval_s`` and builds a new context
   from a changed set, which that listener context's ``sni_callback`` hands to every new handshake

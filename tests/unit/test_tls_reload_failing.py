@@ -107,3 +107,16 @@ def test_grpc_and_http_share_one_source_and_count_a_failure_once(config: TlsServ
 
     asyncio.run(scenario())
     assert _failing("server") == 0
+
+
+def test_client_ca_file_reload_polls_when_the_interval_is_zero(config: TlsServerConfig) -> None:
+    # The Collector watches the CA file (fsnotify) with client_ca_file_reload: true; here the HTTP
+    # timer and the gRPC fetcher poll at CLIENT_CA_RELOAD_DEFAULT_S instead of never.
+    import dataclasses
+
+    from settings.config import CLIENT_CA_RELOAD_DEFAULT_S
+
+    never = dataclasses.replace(config, reload_interval_s=0.0)
+    assert HttpTls(never, "admin.tls")._interval == 0.0
+    polled = dataclasses.replace(never, client_ca_file_reload=True)
+    assert HttpTls(polled, "admin.tls")._interval == CLIENT_CA_RELOAD_DEFAULT_S
