@@ -114,7 +114,7 @@ class PrometheusSink:
         token = backend_auth.read_secret(f"{where}.bearer_token", file=c.bearer_token_file,
                                          env=c.bearer_token_env)
         if c.username:
-            extra["Authorization"] = aiohttp.BasicAuth(c.username, password or "").encode()
+            extra["Authorization"] = aiohttp.encode_basic_auth(c.username, password or "")
             self._credential = (f"pipelines.prometheus.username {c.username!r} and the password from "
                                 + backend_auth.source(f"{where}.password", file=c.password_file,
                                                       env=c.password_env))
