@@ -138,6 +138,9 @@ class KafkaBus:
                      self._cfg.bootstrap_servers, self._cfg.compression)
             self._backoff.reset()
             self._broken.clear()
+            # Track only this gateway's topics: with none tracked, aiokafka's periodic refresh
+            # (and a forced one) asks for the metadata of every topic in the cluster.
+            producer.client.set_topics([s.topic(self._prefix) for s in Signal])
             self._producer = producer
             self._connected.set()
             while not self._broken.is_set():
@@ -150,11 +153,19 @@ class KafkaBus:
             await close_producer(producer, 1.0)
 
     async def _probe(self, producer: AIOKafkaProducer) -> None:
-        """A metadata round trip, so /readyz notices a lost broker even while no data flows."""
+        """A metadata round trip for this gateway's topics, so /readyz notices a lost broker even
+        while no data flows.
+
+        Only our topics: the metadata of every topic in a shared cluster (thousands of them) is
+        decoded in Python on the event loop, which stalled every request for 70-135 ms once per
+        ``health_check_interval_ms`` (measured with the bench at 80k log records/s)."""
         try:
-            await asyncio.wait_for(producer.client.fetch_all_metadata(), self._timeout_s)
+            updated = await asyncio.wait_for(producer.client.force_metadata_update(), self._timeout_s)
         except (KafkaError, OSError, TimeoutError) as exc:
             self._mark_broken(producer, f"health check failed: {describe(exc)}")
+            return
+        if not updated:
+            self._mark_broken(producer, "health check failed: no broker answered a metadata request")
 
     def _new_producer(self) -> AIOKafkaProducer:
         cfg = self._cfg

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
@@ -16,6 +15,7 @@ from pipelines.pipeline import Pipeline
 from pipelines.sinks.base import TransientSinkError
 from runtime.backoff import Backoff
 from settings.config import KafkaConfig
+from tests.kafka_fakes import HealthyClient
 from tests.unit.test_pipeline import ListSource, ScriptedSink, rec, run_until
 from tests.waiting import await_for
 
@@ -97,7 +97,7 @@ async def test_kafka_reconnects_back_off_then_start_over_after_a_connection(
 
     class Producer:
         def __init__(self) -> None:
-            self.client = SimpleNamespace(fetch_all_metadata=self.nothing)
+            self.client = HealthyClient()
 
         async def start(self) -> None:
             attempts.append(self)
@@ -105,9 +105,6 @@ async def test_kafka_reconnects_back_off_then_start_over_after_a_connection(
                 raise KafkaConnectionError("refused")
 
         async def stop(self) -> None:
-            pass
-
-        async def nothing(self) -> None:
             pass
 
     async def no_topics(cfg: KafkaConfig, names: Sequence[str]) -> None:

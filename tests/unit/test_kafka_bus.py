@@ -6,7 +6,6 @@ Against the real broker see tests/integration/test_kafka_*.py and tests/e2e/test
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -20,6 +19,7 @@ from otlp.signals import Signal
 from settings.config import KafkaConfig
 from tests import otlp_payloads
 from tests.gateway_process import free_port
+from tests.kafka_fakes import HealthyClient
 from tests.waiting import await_for
 
 
@@ -108,15 +108,12 @@ async def test_a_reconnect_creates_no_topics(monkeypatch: pytest.MonkeyPatch) ->
 
     class Producer:
         def __init__(self) -> None:
-            self.client = SimpleNamespace(fetch_all_metadata=self.nothing)
+            self.client = HealthyClient()
 
         async def start(self) -> None:
             producers.append(self)
 
         async def stop(self) -> None:
-            pass
-
-        async def nothing(self) -> None:
             pass
 
     monkeypatch.setattr(kafka_bus, "ensure_topics", ensure_topics)
