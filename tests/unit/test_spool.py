@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -346,28 +347,49 @@ async def test_a_publish_failing_part_way_counts_as_a_possible_duplicate(tmp_pat
     assert ambiguous() == before + batch(2).items
 
 
+class _WatchedLock(asyncio.Lock):
+    """An asyncio.Lock that tells when someone had to wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contended = asyncio.Event()
+
+    async def acquire(self) -> Literal[True]:
+        if self.locked():
+            self.contended.set()
+        return await super().acquire()
+
+
 async def test_a_cancelled_ledger_write_is_waited_out_before_the_next(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Stopping cancels the periodic ledger write while its thread still runs; the close that
     follows writes the ledger again. The two must not overlap (they share the temporary file)."""
     spool = SpoolLog(tmp_path / "worker-0", writable=True, fsync=False, segment_bytes=1 << 20)
     spool.dir.mkdir(parents=True)
+    lock = _WatchedLock()
+    spool._ledger_lock = lock
     real = fmt.write_ledger
     started = asyncio.Event()
+    release = threading.Event()
     loop = asyncio.get_running_loop()
 
-    def slow_write(directory: Path, acked: int, sync: bool = True) -> None:
+    def held_write(directory: Path, acked: int, sync: bool = True) -> None:
         loop.call_soon_threadsafe(started.set)
-        time.sleep(0.2)  # the thread outlives its cancelled caller
+        if acked == 5:
+            release.wait(10)  # the thread outlives its cancelled caller until the next write queues
         real(directory, acked, sync)
+        release.set()  # had the next write not waited, the stale one now lands last
 
-    monkeypatch.setattr(fmt, "write_ledger", slow_write)
+    monkeypatch.setattr(fmt, "write_ledger", held_write)
     spool._acked_through = 5
     periodic = asyncio.create_task(spool.write_ledger())
     await asyncio.wait_for(started.wait(), 5)
     periodic.cancel()
     spool._acked_through = 7
-    await spool.write_ledger()  # FileNotFoundError here when the two writes overlap
+    closing = asyncio.create_task(spool.write_ledger())
+    await asyncio.wait_for(lock.contended.wait(), 5)  # the next write waits for the cancelled one
+    release.set()
+    await closing  # FileNotFoundError here when the two writes overlap
     with pytest.raises(asyncio.CancelledError):
         await periodic
     assert fmt.read_ledger(spool.dir) == 7
