@@ -539,7 +539,7 @@ def _duration_field(parts: tuple[str, ...]) -> str | None:
             return None
         if part not in hints:
             return None
-        tp = typing.get_type_hints(tp)[part]
+        tp = hints[part]  # a section: a dataclass or a dict of them, never Annotated
     return None
 
 
@@ -561,22 +561,18 @@ def _collector_durations(cls: type[Any], raw: dict[str, Any], where: str) -> dic
         if name in out and isinstance(out[name], str):
             raise ConfigError(f"{seconds_at}: expected a number of seconds, got {out[name]!r}; "
                               f"{_seconds_string_hint(out[name], name, alias)}")
-        if alias not in out:
-            continue
-        if name in out:
-            raise ConfigError(f"{at} and {seconds_at} are one setting given twice; keep one ({alias}: "
-                              f"a duration such as 30s, or {name}: a number of seconds)")
-        value = out.pop(alias)
-        out[name] = _duration_seconds(value, at, name)
-    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        if alias in out:
+            if name in out:
+                raise ConfigError(f"{at} and {seconds_at} are one setting given twice; keep one ({alias}: "
+                                  f"a duration such as 30s, or {name}: a number of seconds)")
+            out[name] = _duration_seconds(out.pop(alias), at, name)
         value = out.get(name)
-        if _is_duration(hint) and isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
                 math.isfinite(value) and value >= 0):
             # YAML's .nan passes every "< 0" check after this and .inf overflows grpc's int
             # milliseconds at start; a negative timeout means nothing (the Go form refuses it too).
-            at = f"{where}.{name}" if where else name
-            raise ConfigError(f"{at}: {value!r} is not a duration; expected a number of seconds, 0 or more "
-                              f"(or {name[:-2]}: {ACCEPTED_FORM})")
+            raise ConfigError(f"{seconds_at}: {value!r} is not a duration; expected a number of seconds, "
+                              f"0 or more (or {alias}: {ACCEPTED_FORM})")
     return out
 
 

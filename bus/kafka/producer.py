@@ -62,6 +62,7 @@ class KafkaBus:
         self._cfg = cfg
         self._backoff = backoff or reconnect_backoff(cfg)
         self._prefix = cfg.topic_prefix
+        self._topics = [s.topic(cfg.topic_prefix) for s in Signal]  # the only topics this bus writes
         self._producer: AIOKafkaProducer | None = None
         self._reason = "kafka: not started"
         self._broken = asyncio.Event()
@@ -120,7 +121,7 @@ class KafkaBus:
                 # asking again on every reconnect kept the gateway refusing for 30 s while the
                 # brokers left were taking writes.
                 if self._cfg.create_topics and not self._topics_created:
-                    await ensure_topics(self._cfg, [s.topic(self._prefix) for s in Signal])
+                    await ensure_topics(self._cfg, self._topics)
                     self._topics_created = True
             except asyncio.CancelledError:
                 if producer is not None:
@@ -140,7 +141,7 @@ class KafkaBus:
             self._broken.clear()
             # Track only this gateway's topics: with none tracked, aiokafka's periodic refresh
             # (and a forced one) asks for the metadata of every topic in the cluster.
-            producer.client.set_topics([s.topic(self._prefix) for s in Signal])
+            producer.client.set_topics(self._topics)
             self._producer = producer
             self._connected.set()
             while not self._broken.is_set():

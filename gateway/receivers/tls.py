@@ -84,6 +84,7 @@ class CertSource:
     def __init__(self, cfg: TlsServerConfig, what: str) -> None:
         self.cfg = cfg
         self.what = what  # "server.tls", "admin.tls": named in every log line
+        self.listener = what.removesuffix(".tls")  # the metrics' label: server, admin
         self._stamp = self._stat()
         self.cert_pem, self.key_pem, self.client_ca_pem = self._read_checked()
         self.generation = 0  # +1 each time a new set is taken
@@ -93,9 +94,8 @@ class CertSource:
         self._observe_expiry()
         # Both series exist at 0 from the start, so a gateway with TLS always exposes them and
         # the first failed reload is an increase of the counter.
-        listener = self.what.removesuffix(".tls")
-        metrics.tls_reload_failures.labels(listener=listener)
-        metrics.tls_reload_failing.labels(listener=listener).set(0)
+        metrics.tls_reload_failures.labels(listener=self.listener)
+        metrics.tls_reload_failing.labels(listener=self.listener).set(0)
 
     def _observe_expiry(self) -> None:
         """``gateway_tls_certificate_expiry_timestamp_seconds`` for the pair now served."""
@@ -104,7 +104,7 @@ class CertSource:
         except (ValueError, IndexError) as exc:  # loaded by OpenSSL already: not expected
             log.warning("%s: cannot read the certificate's notAfter (%s)", self.what, exc)
             return
-        metrics.tls_certificate_expiry.labels(listener=self.what.removesuffix(".tls")).set(expiry)
+        metrics.tls_certificate_expiry.labels(listener=self.listener).set(expiry)
 
     def _paths(self) -> tuple[str, ...]:
         cfg = self.cfg
@@ -155,7 +155,7 @@ class CertSource:
             return self._refresh()
 
     def _refresh(self) -> bool:
-        listener = self.what.removesuffix(".tls")
+        listener = self.listener
         stamp = self._stat()
         if stamp == self._stamp:  # as served (or put back as they were)
             self._failed_stamp = None

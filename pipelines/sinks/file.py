@@ -63,6 +63,7 @@ from typing import BinaryIO, Literal
 import orjson
 
 from bus.contract import BusRecord
+from otlp.json_mapping import proto_to_json as reference_proto_to_json
 from otlp.proto_json import fast_proto_to_json, proto_to_json
 from otlp.signals import Signal
 from otlp.wire import WireError, top_level_fields
@@ -169,7 +170,8 @@ def _salvage(signal: Signal, value: bytes, error: str) -> _Converted:
 
 def convert(items: Sequence[_Item]) -> list[_Converted]:
     """Convert each (signal, protobuf) to its OTLP/JSON line (newline included) and its
-    unconvertible parts.
+    unconvertible parts, with the Python reference: the items are those the C writer handed back
+    (``fast_lines``), so it is not asked again.
 
     Pure (no I/O), never raises for any content: runs in the helper or in-process.
     """
@@ -177,7 +179,7 @@ def convert(items: Sequence[_Item]) -> list[_Converted]:
     for signal_name, value in items:
         sig = Signal(signal_name)
         try:
-            out.append((proto_to_json(sig, value, b"\n"), []))
+            out.append((reference_proto_to_json(sig, value) + b"\n", []))
         except Exception as exc:
             out.append(_salvage(sig, value, _describe(exc)))
     return out
